@@ -1,0 +1,49 @@
+"""Shared plumbing for the notebooks: small, typed, documented, unit-tested.
+
+Nothing in here is a lesson: models, losses, samplers and training loops live in the
+notebooks. What lives here is what every notebook needs and nobody wants to read twice.
+"""
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.data import (
+    DatasetError,
+    DeviceImageLoader,
+    ImageData,
+    data_dir,
+    load_image_dataset,
+    load_tinyshakespeare,
+)
+from common.device import describe_device, get_device
+from common.plot import plot_curves, show_images
+from common.precision import amp_dtype, autocast, enable_tf32, grad_scaler, to_channels_last
+from common.preset import PRESETS, get_preset, pick
+from common.record import RunTimer, peak_memory_bytes, runs_dir, write_run_record
+from common.seed import seed_everything
+
+__all__ = [
+    "DatasetError",
+    "DeviceImageLoader",
+    "ImageData",
+    "PRESETS",
+    "RunTimer",
+    "amp_dtype",
+    "autocast",
+    "data_dir",
+    "describe_device",
+    "enable_tf32",
+    "get_device",
+    "get_preset",
+    "grad_scaler",
+    "load_checkpoint",
+    "load_image_dataset",
+    "load_tinyshakespeare",
+    "peak_memory_bytes",
+    "pick",
+    "plot_curves",
+    "runs_dir",
+    "save_checkpoint",
+    "seed_everything",
+    "show_images",
+    "to_channels_last",
+    "write_run_record",
+]

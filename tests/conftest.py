@@ -1,0 +1,29 @@
+"""Shared test fixtures. Tests never write into the repository: runs go to a temp folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def runs_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point DL_RUNS_DIR at an empty temporary folder."""
+    path = tmp_path / "runs"
+    monkeypatch.setenv("DL_RUNS_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def data_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point DL_DATA_DIR at an empty temporary folder."""
+    path = tmp_path / "data"
+    path.mkdir()
+    monkeypatch.setenv("DL_DATA_DIR", str(path))
+    return path

@@ -1,0 +1,110 @@
+"""Every task folder is complete, and the README's table matches the committed run records."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("update_readme", REPO_ROOT / "scripts" / "update_readme.py")
+update_readme = importlib.util.module_from_spec(spec)
+sys.modules["update_readme"] = update_readme  # dataclasses look their module up there
+spec.loader.exec_module(update_readme)
+
+TASK_DIRS = sorted(p for c in update_readme.CATEGORIES for p in (REPO_ROOT / c).iterdir() if p.is_dir()
+                   and not p.name.startswith((".", "_")))
+TEMPLATE = REPO_ROOT / "templates" / "task_template"
+SKELETON = ["Overview", "Setup", "Config", "Data", "Model", "Objective", "Training", "Evaluation",
+            ("Samples", "Visualisation"), "Takeaways"]
+RECORD_KEYS = {"task", "preset", "device", "device_type", "data", "train_seconds", "peak_memory_bytes",
+               "metrics", "versions", "finished_at"}
+
+
+def _ids(paths):
+    return [p.relative_to(REPO_ROOT).as_posix() for p in paths]
+
+
+def h2_headings(nb) -> list[str]:
+    return [line[3:].strip() for cell in nb.cells if cell.cell_type == "markdown"
+            for line in cell.source.splitlines() if line.startswith("## ")]
+
+
+def check_skeleton(nb) -> None:
+    headings = h2_headings(nb)
+    positions = []
+    for wanted in SKELETON:
+        options = wanted if isinstance(wanted, tuple) else (wanted,)
+        found = [i for i, h in enumerate(headings) if h.startswith(options)]
+        assert found, f"no '## {' or '.join(options)}' heading (headings: {headings})"
+        positions.append(found[0])
+    assert positions == sorted(positions), f"the skeleton headings are out of order: {headings}"
+
+
+@pytest.mark.parametrize("task_dir", TASK_DIRS, ids=_ids(TASK_DIRS))
+def test_task_folder_is_complete(task_dir: Path) -> None:
+    meta_path = task_dir / "task.toml"
+    assert meta_path.exists(), "a task folder needs a task.toml (copy templates/task_template)"
+    meta = update_readme.tomllib.loads(meta_path.read_text())
+    missing = [k for k in update_readme.TASK_KEYS if k not in meta]
+    assert not missing, f"task.toml lacks {missing}"
+    notebooks = list(task_dir.glob("*.ipynb"))
+    assert [p.name for p in notebooks] == [meta["notebook"]], "exactly one notebook, named in task.toml"
+    assert (task_dir / "requirements.txt").exists()
+    nb = nbformat.read(notebooks[0], as_version=4)
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "write_run_record(" in source, "the notebook must write a run record"
+    assert f'"{task_dir.relative_to(REPO_ROOT).as_posix()}"' in source, "the run record must name the task folder"
+    assert not re.search(r"^\s*from \S+ import \*", source, re.M), "no star imports"
+    assert not re.search(r"\.(cuda|half)\(\)", source), "no hard-coded .cuda() or .half()"
+    check_skeleton(nb)
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"({task_dir.relative_to(REPO_ROOT).as_posix()}/{meta['notebook']})" in readme, "no README row"
+
+
+def test_template_follows_the_skeleton() -> None:
+    nb = nbformat.read(TEMPLATE / "task_template.ipynb", as_version=4)
+    check_skeleton(nb)
+    assert (TEMPLATE / "requirements.txt").exists() and (TEMPLATE / "task.toml").exists()
+
+
+RECORDS = sorted((REPO_ROOT / "results").glob("**/*.json"))
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=_ids(RECORDS))
+def test_committed_records_are_complete(path: Path) -> None:
+    record = json.loads(path.read_text())
+    assert RECORD_KEYS <= set(record), f"missing {RECORD_KEYS - set(record)}"
+    assert path.parent.relative_to(REPO_ROOT / "results").as_posix() == record["task"]
+    assert record["preset"] in ("quick", "full"), "publish only quick and full runs"
+
+
+def test_readme_table_is_up_to_date() -> None:
+    text = (REPO_ROOT / "README.md").read_text()
+    assert update_readme.updated_readme(text, update_readme.load_tasks()) == text, \
+        "README.md is out of date: run `python scripts/update_readme.py`"
+
+
+def test_readme_says_not_yet_measured_without_a_record(tmp_path: Path) -> None:
+    task_dir = tmp_path / "text_generation" / "demo"
+    task_dir.mkdir(parents=True)
+    (task_dir / "task.toml").write_text('title = "Demo"\ncategory = "Text generation"\npaper = "P"\npaper_url = "u"\n'
+                                        'notebook = "demo.ipynb"\nmetric = "val_loss"\nmetric_label = "val loss"\n'
+                                        'lower_is_better = true\n')
+    tasks = update_readme.load_tasks(tmp_path)
+    table = update_readme.render_table(tasks)
+    assert "| not yet measured | not yet measured | not yet measured |" in table
+    results = tmp_path / "results" / "text_generation" / "demo"
+    results.mkdir(parents=True)
+    record = {"task": "text_generation/demo", "preset": "quick", "device": "cpu (2 threads, x86_64)", "device_type": "cpu",
+              "data": "Tiny Shakespeare", "train_seconds": 290.0, "metrics": {"val_loss": 1.61234},
+              "finished_at": "2026-01-01T00:00:00+00:00"}
+    (results / "a.json").write_text(json.dumps(record))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "val loss: 1.612 (quick, CPU; Tiny Shakespeare)" in table and "4.8 min (cpu (2 threads, x86_64))" in table
+    assert "N = not yet measured" in table

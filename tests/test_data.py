@@ -1,0 +1,170 @@
+import gzip
+import os
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import common.data as data_mod
+from common import DatasetError, DeviceImageLoader, load_image_dataset, load_tinyshakespeare
+
+SHARED = Path(os.environ.get("DL_DATA_DIR", "")) if os.environ.get("DL_DATA_DIR") else None
+
+
+def _fake_arrays(n_train=20, n_test=10, shape=(28, 28)):
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+            "y_train": rng.integers(0, 10, n_train, dtype=np.uint8),
+            "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+            "y_test": rng.integers(0, 10, n_test, dtype=np.uint8)}
+
+
+def _no_network(*args, **kwargs):
+    raise urllib.error.URLError("no network")
+
+
+def test_missing_dataset_offline_is_a_one_line_actionable_error(data_tmp, monkeypatch):
+    monkeypatch.setattr(data_mod, "_from_torchvision", _no_network)
+    with pytest.raises(DatasetError) as err:
+        load_image_dataset("cifar10")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "cifar10.npz" in message and str(data_tmp) in message and "DL_DATA_DIR" in message
+
+
+def test_missing_text_offline_is_a_one_line_actionable_error(data_tmp, monkeypatch):
+    monkeypatch.setattr(data_mod.urllib.request, "urlopen", _no_network)
+    with pytest.raises(DatasetError) as err:
+        load_tinyshakespeare()
+    assert "\n" not in str(err.value) and "tinyshakespeare.txt" in str(err.value)
+    assert list(data_tmp.iterdir()) == []  # no partial download left behind
+
+
+def test_wrong_text_fails_its_checksum(data_tmp):
+    (data_tmp / "tinyshakespeare.txt").write_text("To be or not to be")
+    with pytest.raises(DatasetError, match="SHA-256"):
+        load_tinyshakespeare()
+
+
+def test_npz_round_trip_and_description(data_tmp):
+    np.savez(data_tmp / "mnist.npz", **_fake_arrays())
+    ds = load_image_dataset("mnist")
+    assert ds.x_train.shape == (20, 28, 28) and not ds.is_full_size
+    assert "20 train / 10 test images, a subset of 60,000 / 10,000" in ds.describe()
+    images, labels = ds.tensors("test")
+    assert images.shape == (10, 1, 28, 28) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+
+
+def test_colour_images_become_nchw(data_tmp):
+    np.savez(data_tmp / "cifar10.npz", **_fake_arrays(shape=(32, 32, 3)))
+    ds = load_image_dataset("cifar10")
+    images, _ = ds.tensors("train")
+    assert images.shape == (20, 3, 32, 32)
+    assert torch.equal(images[3, 1], torch.from_numpy(ds.x_train[3, :, :, 1]))
+
+
+@pytest.mark.parametrize("corrupt", ["shape", "dtype", "labels", "keys", "garbage"])
+def test_malformed_files_fail_loudly(data_tmp, corrupt):
+    arrays = _fake_arrays()
+    path = data_tmp / "mnist.npz"
+    if corrupt == "shape":
+        arrays["x_train"] = arrays["x_train"][:, :27]
+    elif corrupt == "dtype":
+        arrays["x_test"] = arrays["x_test"].astype(np.float32)
+    elif corrupt == "labels":
+        arrays["y_train"] = arrays["y_train"][:-1]
+    elif corrupt == "keys":
+        del arrays["y_test"]
+    if corrupt == "garbage":
+        path.write_bytes(b"not a zip file at all")
+    else:
+        np.savez(path, **arrays)
+    with pytest.raises(DatasetError) as err:
+        load_image_dataset("mnist")
+    assert "mnist.npz" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fashion_mnist_is_built_from_the_debian_layout(data_tmp, tmp_path, monkeypatch):
+    debian = tmp_path / "fashion-mnist"
+    debian.mkdir()
+    arrays = _fake_arrays()
+    names = {"x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
+             "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}
+    for key, name in names.items():
+        a = arrays[key]
+        header = bytes([0, 0, 8, a.ndim]) + b"".join(d.to_bytes(4, "big") for d in a.shape)
+        with gzip.open(debian / name, "wb") as f:
+            f.write(header + a.tobytes())
+    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(data_mod, "_from_torchvision", _no_network)
+    ds = load_image_dataset("fashion_mnist")
+    assert (data_tmp / "fashion_mnist.npz").exists()
+    for key in names:
+        assert np.array_equal(getattr(ds, key), arrays[key])
+
+
+def _loader(**kwargs):
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 4, 4).clone()  # image i is all i
+    return DeviceImageLoader(images, torch.arange(10), **kwargs)
+
+
+def test_loader_covers_every_image_once_per_epoch():
+    loader = _loader(batch_size=4, shuffle=True)
+    assert len(loader) == 3
+    seen = [int(x[i, 0, 0, 0] * 255 + 0.5) for x, _ in loader for i in range(len(x))]
+    assert sorted(seen) == list(range(10))
+    labels = torch.cat([y for _, y in loader])
+    assert sorted(labels.tolist()) == list(range(10))
+
+
+def test_loader_keeps_images_and_labels_together_and_reshuffles():
+    loader = _loader(batch_size=10, shuffle=True, generator_seed=1)
+    (x1, y1), (x2, y2) = next(iter(loader)), next(iter(loader))
+    assert torch.allclose(x1[:, 0, 0, 0] * 255, y1.float())
+    assert not torch.equal(y1, y2)
+
+
+def test_loader_drop_last_and_normalisation():
+    loader = _loader(batch_size=4, drop_last=True, shuffle=False, mean=(0.5,), std=(0.25,))
+    assert len(loader) == 2 and [len(y) for _, y in loader] == [4, 4]
+    x, _ = next(iter(loader))
+    assert torch.allclose(x[1, 0, 0, 0], torch.tensor((1 / 255 - 0.5) / 0.25))
+
+
+def test_random_crop_shifts_content_and_pads_with_zeros():
+    image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    image[0, 0, 3, 3] = 255
+    loader = DeviceImageLoader(image.expand(256, 1, 8, 8).clone(), torch.zeros(256, dtype=torch.long),
+                               batch_size=256, shuffle=False, crop_padding=2)
+    x, _ = next(iter(loader))
+    assert x.shape == (256, 1, 8, 8)
+    positions = {tuple(torch.nonzero(img[0])[0].tolist()) for img in x}
+    assert len(positions) == 25  # the bright pixel moves by -2..2 in each direction
+    assert torch.all(x.sum(dim=(1, 2, 3)) == 1.0)  # never lost: it is 3 px from every edge
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    image = torch.zeros(1, 1, 2, 2, dtype=torch.uint8)
+    image[0, 0, :, 0] = 255  # left column bright
+    loader = DeviceImageLoader(image.expand(1000, 1, 2, 2).clone(), torch.zeros(1000, dtype=torch.long),
+                               batch_size=1000, flip=True)
+    x, _ = next(iter(loader))
+    flipped = (x[:, 0, 0, 1] == 1).float().mean().item()
+    assert 0.4 < flipped < 0.6
+    assert torch.all(x.sum(dim=(1, 2, 3)) == 2.0)
+
+
+@pytest.mark.skipif(SHARED is None or not (SHARED / "mnist.npz").exists(), reason="needs DL_DATA_DIR with the shared datasets")
+@pytest.mark.parametrize("name,shape", [("mnist", (28, 28)), ("cifar10", (32, 32, 3))])
+def test_real_shared_datasets_load(name, shape):
+    ds = load_image_dataset(name)
+    assert ds.x_train.shape[1:] == shape and set(np.unique(ds.y_train)) == set(range(10))
+    assert 30 < ds.x_train.mean() < 140  # real photos and digits, not blank or noise
+
+
+@pytest.mark.skipif(SHARED is None or not (SHARED / "tinyshakespeare.txt").exists(), reason="needs DL_DATA_DIR with tinyshakespeare.txt")
+def test_real_tinyshakespeare_loads():
+    text = load_tinyshakespeare()
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:")
