@@ -50,6 +50,12 @@ CLASS_NAMES: dict[str, list[str]] = {
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer",
                 "dog", "frog", "horse", "ship", "truck"],
 }
+# SHA-256 of known copies that are not the original data, so records can name them honestly
+KNOWN_COPIES: dict[str, str] = {
+    "5f34067b7d36e6a0f4134006dfa45bfcc01aa4e25f0383625a8732072138cfa0": "decoded from a public JPEG copy",
+    "9b36c2e599dc0d7ee19dca40f7e9266c8a34d9d367d81e6d6637689898755b22": "decoded from a public JPEG copy",
+    "dec4f128eba980a5faa1b4af845d58d9ef09d96bb08c0bf10e7c37ba46c56b1c": "both splits cut from the official MNIST test set",
+}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -78,6 +84,7 @@ class ImageData:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    note: str | None = None  # e.g. "decoded from a public JPEG copy" for a known non-original copy
 
     @property
     def classes(self) -> list[str]:
@@ -93,6 +100,8 @@ class ImageData:
         text = f"{IMAGE_DATASETS[self.name][2]} ({len(self.x_train):,} train / {len(self.x_test):,} test images"
         if not self.is_full_size:
             text += f", a subset of {full_train:,} / {full_test:,}"
+        if self.note:
+            text += f"; {self.note}"
         return text + ")"
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +151,7 @@ def _read_npz(name: str, path: Path) -> ImageData:
     except Exception as e:  # zip/pickle/IO errors: the file is corrupt
         raise DatasetError(f"{name}: {path} is corrupt or unreadable ({e}). Delete it to rebuild it.") from e
     _validate(name, arrays, path)
-    return ImageData(name=name, **arrays)
+    return ImageData(name=name, **arrays, note=KNOWN_COPIES.get(sha256_of(path)))
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -168,3 +168,10 @@ def test_real_shared_datasets_load(name, shape):
 def test_real_tinyshakespeare_loads():
     text = load_tinyshakespeare()
     assert len(text) == 1_115_394 and text.startswith("First Citizen:")
+
+
+def test_known_copies_are_named_in_the_description(data_tmp, monkeypatch):
+    np.savez(data_tmp / "mnist.npz", **_fake_arrays())
+    digest = data_mod.sha256_of(data_tmp / "mnist.npz")
+    monkeypatch.setitem(data_mod.KNOWN_COPIES, digest, "a test copy")
+    assert load_image_dataset("mnist").describe().endswith("; a test copy)")
