@@ -32,5 +32,5 @@ def get_device(verbose: bool = True) -> torch.device:
     else:
         device = torch.device("cpu")
     if verbose:
-        print(f"Using device: {device.type} ({describe_device(device)})")
+        print(f"Using device: {describe_device(device)}" if device.type == "cpu" else f"Using device: {device.type} ({describe_device(device)})")
     return device

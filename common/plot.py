@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -35,7 +36,9 @@ def show_images(images: torch.Tensor | np.ndarray, nrow: int = 8, titles: Sequen
                 ax.set_title(titles[i], fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # tiny grids cannot always fit their titles; the figure is still fine
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     return fig
 
 
