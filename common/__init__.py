@@ -14,6 +14,7 @@ from common.data import (
     load_tinyshakespeare,
 )
 from common.device import describe_device, get_device
+from common.fid import fid, get_classifier
 from common.plot import plot_curves, show_images
 from common.precision import amp_dtype, autocast, enable_tf32, grad_scaler, to_channels_last
 from common.preset import PRESETS, get_preset, pick
@@ -31,6 +32,8 @@ __all__ = [
     "data_dir",
     "describe_device",
     "enable_tf32",
+    "fid",
+    "get_classifier",
     "get_device",
     "get_preset",
     "grad_scaler",
