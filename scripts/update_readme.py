@@ -44,11 +44,14 @@ def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
     return tasks
 
 
-def newest(records: list[dict], preset: str, on_4090: bool) -> dict | None:
-    """The newest record of `preset` on an RTX 4090 (on_4090) or on a CPU (not on_4090)."""
+def newest(records: list[dict], preset: str, on_4090: bool) -> list[dict]:
+    """Per dataset, the newest record of `preset` on an RTX 4090 (on_4090) or on a CPU (not on_4090), oldest first."""
     matching = [r for r in records if r["preset"] == preset and
                 (("4090" in r["device"]) if on_4090 else r["device_type"] == "cpu")]
-    return max(matching, key=lambda r: r["finished_at"]) if matching else None
+    per_data: dict[str, dict] = {}
+    for r in sorted(matching, key=lambda r: r["finished_at"]):
+        per_data[r["data"]] = r
+    return sorted(per_data.values(), key=lambda r: r["finished_at"])
 
 
 def fmt_minutes(seconds: float) -> str:
@@ -60,15 +63,18 @@ def fmt_metric(value: float) -> str:
 
 
 def row(task: Task) -> str:
+    """One table row; a task measured on several datasets lists each, one line per dataset."""
     m = task.meta
     gpu, cpu = newest(task.records, "full", True), newest(task.records, "quick", False)
     headline = NOT_MEASURED
-    for rec, where in ((gpu, "full, RTX 4090"), (cpu, "quick, CPU")):
-        if rec is not None and m["metric"] in rec["metrics"]:
-            headline = f"{m['metric_label']}: {fmt_metric(rec['metrics'][m['metric']])} ({where}; {rec['data']})"
+    for recs, where in ((gpu, "full, RTX 4090"), (cpu, "quick, CPU")):
+        shown = [r for r in recs if m["metric"] in r["metrics"]]
+        if shown:
+            headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} ({where}; {r['data']})"
+                                   for r in shown)
             break
-    gpu_cost = fmt_minutes(gpu["train_seconds"]) if gpu else NOT_MEASURED
-    cpu_cost = f"{fmt_minutes(cpu['train_seconds'])} ({cpu['device']})" if cpu else NOT_MEASURED
+    gpu_cost = "<br>".join(fmt_minutes(r["train_seconds"]) for r in gpu) or NOT_MEASURED
+    cpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({r['device']})" for r in cpu) or NOT_MEASURED
     link = f"[{m['notebook']}]({task.folder}/{m['notebook']})"
     return f"| {m['category']}: {m['title']} | [{m['paper']}]({m['paper_url']}) | {link} | {headline} | {gpu_cost} | {cpu_cost} |"
 
@@ -77,12 +83,12 @@ def render_table(tasks: list[Task]) -> str:
     lines = ["| Task | Paper | Notebook | Headline metric | Training time, RTX 4090 (`full`) | Training time, CPU (`quick`) |",
              "|---|---|---|---|---|---|"]
     lines += [row(t) for t in tasks]
-    measured = [newest(t.records, "full", True) for t in tasks]
+    measured = [newest(t.records, "full", True)[-1:] for t in tasks]  # per task, its newest full 4090 run
     if tasks and all(measured):
-        hours = sum(r["train_seconds"] for r in measured) / 3600
+        hours = sum(r[0]["train_seconds"] for r in measured) / 3600
         lines.append(f"\n**N = {hours:.2f}** 4090-hours: the sum of the `full` training times above.")
     else:
-        done = sum(r is not None for r in measured)
+        done = sum(bool(r) for r in measured)
         lines.append(f"\n**N = {NOT_MEASURED}**: {done} of {len(tasks)} tasks have a `full` run measured on an RTX 4090.")
     return "\n".join(lines)
 

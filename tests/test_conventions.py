@@ -107,4 +107,22 @@ def test_readme_says_not_yet_measured_without_a_record(tmp_path: Path) -> None:
     (results / "a.json").write_text(json.dumps(record))
     table = update_readme.render_table(update_readme.load_tasks(tmp_path))
     assert "val loss: 1.612 (quick, CPU; Tiny Shakespeare)" in table and "4.8 min (cpu (2 threads, x86_64))" in table
-    assert "N = not yet measured" in table
+    assert "N = not yet measured**: 0 of 1 tasks" in table
+
+
+def test_readme_lists_each_dataset_of_a_task(tmp_path: Path) -> None:
+    task_dir = tmp_path / "image_generation" / "demo"
+    task_dir.mkdir(parents=True)
+    (task_dir / "task.toml").write_text('title = "Demo"\ncategory = "Image generation"\npaper = "P"\npaper_url = "u"\n'
+                                        'notebook = "demo.ipynb"\nmetric = "nll"\nmetric_label = "NLL"\n'
+                                        'lower_is_better = true\n')
+    results = tmp_path / "results" / "image_generation" / "demo"
+    results.mkdir(parents=True)
+    base = {"task": "image_generation/demo", "preset": "quick", "device": "cpu", "device_type": "cpu"}
+    runs = [("MNIST", 100.0, "2026-01-01"), ("Fashion", 230.0, "2026-01-02"), ("MNIST", 99.0, "2026-01-03")]
+    for i, (data, nll, day) in enumerate(runs):
+        record = {**base, "data": data, "train_seconds": 60.0 + i, "metrics": {"nll": nll}, "finished_at": day}
+        (results / f"{i}.json").write_text(json.dumps(record))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "NLL: 230 (quick, CPU; Fashion)<br>NLL: 99 (quick, CPU; MNIST)" in table  # newest per dataset
+    assert "NLL: 100 " not in table and "1.0 min (cpu)<br>1.0 min (cpu)" in table
