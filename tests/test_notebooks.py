@@ -34,3 +34,24 @@ def test_notebook_runs_in_smoke_and_writes_a_record(path: Path, tmp_path: Path, 
     assert record["task"] == path.parent.relative_to(REPO_ROOT).as_posix()
     assert record["preset"] == "smoke"
     assert record["metrics"], "the run record has no metrics"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.parent.relative_to(REPO_ROOT).as_posix() for p in NOTEBOOKS])
+def test_notebook_resumes_from_its_checkpoint(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run once in smoke, then again with `resume=True`: the second run must pick up the first run's checkpoint."""
+    monkeypatch.setenv("DL_PRESET", "smoke")
+    monkeypatch.setenv("DL_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    outputs = []
+    for resume in (False, True):
+        nb = nbformat.read(path, as_version=4)
+        config_cells = [c for c in nb.cells if c.cell_type == "code" and "resume: bool = False" in c.source]
+        assert len(config_cells) == 1, "the Config needs a `resume: bool = False` field"
+        config_cells[0].source = config_cells[0].source.replace("resume: bool = False", f"resume: bool = {resume}")
+        client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+        client.execute()  # cwd is tmp_path, so checkpoints land there
+        outputs.append(" ".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])))
+    assert "resumed" not in outputs[0].lower()
+    assert "resumed" in outputs[1].lower(), "the resumed run did not say it resumed"
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 2
