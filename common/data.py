@@ -84,6 +84,7 @@ class ImageData:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    sha256: str = ""  # SHA-256 of the .npz file the arrays were read from
     note: str | None = None  # e.g. "decoded from a public JPEG copy" for a known non-original copy
 
     @property
@@ -151,7 +152,8 @@ def _read_npz(name: str, path: Path) -> ImageData:
     except Exception as e:  # zip/pickle/IO errors: the file is corrupt
         raise DatasetError(f"{name}: {path} is corrupt or unreadable ({e}). Delete it to rebuild it.") from e
     _validate(name, arrays, path)
-    return ImageData(name=name, **arrays, note=KNOWN_COPIES.get(sha256_of(path)))
+    digest = sha256_of(path)
+    return ImageData(name=name, **arrays, sha256=digest, note=KNOWN_COPIES.get(digest))
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

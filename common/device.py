@@ -32,5 +32,6 @@ def get_device(verbose: bool = True) -> torch.device:
     else:
         device = torch.device("cpu")
     if verbose:
-        print(f"Using device: {describe_device(device)}" if device.type == "cpu" else f"Using device: {device.type} ({describe_device(device)})")
+        name = describe_device(device)  # the CPU's description already starts with "cpu"
+        print(f"Using device: {name}" if device.type == "cpu" else f"Using device: {device.type} ({name})")
     return device

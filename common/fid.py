@@ -230,7 +230,7 @@ def train_classifier(dataset: str, level: str, device: torch.device) -> dict[str
     print(f"FID classifier ({dataset}, {level}): trained in {seconds:.1f} s on {describe_device(device)}, "
           f"test accuracy {accuracy:.2%} on {data.describe()}")
     return {"format_version": FORMAT_VERSION, "recipe": recipe(level), "dataset": dataset, "level": level,
-            "data": data.describe(), "data_sha256": _data_sha256(dataset),
+            "data": data.describe(), "data_sha256": data.sha256,
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_accuracy": accuracy,
             "train_seconds": seconds, "train_steps": budget.steps, "seed": SEED,
             "trained_on": describe_device(device)}
@@ -240,7 +240,7 @@ def _data_sha256(dataset: str) -> str:
     """SHA-256 of the dataset file the classifier is trained and tested on (built first if missing)."""
     path = data_dir() / f"{dataset}.npz"
     if not path.exists():
-        load_image_dataset(dataset)
+        return load_image_dataset(dataset).sha256
     return sha256_of(path)
 
 

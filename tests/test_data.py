@@ -53,6 +53,7 @@ def test_npz_round_trip_and_description(data_tmp):
     ds = load_image_dataset("mnist")
     assert ds.x_train.shape == (20, 28, 28) and not ds.is_full_size
     assert "20 train / 10 test images, a subset of 60,000 / 10,000" in ds.describe()
+    assert ds.sha256 == data_mod.sha256_of(data_tmp / "mnist.npz")
     images, labels = ds.tensors("test")
     assert images.shape == (10, 1, 28, 28) and images.dtype == torch.uint8 and labels.dtype == torch.int64
 
