@@ -90,12 +90,17 @@ def test_readme_table_is_up_to_date() -> None:
         "README.md is out of date: run `python scripts/update_readme.py`"
 
 
-def test_readme_says_not_yet_measured_without_a_record(tmp_path: Path) -> None:
-    task_dir = tmp_path / "text_generation" / "demo"
+def write_demo_task(root: Path, folder: str, category: str, metric: str, label: str) -> None:
+    """A minimal task folder `<root>/<folder>/demo` with its task.toml."""
+    task_dir = root / folder / "demo"
     task_dir.mkdir(parents=True)
-    (task_dir / "task.toml").write_text('title = "Demo"\ncategory = "Text generation"\npaper = "P"\npaper_url = "u"\n'
-                                        'notebook = "demo.ipynb"\nmetric = "val_loss"\nmetric_label = "val loss"\n'
+    (task_dir / "task.toml").write_text(f'title = "Demo"\ncategory = "{category}"\npaper = "P"\npaper_url = "u"\n'
+                                        f'notebook = "demo.ipynb"\nmetric = "{metric}"\nmetric_label = "{label}"\n'
                                         'lower_is_better = true\n')
+
+
+def test_readme_says_not_yet_measured_without_a_record(tmp_path: Path) -> None:
+    write_demo_task(tmp_path, "text_generation", "Text generation", metric="val_loss", label="val loss")
     tasks = update_readme.load_tasks(tmp_path)
     table = update_readme.render_table(tasks)
     assert "| not yet measured | not yet measured | not yet measured |" in table
@@ -111,11 +116,7 @@ def test_readme_says_not_yet_measured_without_a_record(tmp_path: Path) -> None:
 
 
 def test_readme_lists_each_dataset_of_a_task(tmp_path: Path) -> None:
-    task_dir = tmp_path / "image_generation" / "demo"
-    task_dir.mkdir(parents=True)
-    (task_dir / "task.toml").write_text('title = "Demo"\ncategory = "Image generation"\npaper = "P"\npaper_url = "u"\n'
-                                        'notebook = "demo.ipynb"\nmetric = "nll"\nmetric_label = "NLL"\n'
-                                        'lower_is_better = true\n')
+    write_demo_task(tmp_path, "image_generation", "Image generation", metric="nll", label="NLL")
     results = tmp_path / "results" / "image_generation" / "demo"
     results.mkdir(parents=True)
     base = {"task": "image_generation/demo", "preset": "quick", "device": "cpu", "device_type": "cpu"}
