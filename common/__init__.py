@@ -4,7 +4,7 @@ Nothing in here is a lesson: models, losses, samplers and training loops live in
 notebooks. What lives here is what every notebook needs and nobody wants to read twice.
 """
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import CheckpointError, checkpoint_dir, checkpoint_path, load_checkpoint, save_checkpoint
 from common.data import (
     DatasetError,
     DeviceImageLoader,
@@ -16,23 +16,30 @@ from common.data import (
 from common.device import describe_device, get_device
 from common.fid import fid, get_classifier
 from common.plot import plot_curves, show_images
-from common.precision import amp_dtype, autocast, enable_tf32, grad_scaler, to_channels_last
+from common.precision import (amp_dtype, autocast, compile_unavailable_reason, enable_tf32, fp32_exact, grad_scaler,
+                              maybe_compile, to_channels_last)
 from common.preset import PRESETS, get_preset, pick
-from common.record import RunTimer, peak_memory_bytes, runs_dir, write_run_record
+from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
 from common.seed import seed_everything
 
 __all__ = [
+    "CheckpointError",
     "DatasetError",
     "DeviceImageLoader",
     "ImageData",
     "PRESETS",
-    "RunTimer",
+    "RunClock",
+    "TIMING_POLICY",
     "amp_dtype",
     "autocast",
+    "checkpoint_dir",
+    "checkpoint_path",
+    "compile_unavailable_reason",
     "data_dir",
     "describe_device",
     "enable_tf32",
     "fid",
+    "fp32_exact",
     "get_classifier",
     "get_device",
     "get_preset",
@@ -40,6 +47,7 @@ __all__ = [
     "load_checkpoint",
     "load_image_dataset",
     "load_tinyshakespeare",
+    "maybe_compile",
     "peak_memory_bytes",
     "pick",
     "plot_curves",

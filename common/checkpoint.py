@@ -1,42 +1,140 @@
-"""Checkpoints that survive a crash mid-write and load without unpickling arbitrary code."""
+"""Checkpoints that survive a crash mid-write, load without unpickling arbitrary code, and fail safe.
+
+- `checkpoint_path` names a checkpoint by task, preset and dataset, in `DL_CHECKPOINT_DIR`
+  (default `checkpoints/` at the repository root, git-ignored), so a test or a `smoke` run never
+  overwrites the checkpoint of a real run.
+- `save_checkpoint` writes to a temporary file, flushes and fsyncs it, then renames it over the old
+  one: a run killed mid-save leaves the previous checkpoint intact, never a half-written one.
+- `load_checkpoint` loads with `weights_only=True` (only tensors, numbers, strings and containers of
+  them), turns a corrupt or truncated file into a one-line `CheckpointError` that names the file, and
+  refuses a checkpoint written by a different configuration, naming the fields that differ.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import torch
 
+from common.data import REPO_ROOT
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Save `state` (state_dicts, step counters, plain numbers and strings) atomically.
+# Config fields that may differ between the run that wrote a checkpoint and the run that resumes it.
+RESUMABLE_FIELDS: tuple[str, ...] = ("resume", "compile")
 
-    The file is written to a temporary name in the same folder and then renamed, so a run
-    killed mid-save leaves the previous checkpoint intact, never a half-written one.
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: corrupt, truncated, or written by a different configuration."""
+
+
+def checkpoint_dir() -> Path:
+    """Where checkpoints go: `DL_CHECKPOINT_DIR`, else `checkpoints/` at the repository root (git-ignored)."""
+    return Path(os.environ.get("DL_CHECKPOINT_DIR") or REPO_ROOT / "checkpoints").expanduser()
+
+
+def checkpoint_path(task: str, preset: str, dataset: str, tag: str = "") -> Path:
+    """The checkpoint file of one run: `<checkpoint_dir>/<task>__<preset>__<dataset>[__<tag>].pt`.
+
+    E.g. `checkpoint_path("image_generation/vae", "quick", "mnist")` ->
+    `checkpoints/image_generation__vae__quick__mnist.pt`. `tag` tells apart several models of one notebook.
+    """
+    parts = [task.replace("/", "__"), preset, dataset] + ([tag] if tag else [])
+    return checkpoint_dir() / ("__".join(parts) + ".pt")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], config: Mapping[str, Any] | None = None) -> Path:
+    """Save `state` (state_dicts, step counters, plain numbers and strings) atomically and durably.
+
+    `config` (e.g. `dataclasses.asdict(cfg)`) is stored beside the state, so that `load_checkpoint`
+    can refuse to resume a run of a different configuration.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        state = {**state, "config": _plain(config)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
+def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu",
+                    config: Mapping[str, Any] | None = None,
+                    ignore: Iterable[str] = RESUMABLE_FIELDS) -> dict[str, Any] | None:
     """Load a checkpoint saved by `save_checkpoint`, or return None if there is none (a fresh start).
 
-    Uses `weights_only=True`: only tensors, numbers, strings and containers of them load,
-    so a checkpoint from an untrusted source cannot run code.
+    Raises `CheckpointError` (one line: the file and what to do) when the file is corrupt or truncated,
+    and, when `config` is given, when the checkpoint's stored config differs in a field not in `ignore`.
     """
     path = Path(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError) as e:
+        # torch's own message for these errors suggests weights_only=False, which would let the file run code.
+        reason = type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({reason}: corrupt, truncated or not written by "
+                              f"save_checkpoint). Delete it, or set resume=False to start afresh.") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict. "
+                              f"Delete it, or set resume=False to start afresh.")
+    if config is not None and "config" in state:
+        differing = config_differences(state["config"], config, ignore)
+        if differing:
+            raise CheckpointError(f"{path} was written by a different configuration ({'; '.join(differing)}). "
+                                  f"Restore those Config fields, or set resume=False to start afresh.")
+    return state
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                       ignore: Iterable[str] = RESUMABLE_FIELDS) -> list[str]:
+    """`["width: checkpoint 64, now 32", ...]` for every field that differs, except those in `ignore`."""
+    skip = set(ignore)
+    current = _plain(current)
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if key in skip:
+            continue
+        old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if old != new:
+            out.append(f"{key}: checkpoint {old!r}, now {new!r}")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Config values as types `weights_only` loading accepts (tuples become lists, odd objects strings)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -7,7 +7,11 @@ in full fp32 precision: the same calls are made, autocast is simply disabled.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+import importlib.util
+import os
+import shutil
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -49,3 +53,76 @@ def to_channels_last(obj: nn.Module | torch.Tensor, device: torch.device) -> nn.
     if isinstance(obj, torch.Tensor):
         return obj.contiguous(memory_format=torch.channels_last) if obj.dim() == 4 else obj
     return obj.to(memory_format=torch.channels_last)
+
+
+@contextmanager
+def fp32_exact() -> Iterator[None]:
+    """Full fp32 inside the block: TF32 off and autocast off, restored afterwards.
+
+    Use it for exactness checks and for the losses, likelihoods and metrics a notebook reports: on an
+    Ampere or newer GPU, TF32 matmuls keep only 10 mantissa bits and bf16 only 8, so a check with a
+    tolerance of 1e-5 would fail and a reported likelihood would carry rounding noise. On the CPU it
+    changes nothing.
+    """
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[0], saved[1]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+def compile_unavailable_reason(device: torch.device) -> str | None:
+    """Why `torch.compile` cannot work on `device` here (None when it can): its Inductor backend needs
+    Triton on CUDA and a C++ compiler on the CPU, and does not support Apple MPS."""
+    if device.type == "mps":
+        return "torch.compile does not support MPS"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    compilers = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        return "no C++ compiler found (set CXX or install g++)"
+    return None
+
+
+class _CompiledOrEager:
+    """Calls the `torch.compile`d model; if compiling fails on the first call, says so in one line and
+    runs the eager model from then on. Attributes are those of the eager model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.compiled = torch.compile(model)
+        self.failed = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # a compiler or backend failure; a genuine bug fails again below, eagerly
+                self.failed = True
+                first_line = (str(e).strip().splitlines() or [""])[0][:160]
+                print(f"torch.compile failed ({type(e).__name__}: {first_line}); running the model eagerly")
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Callable[..., Any]:
+    """`torch.compile(model)` when `enabled` and possible, else the eager `model` (with a one-line reason).
+
+    Train through the returned callable; save and evaluate `model` itself (its state_dict keys are the
+    plain ones). The first compiled call compiles, so time it as the run's `compile` span.
+    """
+    if not enabled:
+        return model
+    reason = compile_unavailable_reason(device)
+    if reason is not None:
+        print(f"torch.compile unavailable ({reason}); running the model eagerly")
+        return model
+    return _CompiledOrEager(model)

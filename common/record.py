@@ -1,29 +1,49 @@
-"""Run records: one JSON file per finished run, the only source of numbers in the README.
+"""Run records and the repository's one timing policy.
 
-A record says what ran (task, preset, data), where (device, library versions), how long
-training took on the wall clock, how much memory it used at peak, and the task's metrics.
-Records go to `DL_RUNS_DIR` (default `runs/`, git-ignored); records worth publishing are
-copied into `results/<task>/` and committed, and `scripts/update_readme.py` builds the
-README's table from them.
+A record says what ran (task, preset, data, the code's version), where (device, CPU model, GPU
+name, library versions), how long each part took on the wall clock, how much memory it used at
+peak, and the task's metrics. Records go to `DL_RUNS_DIR` (default `runs/`, git-ignored); records
+worth publishing are copied into `results/<task>/` and committed, and `scripts/update_readme.py`
+builds the README's table from them.
+
+The timing policy (`TIMING_POLICY`, stored in every record as `timing`):
+
+- `train_seconds` is the wall clock of the optimisation steps only: forward, backward, optimiser
+  step and on-device batching, summed over the "train" spans of a `RunClock`.
+- Evaluation, sampling, plotting, checkpoint writes and side experiments run in other named spans
+  (`eval`, `sample`, ...) and are recorded separately under `timings`.
+- The first step of a `torch.compile`d model (which compiles it) is timed as `compile`.
+- On CUDA the clock synchronises only where a span starts or stops, never inside a span, so timing
+  does not slow training down.
+- `notebook_seconds` is the wall clock from the first `import common` to the record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import json
 import math
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
 from common.data import REPO_ROOT
 from common.device import describe_device
+
+TIMING_POLICY = "steps-only/v1"
+TIMING_POLICY_TEXT = ("train_seconds = optimisation steps only (forward, backward, optimiser, on-device batching); "
+                      "evaluation, sampling, plotting, checkpoints and side experiments timed separately; "
+                      "torch.compile warm-up (the first compiled step) as compile; CUDA synchronised only at span edges")
+_IMPORTED_AT = time.perf_counter()  # the notebook's first `import common`: the start of `notebook_seconds`
 
 
 def runs_dir() -> Path:
@@ -33,33 +53,61 @@ def runs_dir() -> Path:
     return path
 
 
-class RunTimer:
-    """Wall-clock seconds spent in the parts of a run you choose to time.
+class RunClock:
+    """Wall-clock seconds per named span (`train`, `compile`, `eval`, ...); at most one span runs at a time.
 
-    `with timer: ...` adds the time spent inside to `timer.seconds`, so time spent
-    outside (plotting, evaluation you exclude) is not counted. On CUDA it synchronises
-    before reading the clock so asynchronous kernels are counted.
+    In a training loop call `clock.start("train")` at the top of every step: it does nothing while
+    `train` is already running, so consecutive steps form one span and the GPU is never synchronised
+    between them. `with clock.span("eval"): ...` stops the running span (one synchronisation), times
+    the block, and stops again; the next step's `clock.start("train")` opens a new train span.
     """
 
     def __init__(self, device: torch.device | None = None) -> None:
         self.device = device
-        self.seconds = 0.0
-        self._start: float | None = None
+        self.seconds: dict[str, float] = {}
+        self.current: str | None = None
+        self._start = 0.0
 
     def _sync(self) -> None:
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __enter__(self) -> "RunTimer":
+    def start(self, name: str) -> None:
+        """Make `name` the running span (a no-op if it already is; otherwise stops the running one first)."""
+        if self.current == name:
+            return
+        self.stop()
         self._sync()
-        self._start = time.perf_counter()
-        return self
+        self.current, self._start = name, time.perf_counter()
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Stop the running span, if any, adding its time to `seconds`."""
+        if self.current is None:
+            return
         self._sync()
-        assert self._start is not None
-        self.seconds += time.perf_counter() - self._start
-        self._start = None
+        self.seconds[self.current] = self.seconds.get(self.current, 0.0) + time.perf_counter() - self._start
+        self.current = None
+
+    @contextlib.contextmanager
+    def span(self, name: str) -> Iterator["RunClock"]:
+        """Time the block as `name`; whatever span was running is stopped first and stays stopped."""
+        self.start(name)
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def __getitem__(self, name: str) -> float:
+        """Seconds spent in `name` so far (0.0 if never started), including a span still running."""
+        running = time.perf_counter() - self._start if self.current == name else 0.0
+        return self.seconds.get(name, 0.0) + running
+
+    def state_dict(self) -> dict[str, float]:
+        """The finished spans' seconds, to store in a checkpoint so a resumed run keeps its earlier time."""
+        return dict(self.seconds)
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.seconds = {str(k): float(v) for k, v in state.items()}
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -68,6 +116,44 @@ def peak_memory_bytes(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB, macOS bytes
+
+
+def cpu_model() -> str:
+    """The CPU's model name, e.g. 'AMD EPYC 7B13', or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def code_version(task: str) -> dict[str, Any]:
+    """What code ran: the git commit and whether the tree was dirty (when in a git checkout), and the
+    SHA-256 of the task notebook's code cells (outputs excluded, so it identifies the code that ran)."""
+    info: dict[str, Any] = {"git_commit": None, "git_dirty": None, "notebook_code_sha256": None}
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        info["git_commit"] = git("rev-parse", "HEAD")
+        info["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    notebooks = sorted((REPO_ROOT / task).glob("*.ipynb"))
+    if len(notebooks) == 1:
+        cells = json.loads(notebooks[0].read_text()).get("cells", [])
+        code = "\n\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+                           for c in cells if c.get("cell_type") == "code")
+        info["notebook_code_sha256"] = hashlib.sha256(code.encode()).hexdigest()
+    return info
+
+
+def device_slug(device: torch.device) -> str:
+    """A file-name-safe device name: 'cpu', 'nvidia-geforce-rtx-4090', 'nvidia-h100-80gb-hbm3'."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
 def _clean(value: Any) -> Any:
@@ -84,7 +170,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_run_record(task: str, preset: str, device: torch.device, train_seconds: float,
+def write_run_record(task: str, preset: str, device: torch.device, clock: RunClock,
                      metrics: Mapping[str, Any], data: str, config: Mapping[str, Any] | None = None) -> Path:
     """Write the record of a finished run to `runs_dir()` and return its path.
 
@@ -92,30 +178,41 @@ def write_run_record(task: str, preset: str, device: torch.device, train_seconds
         task: the task's folder, e.g. 'image_generation/vae'.
         preset: 'smoke', 'quick' or 'full'.
         device: the training device.
-        train_seconds: wall-clock seconds of training (see `RunTimer`).
+        clock: the run's `RunClock`; its `train` span becomes `train_seconds`, every span goes to `timings`.
         metrics: the task's metrics, by the names its README row and issue use.
         data: the data the numbers were measured on, e.g. `ImageData.describe()`.
         config: the run's configuration (e.g. `dataclasses.asdict(cfg)`).
     """
+    clock.stop()
     now = dt.datetime.now(dt.timezone.utc)
+    timings = {name: round(seconds, 2) for name, seconds in sorted(clock.seconds.items())}
+    timings["notebook"] = round(time.perf_counter() - _IMPORTED_AT, 2)
     record = {
         "task": task,
         "preset": preset,
         "device": describe_device(device),
         "device_type": device.type,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu": cpu_model(),
         "data": data,
-        "train_seconds": round(float(train_seconds), 2),
+        "timing": TIMING_POLICY,
+        "timing_policy": TIMING_POLICY_TEXT,
+        "train_seconds": round(clock["train"], 2),
+        "timings": timings,
         "peak_memory_bytes": peak_memory_bytes(device),
         "metrics": _clean(dict(metrics)),
+        "code": code_version(task),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "cuda": torch.version.cuda if device.type == "cuda" else None},
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "finished_at": now.isoformat(timespec="seconds"),
         "config": _clean(dict(config or {})),
     }
-    name = f"{task.replace('/', '__')}__{preset}__{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"
+    name = f"{task.replace('/', '__')}__{preset}__{device_slug(device)}__{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"
     path = runs_dir() / name
     path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"Run record written: {path.name} (train {record['train_seconds']:.1f} s, "
+    others = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k != "train")
+    print(f"Run record written: {path.name} (train {record['train_seconds']:.1f} s; {others}; "
           f"peak memory {record['peak_memory_bytes'] / 2**20:.0f} MiB)")
     return path
