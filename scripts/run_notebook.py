@@ -1,6 +1,7 @@
 """Execute a notebook top to bottom in its own folder and save it with its outputs.
 
     DL_PRESET=quick python scripts/run_notebook.py image_classification/resnet/resnet.ipynb
+    DL_PRESET=smoke python scripts/run_notebook.py --no-save templates/task_template/task_template.ipynb
 
 Like `jupyter execute --inplace`, but progress bars are collapsed to their final line
 (carriage returns resolved), so committed notebooks stay small and readable.
@@ -16,7 +17,7 @@ import nbformat
 from nbclient import NotebookClient
 
 
-def run(path: Path, timeout: int = 24 * 3600) -> None:
+def run(path: Path, timeout: int = 24 * 3600, save: bool = True) -> None:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
                             resources={"metadata": {"path": str(path.parent)}})
@@ -24,11 +25,15 @@ def run(path: Path, timeout: int = 24 * 3600) -> None:
     try:
         client.execute()
     finally:
-        nbformat.write(nb, path)
-        print(f"{path}: {time.perf_counter() - start:.0f} s, outputs saved")
+        if save:
+            nbformat.write(nb, path)
+        print(f"{path}: {time.perf_counter() - start:.0f} s" + (", outputs saved" if save else ", outputs not saved"))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    save = "--no-save" not in args
+    paths = [a for a in args if a != "--no-save"]
+    if len(paths) != 1:
         sys.exit(__doc__)
-    run(Path(sys.argv[1]).resolve())
+    run(Path(paths[0]).resolve(), save=save)

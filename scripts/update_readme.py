@@ -5,18 +5,23 @@
 
 Each task folder has a `task.toml` (title, paper, notebook, headline metric). Each
 committed run record lives in `results/<category>/<task>/*.json` (copied from `runs/` after
-a real run). For each task the table shows the newest record of a `full` run on an RTX
-4090 and of a `quick` run on a CPU; a missing one reads "not yet measured". No number in
-the table comes from anywhere else.
+a real run). For each task the table shows the newest record of a `full` run on each CUDA GPU
+(named) and of a `quick` run on a CPU; a missing one reads "not yet measured". N, the title's
+number, sums only `full` runs on an RTX 4090; time measured on other GPUs is totalled apart, by
+name. No number in the table comes from anywhere else.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (requirements.txt installs it there)
+    import tomli as tomllib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = ("image_classification", "image_generation", "representation_learning", "text_generation")
@@ -44,14 +49,23 @@ def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
     return tasks
 
 
-def newest(records: list[dict], preset: str, on_4090: bool) -> list[dict]:
-    """Per dataset, the newest record of `preset` on an RTX 4090 (on_4090) or on a CPU (not on_4090), oldest first."""
-    matching = [r for r in records if r["preset"] == preset and
-                (("4090" in r["device"]) if on_4090 else r["device_type"] == "cpu")]
-    per_data: dict[str, dict] = {}
-    for r in sorted(matching, key=lambda r: r["finished_at"]):
-        per_data[r["data"]] = r
-    return sorted(per_data.values(), key=lambda r: r["finished_at"])
+def is_4090(record: dict) -> bool:
+    return record["device_type"] == "cuda" and "4090" in (record.get("gpu") or record["device"])
+
+
+def gpu_name(record: dict) -> str:
+    return record.get("gpu") or record["device"]
+
+
+def newest(records: list[dict], preset: str, where: str) -> list[dict]:
+    """Per dataset (and per GPU), the newest record of `preset` on `where` ('4090', 'gpu': any CUDA GPU, 'cpu'),
+    oldest first."""
+    test = {"4090": is_4090, "gpu": lambda r: r["device_type"] == "cuda",
+            "cpu": lambda r: r["device_type"] == "cpu"}[where]
+    per_key: dict[tuple[str, str], dict] = {}
+    for r in sorted((r for r in records if r["preset"] == preset and test(r)), key=lambda r: r["finished_at"]):
+        per_key[(r["data"], gpu_name(r) if where != "cpu" else "")] = r
+    return sorted(per_key.values(), key=lambda r: r["finished_at"])
 
 
 def fmt_minutes(seconds: float) -> str:
@@ -63,33 +77,48 @@ def fmt_metric(value: float) -> str:
 
 
 def row(task: Task) -> str:
-    """One table row; a task measured on several datasets lists each, one line per dataset."""
+    """One table row; a task measured on several datasets (or GPUs) lists each, one line per record."""
     m = task.meta
-    gpu, cpu = newest(task.records, "full", True), newest(task.records, "quick", False)
+    gpu, cpu = newest(task.records, "full", "gpu"), newest(task.records, "quick", "cpu")
     headline = NOT_MEASURED
-    for recs, where in ((gpu, "full, RTX 4090"), (cpu, "quick, CPU")):
+    for recs, where in ((newest(task.records, "full", "4090"), "full, RTX 4090"), (gpu, None), (cpu, "quick, CPU")):
         shown = [r for r in recs if m["metric"] in r["metrics"]]
         if shown:
-            headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} ({where}; {r['data']})"
-                                   for r in shown)
+            headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} "
+                                   f"({where or 'full, ' + gpu_name(r)}; {r['data']})" for r in shown)
             break
-    gpu_cost = "<br>".join(fmt_minutes(r["train_seconds"]) for r in gpu) or NOT_MEASURED
+    gpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({gpu_name(r)})" for r in gpu) or NOT_MEASURED
     cpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({r['device']})" for r in cpu) or NOT_MEASURED
     link = f"[{m['notebook']}]({task.folder}/{m['notebook']})"
     return f"| {m['category']}: {m['title']} | [{m['paper']}]({m['paper_url']}) | {link} | {headline} | {gpu_cost} | {cpu_cost} |"
 
 
+def other_gpus_line(tasks: list[Task]) -> str:
+    """The `full` training time measured on GPUs other than the RTX 4090, per GPU (newest run per task)."""
+    per_gpu: dict[str, dict[str, float]] = {}
+    for t in tasks:
+        for r in newest(t.records, "full", "gpu"):
+            if not is_4090(r):
+                per_gpu.setdefault(gpu_name(r), {})[t.folder] = r["train_seconds"]
+    if not per_gpu:
+        return "No `full` run has been measured on another GPU either."
+    parts = [f"{name}: {sum(s.values()) / 3600:.2f} hours over {len(s)} of {len(tasks)} tasks"
+             for name, s in sorted(per_gpu.items())]
+    return "Measured on other GPUs (not counted in N): " + "; ".join(parts) + "."
+
+
 def render_table(tasks: list[Task]) -> str:
-    lines = ["| Task | Paper | Notebook | Headline metric | Training time, RTX 4090 (`full`) | Training time, CPU (`quick`) |",
+    lines = ["| Task | Paper | Notebook | Headline metric | Training time, GPU (`full`) | Training time, CPU (`quick`) |",
              "|---|---|---|---|---|---|"]
     lines += [row(t) for t in tasks]
-    measured = [newest(t.records, "full", True)[-1:] for t in tasks]  # per task, its newest full 4090 run
+    measured = [newest(t.records, "full", "4090")[-1:] for t in tasks]  # per task, its newest full 4090 run
     if tasks and all(measured):
         hours = sum(r[0]["train_seconds"] for r in measured) / 3600
-        lines.append(f"\n**N = {hours:.2f}** 4090-hours: the sum of the `full` training times above.")
+        lines.append(f"\n**N = {hours:.2f}** 4090-hours: the sum of the `full` training times on an RTX 4090 above.")
     else:
         done = sum(bool(r) for r in measured)
         lines.append(f"\n**N = {NOT_MEASURED}**: {done} of {len(tasks)} tasks have a `full` run measured on an RTX 4090.")
+    lines.append(other_gpus_line(tasks))
     return "\n".join(lines)
 
 

@@ -1,5 +1,7 @@
+import dataclasses
 import json
-import pickle
+import os
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -7,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from common import (RunTimer, load_checkpoint, plot_curves, save_checkpoint, show_images,
-                    write_run_record)
+import common
+import common.checkpoint
+from common import (CheckpointError, RunClock, checkpoint_path, load_checkpoint, plot_curves, save_checkpoint,
+                    show_images, write_run_record)
 
 
 def test_checkpoint_round_trip_resumes_training_state(tmp_path):
@@ -37,11 +41,69 @@ class Evil:
         return (print, ("code ran",))
 
 
-def test_load_refuses_arbitrary_objects(tmp_path):
+def test_load_refuses_arbitrary_objects_in_one_line_without_unsafe_advice(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"x": Evil()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "resume=False" in message and "\n" not in message
+    assert "weights_only" not in message  # torch's own text advises weights_only=False, which would run code
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_or_truncated_checkpoint_is_a_one_line_error(tmp_path, damage):
+    path = save_checkpoint(tmp_path / "last.pt", {"model": nn.Linear(50, 50).state_dict(), "step": 3})
+    raw = path.read_bytes()
+    path.write_bytes({"truncate": raw[: len(raw) // 2], "garbage": os.urandom(2000), "empty": b""}[damage])
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "Delete it" in message and "\n" not in message
+    assert "weights_only" not in message
+    assert info.value.__cause__ is None  # the unpickler's traceback (and its advice) is not chained
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    width: int = 64
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.99)
+    resume: bool = False
+    compile: bool = False
+
+
+def test_checkpoint_of_another_configuration_is_refused_naming_the_fields(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", {"step": 5}, config=dataclasses.asdict(DemoConfig()))
+    same = DemoConfig(resume=True, compile=True)  # resuming and compiling do not change what was trained
+    assert load_checkpoint(path, config=dataclasses.asdict(same))["step"] == 5
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, config=dataclasses.asdict(DemoConfig(width=32, lr=2e-3)))
+    message = str(info.value)
+    assert "width: checkpoint 64, now 32" in message and "lr: checkpoint 0.001, now 0.002" in message
+    fields = message.split("(")[1].split(")")[0]
+    assert "betas" not in fields and "resume" not in fields and "compile" not in fields
+    assert load_checkpoint(path)["step"] == 5  # without a config nothing is compared
+
+
+def test_save_fsyncs_the_file_before_the_atomic_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(common.checkpoint.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(common.checkpoint.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    save_checkpoint(tmp_path / "last.pt", {"step": 1})
+    assert events[:2] == ["fsync", "replace"]
+
+
+def test_checkpoint_names_carry_task_preset_and_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("DL_CHECKPOINT_DIR", str(tmp_path))
+    quick = checkpoint_path("image_generation/vae", "quick", "mnist")
+    assert quick == tmp_path / "image_generation__vae__quick__mnist.pt"
+    others = {checkpoint_path("image_generation/vae", "smoke", "mnist"),
+              checkpoint_path("image_generation/vae", "quick", "fashion_mnist"),
+              checkpoint_path("image_classification/resnet", "quick", "mnist"),
+              checkpoint_path("image_generation/vae", "quick", "mnist", tag="best")}
+    assert quick not in others and len(others) == 4
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path):
@@ -52,22 +114,44 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def test_run_clock_keeps_spans_apart_and_resumes():
+    clock = RunClock(torch.device("cpu"))
+    clock.start("train")
+    time.sleep(0.02)
+    clock.start("train")  # a no-op while train runs: consecutive steps are one span
+    time.sleep(0.02)
+    with clock.span("eval"):
+        time.sleep(0.03)
+    assert clock.current is None  # a span stops what ran before it, and stays stopped
+    clock.start("train")
+    time.sleep(0.01)
+    clock.stop()
+    assert 0.05 <= clock["train"] < 0.09 and 0.03 <= clock["eval"] < 0.06 and clock["compile"] == 0.0
+    resumed = RunClock()
+    resumed.load_state_dict(clock.state_dict())
+    assert resumed["train"] == clock["train"]
+
+
 def test_run_record_has_the_required_fields(runs_tmp):
-    timer = RunTimer()
-    with timer:
+    clock = RunClock()
+    with clock.span("train"):
         sum(range(10000))
-    with timer:
+    with clock.span("eval"):
         pass
-    assert timer.seconds > 0
-    path = write_run_record("image_generation/vae", "smoke", torch.device("cpu"), timer.seconds,
+    assert clock["train"] > 0
+    path = write_run_record("image_generation/vae", "smoke", torch.device("cpu"), clock,
                             {"fid": np.float64(3.5), "loss": torch.tensor(1.25), "bad": float("nan")},
                             data="MNIST (8,000 train / 2,000 test images)", config={"lr": 1e-3})
-    assert path.parent == runs_tmp
+    assert path.parent == runs_tmp and "__smoke__cpu__" in path.name
     record = json.loads(path.read_text())
     for key in ("task", "preset", "device", "device_type", "data", "train_seconds", "peak_memory_bytes",
-                "metrics", "versions", "finished_at", "config"):
+                "metrics", "versions", "finished_at", "config", "timing", "timings", "code", "cpu", "gpu"):
         assert key in record
     assert record["task"] == "image_generation/vae" and record["preset"] == "smoke"
+    assert record["timing"] == common.TIMING_POLICY and record["train_seconds"] == round(clock["train"], 2)
+    assert set(record["timings"]) == {"train", "eval", "notebook"}
+    assert record["timings"]["notebook"] >= record["train_seconds"]
+    assert len(record["code"]["notebook_code_sha256"]) == 64  # the VAE notebook's code cells
     assert record["metrics"] == {"fid": 3.5, "loss": 1.25, "bad": "nan"}
     assert record["versions"]["torch"] == torch.__version__
     assert record["peak_memory_bytes"] > 10 * 2**20  # a Python process with torch uses more than 10 MiB

@@ -1,6 +1,8 @@
-"""Execute every notebook end to end with DL_PRESET=smoke and check it writes a run record.
+"""What nbval cannot check: that every notebook writes one honest run record and resumes from its checkpoint.
 
-Notebooks are found by globbing, so a new task is covered without editing this file.
+nbval (configured in pyproject.toml) executes every notebook once in the `smoke` preset. Here each notebook
+runs twice more, in a temporary folder: once from scratch, then with `resume = True` edited into its Config
+cell, which nbval cannot do. Notebooks are found by globbing, so a new task is covered without editing this file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from common import TIMING_POLICY
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("image_classification", "image_generation", "representation_learning", "text_generation", "templates")
 NOTEBOOKS = sorted(p for folder in FOLDERS for p in (REPO_ROOT / folder).glob("**/*.ipynb")
@@ -21,43 +25,55 @@ IDS = [p.parent.relative_to(REPO_ROOT).as_posix() for p in NOTEBOOKS]
 
 @pytest.fixture
 def smoke_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The smoke preset, headless plots, and run records in a temporary folder (returned)."""
+    """The smoke preset, headless plots, run records and checkpoints in temporary folders; returns the records'."""
     runs = tmp_path / "runs"
     monkeypatch.setenv("DL_PRESET", "smoke")
     monkeypatch.setenv("DL_RUNS_DIR", str(runs))
+    monkeypatch.setenv("DL_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     return runs
 
 
-def execute(nb: nbformat.NotebookNode, cwd: Path) -> None:
-    """Run every cell of `nb` in a fresh kernel whose working directory is `cwd`; a failing cell raises."""
+def execute(nb: nbformat.NotebookNode, cwd: Path) -> str:
+    """Run every cell of `nb` in a fresh kernel whose working directory is `cwd`; returns the text it printed."""
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return " ".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_runs_in_smoke_and_writes_a_record(path: Path, smoke_env: Path) -> None:
-    execute(nbformat.read(path, as_version=4), path.parent)
-    records = [json.loads(p.read_text()) for p in smoke_env.glob("*.json")]
-    assert len(records) == 1, f"expected one run record, found {len(records)}"
-    record = records[0]
+def with_resume(path: Path, resume: bool) -> nbformat.NotebookNode:
+    nb = nbformat.read(path, as_version=4)
+    config_cells = [c for c in nb.cells if c.cell_type == "code" and "resume: bool = False" in c.source]
+    assert len(config_cells) == 1, "the Config needs a `resume: bool = False` field"
+    config_cells[0].source = config_cells[0].source.replace("resume: bool = False", f"resume: bool = {resume}")
+    return nb
+
+
+def check_record(record: dict, path: Path) -> None:
     assert record["task"] == path.parent.relative_to(REPO_ROOT).as_posix()
     assert record["preset"] == "smoke"
     assert record["metrics"], "the run record has no metrics"
+    assert record["timing"] == TIMING_POLICY and record["train_seconds"] > 0
+    assert record["timings"]["train"] == record["train_seconds"]
+    assert record["timings"]["notebook"] >= sum(v for k, v in record["timings"].items() if k != "notebook") * 0.99
+    assert len(record["code"]["notebook_code_sha256"]) == 64
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_resumes_from_its_checkpoint(path: Path, tmp_path: Path, smoke_env: Path) -> None:
+def test_notebook_writes_a_record_and_resumes_from_its_checkpoint(path: Path, tmp_path: Path, smoke_env: Path) -> None:
     """Run once in smoke, then again with `resume=True`: the second run must pick up the first run's checkpoint."""
-    outputs = []
-    for resume in (False, True):
-        nb = nbformat.read(path, as_version=4)
-        config_cells = [c for c in nb.cells if c.cell_type == "code" and "resume: bool = False" in c.source]
-        assert len(config_cells) == 1, "the Config needs a `resume: bool = False` field"
-        config_cells[0].source = config_cells[0].source.replace("resume: bool = False", f"resume: bool = {resume}")
-        execute(nb, tmp_path)  # checkpoints land in tmp_path
-        outputs.append(" ".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])))
-    assert "resumed" not in outputs[0].lower()
-    assert "resumed" in outputs[1].lower(), "the resumed run did not say it resumed"
-    assert len(list(smoke_env.glob("*.json"))) == 2
+    first = execute(with_resume(path, False), tmp_path)
+    records = [json.loads(p.read_text()) for p in smoke_env.glob("*.json")]
+    assert len(records) == 1, f"expected one run record, found {len(records)}"
+    check_record(records[0], path)
+    assert "resumed" not in first.lower()
+    assert any((tmp_path / "checkpoints").iterdir()), "no checkpoint was written to DL_CHECKPOINT_DIR"
+    assert not list(tmp_path.glob("*.pt")) and not (tmp_path / "checkpoints").samefile(tmp_path)
+
+    second = execute(with_resume(path, True), tmp_path)
+    assert "resumed" in second.lower(), "the resumed run did not say it resumed"
+    records = sorted((json.loads(p.read_text()) for p in smoke_env.glob("*.json")), key=lambda r: r["finished_at"])
+    assert len(records) == 2
+    check_record(records[1], path)
+    # the resumed run keeps the first run's training time rather than starting its clock at zero
+    assert records[1]["train_seconds"] >= records[0]["train_seconds"] * 0.99

@@ -1,7 +1,8 @@
 import torch
 from torch import nn
 
-from common import amp_dtype, autocast, enable_tf32, grad_scaler, to_channels_last
+from common import (amp_dtype, autocast, compile_unavailable_reason, enable_tf32, fp32_exact, grad_scaler, maybe_compile,
+                    precision, to_channels_last)
 
 CPU = torch.device("cpu")
 
@@ -58,3 +59,46 @@ def test_enable_tf32_sets_the_flags():
     finally:
         torch.set_float32_matmul_precision(before)
         torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def test_fp32_exact_turns_tf32_and_autocast_off_and_restores_them():
+    before = torch.get_float32_matmul_precision()
+    try:
+        enable_tf32()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.mm(torch.randn(4, 4), torch.randn(4, 4)).dtype == torch.bfloat16
+            with fp32_exact():
+                assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+                assert torch.get_float32_matmul_precision() == "highest"
+                assert torch.mm(torch.randn(4, 4), torch.randn(4, 4)).dtype == torch.float32
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def test_maybe_compile_is_the_eager_model_when_disabled_or_impossible(capsys):
+    model = nn.Linear(3, 2)
+    assert maybe_compile(model, False, CPU) is model
+    assert capsys.readouterr().out == ""
+    assert compile_unavailable_reason(torch.device("mps")) is not None
+    assert maybe_compile(model, True, torch.device("mps")) is model
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "running the model eagerly" in out
+
+
+def test_maybe_compile_falls_back_to_eager_when_compiling_fails(monkeypatch, capsys):
+    def broken_compile(model):
+        def run(*args):
+            raise RuntimeError("backend compiler failed\nlong traceback ...")
+        return run
+    monkeypatch.setattr(precision.torch, "compile", broken_compile)
+    monkeypatch.setattr(precision, "compile_unavailable_reason", lambda device: None)
+    model = nn.Linear(3, 2)
+    fn = maybe_compile(model, True, CPU)
+    x = torch.randn(5, 3)
+    assert torch.equal(fn(x), model(x))
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "backend compiler failed" in out and "eagerly" in out
+    assert torch.equal(fn(x), model(x)) and capsys.readouterr().out == ""  # said once, eager from then on
+    assert fn.weight is model.weight  # attributes are the eager model's

@@ -1,0 +1,168 @@
+"""The GPU check: every notebook in `smoke` on CUDA, then, if asked, chosen `full` presets, with their records.
+
+    python scripts/gpu_check.py --data-dir /path/to/data                      # smoke, every notebook, on CUDA
+    python scripts/gpu_check.py --data-dir /path/to/data --full image_generation/vae text_generation/char_gpt
+    python scripts/gpu_check.py --data-dir /path/to/data --full all --timeout 3600
+    python scripts/gpu_check.py --device cpu --only templates/task_template    # the same path on a CPU (tests)
+
+It needs no Jupyter and no internet: each notebook's code cells are concatenated into a plain Python script
+(PyTorch, NumPy, Matplotlib and tqdm are enough) and run in a fresh process with `DL_PRESET`, `DL_DATA_DIR`,
+`DL_DEVICE` and a temporary `DL_RUNS_DIR`/`DL_CHECKPOINT_DIR` set, so nothing of yours is overwritten. On
+CUDA the notebooks take their GPU path: bf16 autocast, TF32, channels_last, `torch.compile` where their
+Config turns it on (`full`). The smoke runs check that each notebook runs there and records a CUDA device.
+Records of `full` runs are copied into `results/<task>/` (named by the GPU they ran on); then run
+`python scripts/update_readme.py` and commit them. Without a CUDA device (and without `--device cpu`)
+it converts and checks everything it can, then stops with exit code 3 before the CUDA runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = ("image_classification", "image_generation", "representation_learning", "text_generation", "templates")
+NO_CUDA = 3
+
+
+def notebooks() -> dict[str, Path]:
+    """Task folder (e.g. 'image_generation/vae') -> its notebook, for every notebook in the repository."""
+    found = sorted(p for folder in FOLDERS for p in (REPO_ROOT / folder).glob("**/*.ipynb")
+                   if ".ipynb_checkpoints" not in p.parts)
+    return {p.parent.relative_to(REPO_ROOT).as_posix(): p for p in found}
+
+
+def notebook_to_script(path: Path) -> str:
+    """The notebook's code cells as one Python script; IPython magics and shell lines are commented out."""
+    cells = json.loads(path.read_text())["cells"]
+    parts = []
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        lines = [f"# (magic) {line}" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+        parts.append(f"# ---- cell {i} ----\n" + "\n".join(lines))
+    script = "\n\n".join(parts) + "\n"
+    compile(script, str(path), "exec")  # a syntax error is reported here, before any run
+    return script
+
+
+def run_one(task: str, script: Path, preset: str, env: dict[str, str], workdir: Path, timeout: int) -> dict:
+    """Run one converted notebook; returns its status, wall-clock, log file and run record (if any)."""
+    runs = workdir / "runs" / preset / task.replace("/", "__")
+    runs.mkdir(parents=True, exist_ok=True)
+    log = workdir / "logs" / f"{task.replace('/', '__')}__{preset}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**env, "DL_PRESET": preset, "DL_RUNS_DIR": str(runs)}
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        try:
+            rc = subprocess.run([sys.executable, str(script)], cwd=workdir, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                timeout=timeout).returncode
+            status = "ok" if rc == 0 else f"failed (exit {rc})"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {timeout} s"
+    records = sorted(runs.glob("*.json"))
+    record = json.loads(records[-1].read_text()) if records else None
+    if status == "ok" and record is None:
+        status = "failed (no run record)"
+    return {"task": task, "preset": preset, "status": status, "seconds": time.perf_counter() - start, "log": log,
+            "record": record, "record_path": records[-1] if records else None}
+
+
+def check_record(result: dict, device: str) -> None:
+    """A smoke run on CUDA must have trained on CUDA; anything else is a failure of the check."""
+    record = result["record"]
+    if result["status"] == "ok" and record["device_type"] != device:
+        result["status"] = f"failed (record says device {record['device_type']}, expected {device})"
+
+
+def summary_line(result: dict) -> str:
+    r = result["record"] or {}
+    timings = r.get("timings", {})
+    extra = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k not in ("train", "notebook"))
+    memory = f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r else "-"
+    return (f"{result['task']:<32} {result['preset']:<6} {result['status']:<28} wall {result['seconds']:7.1f} s  "
+            f"train {timings.get('train', float('nan')):7.1f} s  peak {memory:>9}  {extra}")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--data-dir", default=os.environ.get("DL_DATA_DIR") or str(REPO_ROOT / "data"),
+                        help="folder with the datasets (mnist.npz, cifar10.npz, tinyshakespeare.txt, ...); "
+                             "default: $DL_DATA_DIR, else data/")
+    parser.add_argument("--only", nargs="+", metavar="TASK", help="smoke-check only these task folders")
+    parser.add_argument("--full", nargs="+", metavar="TASK", default=[],
+                        help="after the smoke runs, run these tasks' `full` presets ('all' for every task)")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu: the CPU runs the same path, for testing")
+    parser.add_argument("--timeout", type=int, default=3 * 3600, help="seconds per notebook run (default 3 h)")
+    parser.add_argument("--no-save", action="store_true", help="do not copy `full` records into results/")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (scripts, logs, records)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    available = notebooks()
+    tasks = args.only or list(available)
+    full = [t for t in available if not t.startswith("templates/")] if args.full == ["all"] else args.full
+    unknown = [t for t in tasks + full if t not in available]
+    if unknown:
+        print(f"unknown task folder(s): {unknown}; known: {list(available)}")
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    scripts = {}
+    for task in dict.fromkeys(tasks + full):
+        scripts[task] = workdir / f"{task.replace('/', '__')}.py"
+        scripts[task].write_text(notebook_to_script(available[task]))
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    print(f"converted {len(scripts)} notebooks to scripts in {workdir}; data from {data_dir} "
+          f"({', '.join(sorted(p.name for p in data_dir.iterdir())) if data_dir.is_dir() else 'MISSING'})")
+
+    import torch  # imported late so that --help and the conversion work anywhere
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device here: everything up to the CUDA runs is done; run this on a GPU machine "
+              "(or pass --device cpu to exercise the same path on the CPU)")
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return NO_CUDA
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    print(f"device: {device_name}, torch {torch.__version__}")
+    env = {**os.environ, "DL_DATA_DIR": str(data_dir), "DL_DEVICE": args.device, "MPLBACKEND": "Agg",
+           "DL_CHECKPOINT_DIR": str(workdir / "checkpoints"), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+
+    results = []
+    for preset, selected in (("smoke", tasks), ("full", full)):
+        for task in selected:
+            result = run_one(task, scripts[task], preset, env, workdir, args.timeout)
+            check_record(result, args.device)
+            results.append(result)
+            print(summary_line(result), flush=True)
+            if result["status"] != "ok":
+                print(f"  log: {result['log']}\n  " + "\n  ".join(result["log"].read_text().splitlines()[-15:]))
+            elif preset == "full" and not args.no_save:
+                target = REPO_ROOT / "results" / task / result["record_path"].name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(result["record_path"], target)
+                print(f"  record saved: {target.relative_to(REPO_ROOT)}")
+    failed = [r for r in results if r["status"] != "ok"]
+    print(f"{len(results) - len(failed)} of {len(results)} runs passed on {device_name}")
+    if not args.keep and not failed:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"work folder kept: {workdir}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

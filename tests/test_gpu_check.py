@@ -1,0 +1,65 @@
+"""scripts/gpu_check.py: everything but CUDA itself, tested on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "scripts" / "gpu_check.py"
+spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+gpu_check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_check)
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_works_without_a_gpu():
+    result = run("--help")
+    assert result.returncode == 0 and "--full" in result.stdout and "--data-dir" in result.stdout
+
+
+def test_every_notebook_converts_to_a_script_that_compiles(tmp_path):
+    found = gpu_check.notebooks()
+    assert "templates/task_template" in found and len(found) >= 2
+    for task, path in found.items():
+        script = gpu_check.notebook_to_script(path)
+        assert "write_run_record(" in script and f'"{task}"' in script
+        compile(script, task, "exec")
+
+
+def test_magics_are_commented_out(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "source": "%matplotlib inline\nx = 1\n!ls"},
+                    {"cell_type": "markdown", "source": "# not code"}]}
+    path = tmp_path / "demo.ipynb"
+    path.write_text(json.dumps(nb))
+    script = gpu_check.notebook_to_script(path)
+    assert "# (magic) %matplotlib inline" in script and "# (magic) !ls" in script and "not code" not in script
+
+
+def test_unknown_task_is_refused():
+    result = run("--only", "image_generation/no_such_task")
+    assert result.returncode == 2 and "unknown task" in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_cuda_it_stops_before_the_cuda_runs():
+    result = run("--only", "templates/task_template")
+    assert result.returncode == gpu_check.NO_CUDA, result.stdout + result.stderr
+    assert "converted 1 notebooks" in result.stdout and "no CUDA device" in result.stdout
+
+
+def test_the_same_path_runs_on_the_cpu_and_keeps_results_untouched():
+    before = sorted((REPO_ROOT / "results").rglob("*"))
+    result = run("--device", "cpu", "--only", "templates/task_template", "--no-save")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "templates/task_template" in result.stdout and "1 of 1 runs passed on cpu" in result.stdout
+    assert sorted((REPO_ROOT / "results").rglob("*")) == before
