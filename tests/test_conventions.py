@@ -71,6 +71,33 @@ def test_template_follows_the_skeleton() -> None:
     nb = nbformat.read(TEMPLATE / "task_template.ipynb", as_version=4)
     check_skeleton(nb)
     assert (TEMPLATE / "requirements.txt").exists() and (TEMPLATE / "task.toml").exists()
+    meta = update_readme.tomllib.loads((TEMPLATE / "task.toml").read_text())
+    assert "prerequisites" in meta and "next" in meta, "the template's task.toml shows the learning-path fields"
+
+
+def is_task_folder(folder: str, root: Path = REPO_ROOT) -> bool:
+    parts = folder.split("/")
+    return len(parts) == 2 and parts[0] in update_readme.CATEGORIES and (root / folder / "task.toml").exists()
+
+
+def test_the_learning_path_names_task_folders_and_has_no_cycle() -> None:
+    metas = {t.folder: t.meta for t in update_readme.load_tasks()}
+    metas["templates/task_template"] = update_readme.tomllib.loads((TEMPLATE / "task.toml").read_text())
+    assert update_readme.path_problems(metas, is_task_folder) == []
+
+
+def test_the_learning_path_checker_catches_missing_folders_self_references_and_cycles() -> None:
+    def check(metas):
+        return update_readme.path_problems(metas, lambda folder: folder in metas)
+
+    assert check({"a/x": {"next": ["a/y"]}, "a/y": {"prerequisites": ["a/x"]}}) == []
+    assert check({"a/x": {"next": ["a/gone"]}}) == ["a/x: `next` names 'a/gone', which is not a task folder"]
+    assert check({"a/x": {"prerequisites": ["a/x"]}}) == ["a/x: `prerequisites` names the task itself"]
+    assert check({"a/x": {"next": "a/y"}, "a/y": {}}) == ["a/x: `next` must be a list of task folders"]
+    cycle = check({"a/x": {"next": ["a/y"]}, "a/y": {"next": ["a/z"]}, "a/z": {"prerequisites": ["a/y"], "next": ["a/x"]}})
+    assert cycle == ["the learning path has a cycle: a/x -> a/y -> a/z -> a/x"]
+    # a prerequisite is an edge too: y needs x, and x says y comes before it
+    assert check({"a/x": {"prerequisites": ["a/y"]}, "a/y": {"prerequisites": ["a/x"]}})[0].startswith("the learning path has a cycle")
 
 
 RECORDS = sorted((REPO_ROOT / "results").glob("**/*.json"))
@@ -90,13 +117,43 @@ def test_readme_table_is_up_to_date() -> None:
         "README.md is out of date: run `python scripts/update_readme.py`"
 
 
+def test_readme_learning_path_is_up_to_date() -> None:
+    text = (REPO_ROOT / "README.md").read_text()
+    assert update_readme.PATH_START in text and update_readme.PATH_END in text, "README.md lacks the learning path"
+    block = text.split(update_readme.PATH_START, 1)[1].split(update_readme.PATH_END, 1)[0]
+    tasks = update_readme.load_tasks()
+    assert block == f"\n{update_readme.render_path(tasks)}\n", \
+        "README.md's learning path is out of date: run `python scripts/update_readme.py`"
+    for t in tasks:  # every task is on the path, with its notebook and its Colab link
+        path = f"{t.folder}/{t.meta['notebook']}"
+        assert f"]({path})" in block and update_readme.colab_url(path) in block
+
+
+def test_the_learning_path_renders_next_prerequisites_and_coming(tmp_path: Path) -> None:
+    tasks = [update_readme.Task("image_classification/a", {"category": "C", "title": "A", "notebook": "a.ipynb",
+                                                           "prerequisites": [], "next": ["image_generation/b"],
+                                                           "coming": ["S"]}, []),
+             update_readme.Task("image_generation/b", {"category": "C", "title": "B", "notebook": "b.ipynb",
+                                                       "prerequisites": ["image_classification/a"], "next": []}, []),
+             update_readme.Task("image_generation/c", {"category": "C", "title": "D", "notebook": "c.ipynb",
+                                                       "prerequisites": ["image_generation/b"], "next": []}, []),
+             update_readme.Task("text_generation/d", {"category": "T", "title": "E", "notebook": "d.ipynb",
+                                                      "prerequisites": [], "next": []}, [])]
+    lines = update_readme.render_path(tasks).splitlines()
+    assert [line.split("]")[0] for line in lines] == ["- [C: A", "  - [C: B", "    - [C: D", "  - coming, not written yet: S",
+                                                      "- [T: E"]
+    tasks[0].meta["prerequisites"] = ["image_generation/c"]
+    with pytest.raises(ValueError, match="cycle"):
+        update_readme.render_path(tasks)
+
+
 def write_demo_task(root: Path, folder: str, category: str, metric: str, label: str) -> None:
     """A minimal task folder `<root>/<folder>/demo` with its task.toml."""
     task_dir = root / folder / "demo"
     task_dir.mkdir(parents=True)
     (task_dir / "task.toml").write_text(f'title = "Demo"\ncategory = "{category}"\npaper = "P"\npaper_url = "u"\n'
                                         f'notebook = "demo.ipynb"\nmetric = "{metric}"\nmetric_label = "{label}"\n'
-                                        'lower_is_better = true\n')
+                                        'lower_is_better = true\nprerequisites = []\nnext = []\n')
 
 
 def test_readme_says_not_yet_measured_without_a_record(tmp_path: Path) -> None:

@@ -1,0 +1,141 @@
+"""Each task's requirements.txt lists exactly what its notebook imports, with the root requirements' bounds.
+
+A notebook opened alone (e.g. in Colab) installs `common` and its task's requirements.txt, nothing else, so a
+missing line there is an ImportError for a learner; a bound that differs from the root file's is a version
+nobody tested. `common`'s own dependencies (pyproject.toml) follow the same rule.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import notebook_header  # noqa: E402
+
+update_readme = notebook_header.update_readme  # tomllib (tomli on Python 3.10)
+
+LOCAL = {"common"}  # this repository's package: installed by the setup cell, not by requirements.txt
+IMPORT_TO_DIST = {  # import name -> distribution name on PyPI; add a line when a notebook imports something new
+    "torch": "torch", "torchvision": "torchvision", "torchaudio": "torchaudio", "numpy": "numpy",
+    "matplotlib": "matplotlib", "tqdm": "tqdm", "scipy": "scipy", "sklearn": "scikit-learn", "PIL": "pillow",
+    "pandas": "pandas", "einops": "einops", "yaml": "pyyaml", "cv2": "opencv-python", "skimage": "scikit-image",
+    "tomli": "tomli", "packaging": "packaging",
+}
+NOTEBOOKS = notebook_header.task_notebooks()
+
+
+def imported_modules(source: str) -> set[str]:
+    """The top-level names of the absolute imports in `source` (anywhere: module level or inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def third_party_imports(nb) -> set[str]:
+    """The notebook's imports that are neither the standard library nor this repository's `common`."""
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    return {n for n in imported_modules(code) if n not in sys.stdlib_module_names and n not in LOCAL
+            and n != "__future__"}
+
+
+def parse_requirements(lines: list[str]) -> dict[str, Requirement]:
+    """Canonical distribution name -> requirement; comments, blank lines and pip options (`-e .`) skipped."""
+    out = {}
+    for line in lines:
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith(("#", "-")):
+            req = Requirement(line)
+            out[canonicalize_name(req.name)] = req
+    return out
+
+
+def read_requirements(path: Path) -> dict[str, Requirement]:
+    return parse_requirements(path.read_text().splitlines())
+
+
+ROOT_REQUIREMENTS = read_requirements(REPO_ROOT / "requirements.txt")
+
+
+def bound_problems(reqs: dict[str, Requirement], root: dict[str, Requirement], where: str) -> list[str]:
+    """Every requirement must be in the root file, with the same version bounds and markers."""
+    problems = []
+    for name, req in sorted(reqs.items()):
+        if name not in root:
+            problems.append(f"{where} lists {name}, which the root requirements.txt lacks")
+        elif (req.specifier, str(req.marker or "")) != (root[name].specifier, str(root[name].marker or "")):
+            problems.append(f"{where}: {req} differs from the root requirements.txt's {root[name]}")
+    return problems
+
+
+def requirement_problems(nb, reqs: dict[str, Requirement], root: dict[str, Requirement]) -> list[str]:
+    """What is wrong with `reqs` (a task's requirements.txt) for the notebook `nb`."""
+    problems, needed = [], set()
+    for module in sorted(third_party_imports(nb)):
+        dist = IMPORT_TO_DIST.get(module)
+        if dist is None:
+            problems.append(f"the notebook imports {module}: add its distribution to IMPORT_TO_DIST in this test")
+            continue
+        needed.add(canonicalize_name(dist))
+        if canonicalize_name(dist) not in reqs:
+            problems.append(f"the notebook imports {module}, but requirements.txt lacks {dist}")
+    problems += [f"requirements.txt lists {name}, which the notebook does not import" for name in sorted(reqs)
+                 if name not in needed]
+    return problems + bound_problems(reqs, root, "requirements.txt")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.parent.relative_to(REPO_ROOT).as_posix() for p in NOTEBOOKS])
+def test_task_requirements_match_the_notebook_and_the_root_bounds(notebook: Path) -> None:
+    nb = nbformat.read(notebook, as_version=4)
+    problems = requirement_problems(nb, read_requirements(notebook.parent / "requirements.txt"), ROOT_REQUIREMENTS)
+    assert not problems, "\n".join(problems)
+
+
+def test_common_declares_what_it_imports_with_the_root_bounds() -> None:
+    """`pip install git+<repository>` (the setup cell) must bring what `common` itself imports."""
+    deps = parse_requirements(update_readme.tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+                              ["project"]["dependencies"])
+    code = "\n".join(p.read_text() for p in sorted((REPO_ROOT / "common").glob("*.py")))
+    needed = {canonicalize_name(IMPORT_TO_DIST[m]) for m in imported_modules(code)
+              if m not in sys.stdlib_module_names and m not in LOCAL and m != "__future__"}
+    assert set(deps) == needed, f"pyproject.toml's dependencies {sorted(deps)} != what common imports {sorted(needed)}"
+    assert not bound_problems(deps, ROOT_REQUIREMENTS, "pyproject.toml")
+
+
+def synthetic_notebook() -> nbformat.NotebookNode:
+    """A notebook with the generated setup cell (it imports importlib, subprocess, sys), common, and three packages."""
+    return nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("## Setup"),
+        nbformat.v4.new_code_cell(notebook_header.setup_cell_source("image_generation/demo")),
+        nbformat.v4.new_code_cell("import os\nimport numpy as np\nimport torch.nn.functional as F\nimport common\n"
+                                  "from common.fid import fid\nfrom dataclasses import dataclass"),
+        nbformat.v4.new_code_cell("def f():\n    from sklearn.linear_model import LogisticRegression\n"
+                                  "    return LogisticRegression"),
+    ])
+
+
+def test_the_checker_fails_when_a_requirement_is_missing_extra_or_differently_bounded() -> None:
+    nb = synthetic_notebook()
+    root = parse_requirements(["torch>=2.3,<=2.14.1", "numpy>=1.24", "scikit-learn>=1.3", "tqdm>=4.65", "-e ."])
+    full = ["torch>=2.3,<=2.14.1", "numpy>=1.24", "scikit-learn>=1.3  # a comment"]
+    assert third_party_imports(nb) == {"numpy", "torch", "sklearn"}  # the setup cell and common do not count
+    assert requirement_problems(nb, parse_requirements(full), root) == []
+    removed = requirement_problems(nb, parse_requirements(full[:2]), root)
+    assert removed == ["the notebook imports sklearn, but requirements.txt lacks scikit-learn"]
+    extra = requirement_problems(nb, parse_requirements(full + ["tqdm>=4.65"]), root)
+    assert extra == ["requirements.txt lists tqdm, which the notebook does not import"]
+    unbounded = requirement_problems(nb, parse_requirements(["torch>=2.3"] + full[1:]), root)
+    assert len(unbounded) == 1 and "torch>=2.3 differs" in unbounded[0]
+    nb.cells.append(nbformat.v4.new_code_cell("import mystery_package"))
+    assert any("mystery_package" in p for p in requirement_problems(nb, parse_requirements(full), root))
