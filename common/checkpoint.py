@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from common.data import REPO_ROOT
+from common.data import REPO_ROOT, default_root
 
 # Config fields that may differ between the run that wrote a checkpoint and the run that resumes it.
 RESUMABLE_FIELDS: tuple[str, ...] = ("resume", "compile")
@@ -33,7 +33,7 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_dir() -> Path:
     """Where checkpoints go: `DL_CHECKPOINT_DIR`, else `checkpoints/` at the repository root (git-ignored)."""
-    return Path(os.environ.get("DL_CHECKPOINT_DIR") or REPO_ROOT / "checkpoints").expanduser()
+    return Path(os.environ.get("DL_CHECKPOINT_DIR") or default_root() / "checkpoints").expanduser()
 
 
 def checkpoint_path(task: str, preset: str, dataset: str, tag: str = "") -> Path:

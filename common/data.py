@@ -31,6 +31,12 @@ import torch.nn.functional as F
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+
+def default_root() -> Path:
+    """The folder that holds `data/`, `runs/` and `checkpoints/` by default: the repository root in a checkout
+    (an editable install), else the current working folder (`common` installed from git, as on Colab)."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
+
 # name -> (image shape, number of classes, human-readable name, torchvision class name)
 IMAGE_DATASETS: dict[str, tuple[tuple[int, ...], int, str, str]] = {
     "mnist": ((28, 28), 10, "MNIST", "MNIST"),
@@ -66,8 +72,8 @@ class DatasetError(RuntimeError):
 
 
 def data_dir() -> Path:
-    """The data directory: `DL_DATA_DIR`, else `data/` at the repository root (git-ignored)."""
-    path = Path(os.environ.get("DL_DATA_DIR") or REPO_ROOT / "data").expanduser()
+    """The data directory: `DL_DATA_DIR`, else `data/` at the repository root (git-ignored; see `default_root`)."""
+    path = Path(os.environ.get("DL_DATA_DIR") or default_root() / "data").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

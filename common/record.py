@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from common.data import REPO_ROOT
+from common.data import REPO_ROOT, default_root
 from common.device import describe_device
 
 TIMING_POLICY = "steps-only/v1"
@@ -48,7 +48,7 @@ _IMPORTED_AT = time.perf_counter()  # the notebook's first `import common`: the 
 
 def runs_dir() -> Path:
     """Where run records are written: `DL_RUNS_DIR`, else `runs/` at the repository root."""
-    path = Path(os.environ.get("DL_RUNS_DIR") or REPO_ROOT / "runs").expanduser()
+    path = Path(os.environ.get("DL_RUNS_DIR") or default_root() / "runs").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

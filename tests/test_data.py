@@ -176,3 +176,15 @@ def test_known_copies_are_named_in_the_description(data_tmp, monkeypatch):
     digest = data_mod.sha256_of(data_tmp / "mnist.npz")
     monkeypatch.setitem(data_mod.KNOWN_COPIES, digest, "a test copy")
     assert load_image_dataset("mnist").describe().endswith("; a test copy)")
+
+
+def test_default_folders_follow_the_checkout_or_the_working_folder(tmp_path, monkeypatch):
+    import common.data as data_module
+    for var in ("DL_DATA_DIR", "DL_RUNS_DIR", "DL_CHECKPOINT_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    assert data_module.default_root() == data_module.REPO_ROOT  # this checkout has a pyproject.toml
+    monkeypatch.setattr(data_module, "REPO_ROOT", tmp_path / "site-packages")  # as when installed from git
+    monkeypatch.chdir(tmp_path)
+    assert data_module.default_root() == tmp_path
+    from common import checkpoint_dir
+    assert checkpoint_dir() == tmp_path / "checkpoints"
