@@ -94,6 +94,11 @@ def newest(records: list[dict], preset: str, where: str) -> list[dict]:
     return sorted(per_key.values(), key=lambda r: r["finished_at"])
 
 
+def policy_note(record: dict) -> str:
+    """Records made before the repository's one timing policy (no `timing` field) say so beside their time."""
+    return "" if record.get("timing") else ", earlier timing policy"
+
+
 def fmt_minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
@@ -113,8 +118,8 @@ def row(task: Task) -> str:
             headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} "
                                    f"({where or 'full, ' + gpu_name(r)}; {r['data']})" for r in shown)
             break
-    gpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({gpu_name(r)})" for r in gpu) or NOT_MEASURED
-    cpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({r['device']})" for r in cpu) or NOT_MEASURED
+    gpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({gpu_name(r)}){policy_note(r)}" for r in gpu) or NOT_MEASURED
+    cpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({r['device']}){policy_note(r)}" for r in cpu) or NOT_MEASURED
     path = f"{task.folder}/{m['notebook']}"
     link = f"[{m['notebook']}]({path}) {colab_badge(path)}"
     return f"| {m['category']}: {m['title']} | [{m['paper']}]({m['paper_url']}) | {link} | {headline} | {gpu_cost} | {cpu_cost} |"

@@ -168,7 +168,8 @@ def test_readme_says_not_yet_measured_without_a_record(tmp_path: Path) -> None:
               "finished_at": "2026-01-01T00:00:00+00:00"}
     (results / "a.json").write_text(json.dumps(record))
     table = update_readme.render_table(update_readme.load_tasks(tmp_path))
-    assert "val loss: 1.612 (quick, CPU; Tiny Shakespeare)" in table and "4.8 min (cpu (2 threads, x86_64))" in table
+    assert "val loss: 1.612 (quick, CPU; Tiny Shakespeare)" in table
+    assert "4.8 min (cpu (2 threads, x86_64)), earlier timing policy" in table  # this record has no `timing` field
     assert "N = not yet measured**: 0 of 1 tasks" in table
 
 
@@ -176,7 +177,8 @@ def test_readme_lists_each_dataset_of_a_task(tmp_path: Path) -> None:
     write_demo_task(tmp_path, "image_generation", "Image generation", metric="nll", label="NLL")
     results = tmp_path / "results" / "image_generation" / "demo"
     results.mkdir(parents=True)
-    base = {"task": "image_generation/demo", "preset": "quick", "device": "cpu", "device_type": "cpu"}
+    base = {"task": "image_generation/demo", "preset": "quick", "device": "cpu", "device_type": "cpu",
+            "timing": "steps-only/v1"}
     runs = [("MNIST", 100.0, "2026-01-01"), ("Fashion", 230.0, "2026-01-02"), ("MNIST", 99.0, "2026-01-03")]
     for i, (data, nll, day) in enumerate(runs):
         record = {**base, "data": data, "train_seconds": 60.0 + i, "metrics": {"nll": nll}, "finished_at": day}
@@ -184,3 +186,23 @@ def test_readme_lists_each_dataset_of_a_task(tmp_path: Path) -> None:
     table = update_readme.render_table(update_readme.load_tasks(tmp_path))
     assert "NLL: 230 (quick, CPU; Fashion)<br>NLL: 99 (quick, CPU; MNIST)" in table  # newest per dataset
     assert "NLL: 100 " not in table and "1.0 min (cpu)<br>1.0 min (cpu)" in table
+
+
+def test_n_counts_only_rtx_4090_runs_and_other_gpus_are_named(tmp_path: Path) -> None:
+    write_demo_task(tmp_path, "text_generation", "Text generation", metric="val_loss", label="val loss")
+    results = tmp_path / "results" / "text_generation" / "demo"
+    results.mkdir(parents=True)
+    base = {"task": "text_generation/demo", "preset": "full", "device_type": "cuda", "data": "TS",
+            "timing": "steps-only/v1", "metrics": {"val_loss": 1.5}}
+    h100 = {**base, "device": "NVIDIA H100 80GB HBM3", "gpu": "NVIDIA H100 80GB HBM3", "train_seconds": 360.0,
+            "finished_at": "2026-01-01"}
+    (results / "h100.json").write_text(json.dumps(h100))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "N = not yet measured**: 0 of 1 tasks" in table  # an H100 run is not a 4090 run
+    assert "6.0 min (NVIDIA H100 80GB HBM3)" in table and "NVIDIA H100 80GB HBM3: 0.10 hours over 1 of 1 tasks" in table
+    rtx = {**base, "device": "NVIDIA GeForce RTX 4090", "gpu": "NVIDIA GeForce RTX 4090", "train_seconds": 720.0,
+           "finished_at": "2026-01-02", "metrics": {"val_loss": 1.47}}
+    (results / "rtx.json").write_text(json.dumps(rtx))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "**N = 0.20** 4090-hours" in table and "val loss: 1.47 (full, RTX 4090; TS)" in table
+    assert "12.0 min (NVIDIA GeForce RTX 4090)" in table and "6.0 min (NVIDIA H100 80GB HBM3)" in table
