@@ -9,7 +9,7 @@ against its SHA-256 when missing. Offline with no file, loading fails with an er
 says which file to put where.
 
 `DeviceImageLoader` keeps a whole small image set on the training device as uint8 and
-serves shuffled, augmented batches without any worker processes: for CIFAR-sized data this
+serves shuffled, normalised batches without any worker processes: for CIFAR-sized data this
 is much faster than a `DataLoader`.
 """
 
@@ -27,7 +27,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,32 +248,30 @@ def load_tinyshakespeare() -> str:
 class DeviceImageLoader:
     """Shuffled mini-batches from a uint8 image set kept whole on the training device.
 
-    Each batch is converted to float, scaled to [0, 1], optionally augmented on the device
-    (random crop after zero padding, random horizontal flip) and normalised with
-    `mean`/`std`. One pass over the loader is one epoch.
+    A plain batcher: each batch is converted to float, scaled to [0, 1] and normalised with
+    `mean`/`std`. Augmentation is left to the caller (the notebooks write their own, on the
+    device, where a learner reads it; `loader.generator` is there to seed it). One pass over
+    the loader is one epoch.
 
     Args:
         images: uint8 (N, C, H, W). labels: int64 (N,).
         batch_size: images per batch. shuffle: reshuffle every epoch.
         drop_last: skip the last, smaller batch (keeps batch statistics stable in training).
-        crop_padding: pixels of zero padding for the random crop (0: no crop).
-        flip: random horizontal flips with probability 1/2.
         mean, std: per-channel normalisation after scaling to [0, 1] (None: no normalisation).
         device: where the data lives and batches are made.
-        generator_seed: seed of the loader's own random generator (shuffling and augmentation).
+        generator_seed: seed of the loader's own random generator (shuffling).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = True,
-                 drop_last: bool = False, crop_padding: int = 0, flip: bool = False,
-                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-                 device: torch.device | str = "cpu", generator_seed: int = 0) -> None:
+                 drop_last: bool = False, mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None, device: torch.device | str = "cpu",
+                 generator_seed: int = 0) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.crop_padding, self.flip = crop_padding, flip
         channels = images.shape[1]
         self.mean = None if mean is None else torch.tensor(mean, device=self.device).view(1, channels, 1, 1)
         self.std = None if std is None else torch.tensor(std, device=self.device).view(1, channels, 1, 1)
@@ -284,23 +281,6 @@ class DeviceImageLoader:
         n = len(self.images)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        if self.crop_padding:
-            p = self.crop_padding
-            b, _, h, w = x.shape
-            padded = F.pad(x, (p, p, p, p))  # (B, C, H, W) -> (B, C, H+2p, W+2p)
-            dy = torch.randint(0, 2 * p + 1, (b,), device=self.device, generator=self.generator)
-            dx = torch.randint(0, 2 * p + 1, (b,), device=self.device, generator=self.generator)
-            rows = (dy[:, None] + torch.arange(h, device=self.device))[:, None, :, None]  # (B, 1, H, 1)
-            cols = (dx[:, None] + torch.arange(w, device=self.device))[:, None, None, :]  # (B, 1, 1, W)
-            batch_idx = torch.arange(b, device=self.device)[:, None, None, None]
-            chan_idx = torch.arange(x.shape[1], device=self.device)[None, :, None, None]
-            x = padded[batch_idx, chan_idx, rows, cols]  # (B, C, H, W): one crop per image
-        if self.flip:
-            flip = torch.rand(x.shape[0], device=self.device, generator=self.generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
         order = (torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle
@@ -308,7 +288,6 @@ class DeviceImageLoader:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
             x = self.images[idx].float().div_(255)
-            x = self._augment(x)
             if self.mean is not None:
                 x = (x - self.mean) / self.std
             yield x, self.labels[idx]

@@ -187,17 +187,32 @@ def _new_classifier() -> FIDClassifier:
         return FIDClassifier()
 
 
+def _random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image of a (B, C, H, W) batch by its own random offset of -pad..pad pixels, filling with zeros
+    (a random crop of the zero-padded image): the classifier's only augmentation."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H, W) -> (B, C, H+2p, W+2p)
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    batch_idx = torch.arange(b, device=x.device)[:, None, None, None]  # (B, 1, 1, 1)
+    chan_idx = torch.arange(c, device=x.device)[None, :, None, None]  # (1, C, 1, 1)
+    return padded[batch_idx, chan_idx, rows, cols]  # (B, C, H+2p, W+2p) -> (B, C, H, W)
+
+
 def _train_loop(model: FIDClassifier, data: ImageData, budget: TrainBudget, device: torch.device) -> None:
     x, y = data.tensors("train")
     n = budget.train_images or len(x)
-    loader = DeviceImageLoader(x[:n], y[:n], budget.batch_size, shuffle=True, drop_last=True, crop_padding=2,
-                               device=device, generator_seed=SEED)
+    loader = DeviceImageLoader(x[:n], y[:n], budget.batch_size, shuffle=True, drop_last=True, device=device,
+                               generator_seed=SEED)
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=budget.steps, pct_start=0.2)
     model.train()
     step = 0
     while step < budget.steps:
         for xb, yb in loader:
+            xb = _random_shift(xb, 2, loader.generator)
             loss = F.cross_entropy(model(xb), yb)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"FID classifier training diverged at step {step} (loss {loss.item()})")

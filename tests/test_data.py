@@ -134,29 +134,6 @@ def test_loader_drop_last_and_normalisation():
     assert torch.allclose(x[1, 0, 0, 0], torch.tensor((1 / 255 - 0.5) / 0.25))
 
 
-def test_random_crop_shifts_content_and_pads_with_zeros():
-    image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-    image[0, 0, 3, 3] = 255
-    loader = DeviceImageLoader(image.expand(256, 1, 8, 8).clone(), torch.zeros(256, dtype=torch.long),
-                               batch_size=256, shuffle=False, crop_padding=2)
-    x, _ = next(iter(loader))
-    assert x.shape == (256, 1, 8, 8)
-    positions = {tuple(torch.nonzero(img[0])[0].tolist()) for img in x}
-    assert len(positions) == 25  # the bright pixel moves by -2..2 in each direction
-    assert torch.all(x.sum(dim=(1, 2, 3)) == 1.0)  # never lost: it is 3 px from every edge
-
-
-def test_flip_mirrors_about_half_of_the_images():
-    image = torch.zeros(1, 1, 2, 2, dtype=torch.uint8)
-    image[0, 0, :, 0] = 255  # left column bright
-    loader = DeviceImageLoader(image.expand(1000, 1, 2, 2).clone(), torch.zeros(1000, dtype=torch.long),
-                               batch_size=1000, flip=True)
-    x, _ = next(iter(loader))
-    flipped = (x[:, 0, 0, 1] == 1).float().mean().item()
-    assert 0.4 < flipped < 0.6
-    assert torch.all(x.sum(dim=(1, 2, 3)) == 2.0)
-
-
 @pytest.mark.skipif(SHARED is None or not (SHARED / "mnist.npz").exists(), reason="needs DL_DATA_DIR with the shared datasets")
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28)), ("cifar10", (32, 32, 3))])
 def test_real_shared_datasets_load(name, shape):

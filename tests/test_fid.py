@@ -19,6 +19,7 @@ from common.data import DatasetError, ImageData, data_dir, load_image_dataset
 from common.fid import (
     FORMAT_VERSION,
     FIDClassifier,
+    _random_shift,
     classifier_path,
     extract_features,
     feature_stats,
@@ -35,6 +36,18 @@ def _random_spd(d: int, seed: int, rank: int | None = None) -> torch.Tensor:
     b = torch.randn(d, rank or d, generator=g, dtype=torch.float64)
     return b @ b.T / d + (0 if rank else 1e-3) * torch.eye(d, dtype=torch.float64)
 
+
+
+def test_random_shift_moves_content_by_up_to_pad_and_fills_with_zeros() -> None:
+    image = torch.zeros(256, 1, 8, 8)
+    image[:, 0, 3, 3] = 1.0
+    x = _random_shift(image, 2, torch.Generator().manual_seed(0))
+    assert x.shape == (256, 1, 8, 8)
+    positions = {tuple(torch.nonzero(img[0])[0].tolist()) for img in x}
+    assert positions == {(r, c) for r in range(1, 6) for c in range(1, 6)}  # -2..2 in each direction
+    assert torch.all(x.sum(dim=(1, 2, 3)) == 1.0)  # never lost: the pixel is 3 px from every edge
+    edge = torch.ones(64, 1, 4, 4)
+    assert (_random_shift(edge, 1, torch.Generator().manual_seed(1)) == 0).any()  # zeros shift in at the borders
 
 # ---------------------------------------------------------------- linear algebra
 
