@@ -45,8 +45,10 @@ def enable_tf32() -> None:
 def to_channels_last(obj: nn.Module | torch.Tensor, device: torch.device) -> nn.Module | torch.Tensor:
     """Convert a 4-d tensor or a conv model to channels_last memory layout on CUDA only.
 
-    channels_last (NHWC) lets cuDNN use its fastest convolution kernels; on the CPU it
-    brings little, so elsewhere `obj` is returned unchanged.
+    channels_last (NHWC) lets cuDNN use its fastest convolution kernels. Elsewhere `obj` is
+    returned unchanged: on the CPU the gain depends on the network (measured on a 2-core AMD
+    EPYC: 1.12x for a ResNet-20 training step, 1.55x for SimCLR's encoder), so notebooks that
+    want it there convert explicitly, as `resnet` and `simclr` do.
     """
     if device.type != "cuda":
         return obj
