@@ -67,6 +67,15 @@ def test_task_folder_is_complete(task_dir: Path) -> None:
     assert f"({task_dir.relative_to(REPO_ROOT).as_posix()}/{meta['notebook']})" in readme, "no README row"
 
 
+@pytest.mark.parametrize("task_dir", TASK_DIRS, ids=_ids(TASK_DIRS))
+def test_committed_outputs_show_at_least_one_figure(task_dir: Path) -> None:
+    """Readers on GitHub see the committed outputs: a run saved with a headless backend shows them no plot."""
+    notebook = next(task_dir.glob("*.ipynb"))
+    outputs = [o for c in nbformat.read(notebook, as_version=4).cells for o in c.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs), \
+        f"{notebook.name}'s committed outputs hold no figure: rerun it with scripts/run_notebook.py"
+
+
 def test_template_follows_the_skeleton() -> None:
     nb = nbformat.read(TEMPLATE / "task_template.ipynb", as_version=4)
     check_skeleton(nb)
