@@ -1,0 +1,165 @@
+"""The byte-level BPE tokenizer of text_generation/bpe_gpt, taken from the notebook itself.
+
+The notebook's cells tagged `tokenizer` (the imports, the pre-tokeniser, `train_bpe`, `ByteBPE`) are executed
+here, so the tests check the code a learner reads. The properties: an exact round trip on the corpus, on arbitrary
+Unicode (emoji, other scripts, whitespace) and on arbitrary bytes, invalid UTF-8 decoded as GPT-2 does (U+FFFD);
+deterministic merges, the incremental trainer equal to a naive one, smaller vocabularies as prefixes; special tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from common import load_tinyshakespeare
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "text_generation" / "bpe_gpt" / "bpe_gpt.ipynb"
+EOT = "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def bpe() -> dict:
+    """The namespace left by the notebook's `tokenizer` cells."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and "tokenizer" in c.metadata.get("tags", [])]
+    assert len(cells) >= 4, "the notebook's tokenizer cells are tagged `tokenizer`"
+    namespace: dict = {}
+    for source in cells:
+        exec(compile(source, str(NOTEBOOK), "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def corpus() -> str:
+    return load_tinyshakespeare()
+
+
+@pytest.fixture(scope="module")
+def tok(bpe: dict, corpus: str):
+    return bpe["ByteBPE"](bpe["train_bpe"](corpus[:200_000], 700), (EOT,))
+
+
+def random_unicode(rng: random.Random, n: int) -> str:
+    """Random text from several scripts, emoji (with joiners and variation selectors), digits and whitespace."""
+    pools = ["abcXYZ '", "0123456789", " \t\n\r\x0b\x0c\u00a0\u3000", "éüßçñ²½", "東京日本語", "Ελληνικά",
+             "مرحبا", "😀👩\u200d👩\u200d👧🏳️\u200d🌈", "_-.,;:!?()[]{}'\"`~@#$%^&*"]
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.1:
+            out.append(chr(rng.choice([rng.randrange(0x20, 0xD800), rng.randrange(0xE000, 0x110000)])))
+        else:
+            out.append(rng.choice(rng.choice(pools)))
+    return "".join(out)
+
+
+def test_pretokenize_covers_every_character(bpe: dict) -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        s = random_unicode(rng, rng.randrange(0, 60))
+        pieces = bpe["pretokenize"](s)
+        assert "".join(pieces) == s
+        assert all(pieces)
+    assert bpe["pretokenize"]("It's the east,  and") == ["It", "'s", " the", " east", ",", " ", " and"]
+
+
+def test_round_trip_on_the_whole_corpus(tok, corpus: str) -> None:
+    ids = tok.encode(corpus)
+    assert tok.decode(ids) == corpus
+    assert len(ids) < 0.5 * len(corpus.encode("utf-8")), "700 tokens should at least halve the byte count"
+
+
+def test_round_trip_on_arbitrary_unicode(tok) -> None:
+    rng = random.Random(1)
+    for _ in range(300):
+        s = random_unicode(rng, rng.randrange(0, 80))
+        assert tok.decode(tok.encode(s)) == s
+    for s in ("", " ", "😀", "👩‍👩‍👧", "e\u0301", "\x00\x7f", "naïve café 東京 🏳️‍🌈\r\n"):
+        assert tok.decode(tok.encode(s)) == s
+
+
+def test_arbitrary_bytes_round_trip_and_invalid_utf8_decodes_as_replacement(tok) -> None:
+    rng = random.Random(2)
+    for _ in range(300):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 50)))
+        ids = tok.encode_bytes(data)
+        assert tok.decode_bytes(ids) == data
+        assert tok.decode(ids) == data.decode("utf-8", errors="replace")
+    cut = "😀".encode("utf-8")[:2]
+    assert tok.decode(tok.encode_bytes(cut)) == cut.decode("utf-8", errors="replace")
+    assert "\ufffd" in tok.decode(tok.encode_bytes(b"ok \xff"))
+
+
+def test_merges_are_deterministic_and_nested(bpe: dict, corpus: str) -> None:
+    text = corpus[:60_000]
+    big = bpe["train_bpe"](text, 500)
+    assert bpe["train_bpe"](text, 500) == big
+    assert bpe["train_bpe"](text, 300) == big[:44], "a smaller vocabulary is a prefix of a larger one's merges"
+    assert len(big) == 500 - 256 and len(set(big)) == len(big)
+
+
+def naive_bpe(bpe: dict, text: str, vocab_size: int) -> list[tuple[int, int]]:
+    """The textbook algorithm: recount every pair after every merge; ties to the smaller pair, as the notebook."""
+    words = Counter(tuple(bpe["to_bytes"](p)) for p in bpe["pretokenize"](text))
+    merges = []
+    while len(merges) < vocab_size - 256:
+        counts = Counter()
+        for word, f in words.items():
+            for pair in zip(word, word[1:]):
+                counts[pair] += f
+        if not counts:
+            break
+        pair = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(pair)
+        new = Counter()
+        for word, f in words.items():
+            new[bpe["merge_ids"](word, pair, 255 + len(merges))] += f
+        words = new
+    return merges
+
+
+def test_incremental_training_equals_the_naive_algorithm(bpe: dict, corpus: str) -> None:
+    text = corpus[:20_000] + " aaaa aaaaa aaa bbbbbb 😀😀 1234 1234"  # overlapping pairs (a a a) and multi-byte characters
+    assert bpe["train_bpe"](text, 360) == naive_bpe(bpe, text, 360)
+
+
+def test_first_merge_is_the_most_frequent_pair(bpe: dict, corpus: str) -> None:
+    text = corpus[:50_000]
+    counts = Counter()
+    for piece in bpe["pretokenize"](text):
+        b = bpe["to_bytes"](piece)
+        counts.update(zip(b, b[1:]))
+    assert bpe["train_bpe"](text, 257) == [max(counts, key=lambda p: (counts[p], -p[0], -p[1]))]
+
+
+def test_encoding_applies_merges_in_learned_order(bpe: dict, corpus: str) -> None:
+    """Encoding the training pieces reproduces the segmentation training ended with: no learned pair is left."""
+    text = corpus[:30_000]
+    tok = bpe["ByteBPE"](bpe["train_bpe"](text, 400))
+    for piece in set(bpe["pretokenize"](text)):
+        ids = tok.encode_piece(bpe["to_bytes"](piece))
+        assert not any(pair in tok.ranks for pair in zip(ids, ids[1:]))
+        assert tok.decode(ids) == piece
+
+
+def test_special_tokens(tok) -> None:
+    eot_id = tok.special[EOT]
+    assert eot_id == 700 and tok.n_vocab == 701
+    text = f"First part.{EOT}Second{EOT}"
+    ids = tok.encode(text, allowed_special={EOT})
+    assert ids.count(eot_id) == 2 and tok.decode(ids) == text
+    plain = tok.encode(text)  # not allowed: the string is ordinary text
+    assert eot_id not in plain and tok.decode(plain) == text
+    assert tok.encode("no special here", allowed_special={EOT}) == tok.encode("no special here")
+
+
+def test_truncated_tokenizer_matches_one_trained_to_that_size(bpe: dict, corpus: str) -> None:
+    text = corpus[:40_000]
+    big = bpe["ByteBPE"](bpe["train_bpe"](text, 450))
+    small = bpe["ByteBPE"](bpe["train_bpe"](text, 320))
+    sample = corpus[500_000:510_000]
+    assert big.truncated(320).encode(sample) == small.encode(sample)
+    assert len(big.encode(sample)) < len(small.encode(sample))
