@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from common.data import REPO_ROOT, default_root
+from common.paths import REPO_ROOT, default_root
 from common.device import describe_device
 
 TIMING_POLICY = "steps-only/v1"
