@@ -4,6 +4,9 @@ Nothing in here is a lesson: models, losses, samplers and training loops live in
 notebooks. What lives here is what every notebook needs and nobody wants to read twice.
 """
 
+# Which package this is: the notebooks' setup cell checks it, since any package can be called `common`.
+PACKAGE_ID = "dl-4090-hours-common"  # the distribution's name in pyproject.toml
+
 from common.checkpoint import CheckpointError, checkpoint_dir, checkpoint_path, load_checkpoint, save_checkpoint
 from common.data import (
     DatasetError,
@@ -13,6 +16,7 @@ from common.data import (
     load_image_dataset,
     load_tinyshakespeare,
 )
+from common.cost import announce_cost
 from common.device import describe_device, get_device
 from common.fid import fid, get_classifier
 from common.plot import plot_curves, show_images
@@ -23,6 +27,7 @@ from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, 
 from common.seed import seed_everything
 
 __all__ = [
+    "PACKAGE_ID",
     "CheckpointError",
     "DatasetError",
     "DeviceImageLoader",
@@ -31,6 +36,7 @@ __all__ = [
     "RunClock",
     "TIMING_POLICY",
     "amp_dtype",
+    "announce_cost",
     "autocast",
     "checkpoint_dir",
     "checkpoint_path",
