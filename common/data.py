@@ -222,7 +222,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles the CIFAR-10 batches (dicts of bytes, lists and NumPy arrays), refusing every other class."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: bytes in protocol 2
 
     def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle's own signature)
         if (module, name) not in self.ALLOWED:
