@@ -8,6 +8,7 @@ notebooks. What lives here is what every notebook needs and nobody wants to read
 PACKAGE_ID = "dl-4090-hours-common"  # the distribution's name in pyproject.toml
 
 from common.checkpoint import CheckpointError, checkpoint_dir, checkpoint_path, load_checkpoint, save_checkpoint
+from common.cost import announce_cost
 from common.data import (
     DatasetError,
     DeviceImageLoader,
@@ -16,7 +17,6 @@ from common.data import (
     load_image_dataset,
     load_tinyshakespeare,
 )
-from common.cost import announce_cost
 from common.device import describe_device, get_device
 from common.fid import fid, get_classifier
 from common.plot import plot_curves, show_images
