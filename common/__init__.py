@@ -4,9 +4,6 @@ Nothing in here is a lesson: models, losses, samplers and training loops live in
 notebooks. What lives here is what every notebook needs and nobody wants to read twice.
 """
 
-# Which package this is: the notebooks' setup cell checks it, since any package can be called `common`.
-PACKAGE_ID = "dl-4090-hours-common"  # the distribution's name in pyproject.toml
-
 from common.checkpoint import CheckpointError, checkpoint_dir, checkpoint_path, load_checkpoint, save_checkpoint
 from common.cost import announce_cost
 from common.data import (
@@ -25,6 +22,9 @@ from common.precision import (amp_dtype, autocast, compile_unavailable_reason, e
 from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
 from common.seed import seed_everything
+
+# Which package this is: the notebooks' setup cell checks it, since any package can be called `common`.
+PACKAGE_ID = "dl-4090-hours-common"  # the distribution's name in pyproject.toml
 
 __all__ = [
     "PACKAGE_ID",
