@@ -82,6 +82,17 @@ def test_corrupt_or_truncated_checkpoint_is_a_one_line_error(tmp_path, damage):
     assert info.value.__cause__ is None  # the unpickler's traceback (and its advice) is not chained
 
 
+def test_any_garbage_is_a_checkpoint_error_never_a_stray_exception(tmp_path):
+    """Random bytes reach the unpickler in many ways (IndexError and KeyError among them): all are one line."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "last.pt"
+    for _ in range(200):
+        path.write_bytes(rng.bytes(2000))
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+
+
 @dataclasses.dataclass
 class DemoConfig:
     width: int = 64
