@@ -3,8 +3,16 @@
 Every notebook that the tests execute (through nbval, or through tests/test_notebooks.py) runs in the
 `smoke` preset, whatever the machine: `pytest image_generation/vae` on a GPU machine still runs `smoke`,
 never `full`. Run records, checkpoints and any file a notebook writes into the data directory go to a
-temporary folder, so the suite never touches a user's checkpoints, records or data, and leaves the
+temporary sandbox, so the suite never touches a user's checkpoints, records or data, and leaves the
 working tree as it found it (tests/test_working_tree.py checks that, last).
+
+Datasets are read from the user's real data folder (`DL_DATA_DIR`, else `data/`), which becomes a read-only
+entry of `DL_EXTRA_DATA_DIRS` (see common/paths.py); a dataset built during the tests is written into the
+sandbox. Verified downloads go to the user's download cache (`DL_CACHE_DIR`, outside the repository), which
+is not sandboxed: a download made by one test run is reused by the next and by the user's notebooks.
+
+nbval (which runs every notebook) is configured here rather than in pyproject.toml's `addopts`, so that
+without it pytest still runs the unit tests and says in one line what to install.
 """
 
 from __future__ import annotations
@@ -48,26 +56,44 @@ def tree_snapshot() -> dict[str, tuple[str, int, int]] | None:
     return snapshot
 
 
-def _sandbox_data_dir(sandbox: Path) -> Path:
-    """A data directory whose files are symlinks to the real one's: reads see the real data, new files stay here."""
-    real = Path(os.environ.get("DL_DATA_DIR") or REPO_ROOT / "data").expanduser()
-    folder = sandbox / "data"
-    folder.mkdir()
-    if real.is_dir():
-        for item in real.iterdir():
-            (folder / item.name).symlink_to(item.resolve())
-    return folder
+# nbval's options for the whole suite: run every cell, compare no outputs, in this interpreter, 10 min per cell
+NBVAL_OPTIONS = {"nbval_lax": True, "nbval_current_env": True, "nbval_cell_timeout": 600}
+NO_NBVAL = ("nbval is not installed, so the notebooks are not run: install the test requirements with "
+            "`pip install -r requirements.txt`")
+
+
+def user_data_dir() -> Path:
+    """The user's real data folder, as `common.paths.data_dir()` finds it outside the tests (not created)."""
+    return Path(os.environ.get("DL_DATA_DIR") or REPO_ROOT / "data").expanduser()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     sandbox = Path(tempfile.mkdtemp(prefix="dl_tests_"))
     config.stash[SANDBOX] = sandbox
     config.stash[SNAPSHOT] = tree_snapshot()
+    extra = [str(user_data_dir().resolve()), os.environ.get("DL_EXTRA_DATA_DIRS", "")]
     os.environ["DL_PRESET"] = "smoke"
     os.environ["DL_RUNS_DIR"] = str(sandbox / "runs")
     os.environ["DL_CHECKPOINT_DIR"] = str(sandbox / "checkpoints")
-    os.environ["DL_DATA_DIR"] = str(_sandbox_data_dir(sandbox))
+    os.environ["DL_DATA_DIR"] = str(sandbox / "data")
+    os.environ["DL_EXTRA_DATA_DIRS"] = os.pathsep.join(filter(None, extra))
     os.environ["MPLBACKEND"] = "Agg"
+    if config.pluginmanager.hasplugin("nbval"):
+        given = " ".join(str(a) for a in config.invocation_params.args)
+        for name, value in NBVAL_OPTIONS.items():
+            flag = "--" + name.replace("_", "-")
+            strict = name == "nbval_lax" and config.option.nbval  # `--nbval` asks to compare outputs
+            if flag not in given and not strict:
+                setattr(config.option, name, value)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return None if config.pluginmanager.hasplugin("nbval") else NO_NBVAL
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+    if not config.pluginmanager.hasplugin("nbval"):
+        terminalreporter.write_line(NO_NBVAL, yellow=True, bold=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -5,6 +5,7 @@ notebooks. What lives here is what every notebook needs and nobody wants to read
 """
 
 from common.checkpoint import CheckpointError, checkpoint_dir, checkpoint_path, load_checkpoint, save_checkpoint
+from common.cost import announce_cost
 from common.data import (
     DatasetError,
     DeviceImageLoader,
@@ -22,7 +23,11 @@ from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
 from common.seed import seed_everything
 
+# Which package this is: the notebooks' setup cell checks it, since any package can be called `common`.
+PACKAGE_ID = "dl-4090-hours-common"  # the distribution's name in pyproject.toml
+
 __all__ = [
+    "PACKAGE_ID",
     "CheckpointError",
     "DatasetError",
     "DeviceImageLoader",
@@ -31,6 +36,7 @@ __all__ = [
     "RunClock",
     "TIMING_POLICY",
     "amp_dtype",
+    "announce_cost",
     "autocast",
     "checkpoint_dir",
     "checkpoint_path",

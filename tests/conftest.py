@@ -22,8 +22,10 @@ def runs_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def data_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point DL_DATA_DIR at an empty temporary folder."""
+    """Point DL_DATA_DIR at an empty temporary folder, with no read-only data folders and an empty download cache."""
     path = tmp_path / "data"
     path.mkdir()
     monkeypatch.setenv("DL_DATA_DIR", str(path))
+    monkeypatch.delenv("DL_EXTRA_DATA_DIRS", raising=False)
+    monkeypatch.setenv("DL_CACHE_DIR", str(tmp_path / "cache"))
     return path

@@ -49,6 +49,24 @@ def test_load_refuses_arbitrary_objects_in_one_line_without_unsafe_advice(tmp_pa
     message = str(info.value)
     assert str(path) in message and "resume=False" in message and "\n" not in message
     assert "weights_only" not in message  # torch's own text advises weights_only=False, which would run code
+    assert "safe loading refuses (Unsupported global: GLOBAL" in message and "print" in message  # the cause
+
+
+def test_a_truncated_checkpoint_says_so_and_keeps_the_cause(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is truncated or corrupt \(EOFError: the file ends early\)"):
+        load_checkpoint(path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_error_is_not_called_corruption(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", {"w": torch.zeros(3)})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, map_location="cuda")
+    message = str(info.value)
+    assert "cannot be loaded onto cuda" in message and "CUDA device" in message and "\n" not in message
+    assert "Delete it" not in message and "corrupt" not in message and "weights_only" not in message
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
@@ -62,6 +80,17 @@ def test_corrupt_or_truncated_checkpoint_is_a_one_line_error(tmp_path, damage):
     assert str(path) in message and "Delete it" in message and "\n" not in message
     assert "weights_only" not in message
     assert info.value.__cause__ is None  # the unpickler's traceback (and its advice) is not chained
+
+
+def test_any_garbage_is_a_checkpoint_error_never_a_stray_exception(tmp_path):
+    """Random bytes reach the unpickler in many ways (IndexError and KeyError among them): all are one line."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "last.pt"
+    for _ in range(200):
+        path.write_bytes(rng.bytes(2000))
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
 
 
 @dataclasses.dataclass

@@ -1,16 +1,14 @@
 import gzip
-import os
 import urllib.error
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import common.data as data_mod
+import common.download as download_mod
 from common import DatasetError, DeviceImageLoader, load_image_dataset, load_tinyshakespeare
-
-SHARED = Path(os.environ.get("DL_DATA_DIR", "")) if os.environ.get("DL_DATA_DIR") else None
+from common.paths import find_data_file  # the data folders: the sandbox, then the user's (read only)
 
 
 def _fake_arrays(n_train=20, n_test=10, shape=(28, 28)):
@@ -26,20 +24,45 @@ def _no_network(*args, **kwargs):
 
 
 def test_missing_dataset_offline_is_a_one_line_actionable_error(data_tmp, monkeypatch):
-    monkeypatch.setattr(data_mod, "_from_torchvision", _no_network)
+    monkeypatch.setattr(download_mod.urllib.request, "urlopen", _no_network)
     with pytest.raises(DatasetError) as err:
         load_image_dataset("cifar10")
     message = str(err.value)
     assert "\n" not in message
     assert "cifar10.npz" in message and str(data_tmp) in message and "DL_DATA_DIR" in message
+    assert "cs.toronto.edu (official): URLError" in message  # every source tried, each named
 
 
 def test_missing_text_offline_is_a_one_line_actionable_error(data_tmp, monkeypatch):
-    monkeypatch.setattr(data_mod.urllib.request, "urlopen", _no_network)
+    monkeypatch.setattr(download_mod.urllib.request, "urlopen", _no_network)
     with pytest.raises(DatasetError) as err:
         load_tinyshakespeare()
     assert "\n" not in str(err.value) and "tinyshakespeare.txt" in str(err.value)
     assert list(data_tmp.iterdir()) == []  # no partial download left behind
+    assert list((data_tmp.parent / "cache").iterdir()) == []
+
+
+def test_datasets_are_read_from_the_read_only_folders_and_built_into_the_writable_one(data_tmp, tmp_path,
+                                                                                      monkeypatch):
+    """As under the test suite: DL_DATA_DIR is a sandbox, the user's real folder is read only."""
+    home = tmp_path / "home_data"
+    home.mkdir()
+    np.savez(home / "mnist.npz", **_fake_arrays())
+    before = {p.name: p.stat().st_mtime_ns for p in home.iterdir()}
+    monkeypatch.setenv("DL_EXTRA_DATA_DIRS", str(home))
+    assert load_image_dataset("mnist").x_train.shape == (20, 28, 28)
+    assert list(data_tmp.iterdir()) == []  # read in place, not copied
+    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setattr(download_mod.urllib.request, "urlopen", _no_network)
+    with pytest.raises(DatasetError) as err:  # offline: the message names the user's folder, not the sandbox
+        load_image_dataset("fashion_mnist")
+    assert str(home) in str(err.value) and str(data_tmp) not in str(err.value)
+    (home / "tinyshakespeare.txt").write_text("To be or not to be")
+    with pytest.raises(DatasetError, match="home_data"):  # a wrong copy is named where it is
+        load_tinyshakespeare()
+    np.savez(data_tmp / "mnist.npz", **_fake_arrays(n_train=7))
+    assert len(load_image_dataset("mnist").x_train) == 7  # DL_DATA_DIR comes first
+    assert {p.name: p.stat().st_mtime_ns for p in home.iterdir() if p.name != "tinyshakespeare.txt"} == before
 
 
 def test_wrong_text_fails_its_checksum(data_tmp):
@@ -99,7 +122,7 @@ def test_fashion_mnist_is_built_from_the_debian_layout(data_tmp, tmp_path, monke
         with gzip.open(debian / name, "wb") as f:
             f.write(header + a.tobytes())
     monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", debian)
-    monkeypatch.setattr(data_mod, "_from_torchvision", _no_network)
+    monkeypatch.setattr(data_mod, "_download_idx", _no_network)
     ds = load_image_dataset("fashion_mnist")
     assert (data_tmp / "fashion_mnist.npz").exists()
     for key in names:
@@ -134,7 +157,7 @@ def test_loader_drop_last_and_normalisation():
     assert torch.allclose(x[1, 0, 0, 0], torch.tensor((1 / 255 - 0.5) / 0.25))
 
 
-@pytest.mark.skipif(SHARED is None or not (SHARED / "mnist.npz").exists(), reason="needs DL_DATA_DIR with the shared datasets")
+@pytest.mark.skipif(find_data_file("mnist.npz") is None, reason="needs DL_DATA_DIR with the shared datasets")
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28)), ("cifar10", (32, 32, 3))])
 def test_real_shared_datasets_load(name, shape):
     ds = load_image_dataset(name)
@@ -142,7 +165,7 @@ def test_real_shared_datasets_load(name, shape):
     assert 30 < ds.x_train.mean() < 140  # real photos and digits, not blank or noise
 
 
-@pytest.mark.skipif(SHARED is None or not (SHARED / "tinyshakespeare.txt").exists(), reason="needs DL_DATA_DIR with tinyshakespeare.txt")
+@pytest.mark.skipif(find_data_file("tinyshakespeare.txt") is None, reason="needs DL_DATA_DIR with tinyshakespeare.txt")
 def test_real_tinyshakespeare_loads():
     text = load_tinyshakespeare()
     assert len(text) == 1_115_394 and text.startswith("First Citizen:")
@@ -155,13 +178,4 @@ def test_known_copies_are_named_in_the_description(data_tmp, monkeypatch):
     assert load_image_dataset("mnist").describe().endswith("; a test copy)")
 
 
-def test_default_folders_follow_the_checkout_or_the_working_folder(tmp_path, monkeypatch):
-    import common.data as data_module
-    for var in ("DL_DATA_DIR", "DL_RUNS_DIR", "DL_CHECKPOINT_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    assert data_module.default_root() == data_module.REPO_ROOT  # this checkout has a pyproject.toml
-    monkeypatch.setattr(data_module, "REPO_ROOT", tmp_path / "site-packages")  # as when installed from git
-    monkeypatch.chdir(tmp_path)
-    assert data_module.default_root() == tmp_path
-    from common import checkpoint_dir
-    assert checkpoint_dir() == tmp_path / "checkpoints"
+

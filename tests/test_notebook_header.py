@@ -7,6 +7,7 @@ it is not (Colab), install `common` and the task's requirements.txt from the rep
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import importlib.util
 import subprocess
 import sys
@@ -45,13 +46,17 @@ def test_the_setup_cell_prints_nothing_where_common_is_importable(notebook: Path
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
-def run_without_common(source: str, monkeypatch: pytest.MonkeyPatch, returncode: int = 0) -> list[list[str]]:
-    """Execute `source` as if `common` were not installed, with pip replaced by a recorder; returns its commands."""
+def run_without_common(source: str, monkeypatch: pytest.MonkeyPatch, returncode: int = 0,
+                       hidden: tuple[str, ...] = ()) -> list[tuple[list[str], str]]:
+    """Execute `source` as if `common` (and the modules in `hidden`) were not installed, with pip replaced by a
+    recorder; returns each pip command with the text of its constraints file."""
     real_find_spec, calls = importlib.util.find_spec, []
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "common" else real_find_spec(name, *a))
+    missing = {"common", *hidden}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real_find_spec(name, *a))
 
     def fake_run(cmd, **kwargs):
-        calls.append(cmd)
+        constraints = Path(cmd[cmd.index("-c") + 1]).read_text() if "-c" in cmd else ""
+        calls.append((cmd, constraints))
         return subprocess.CompletedProcess(cmd, returncode, "", "ERROR: No matching distribution")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
@@ -59,21 +64,63 @@ def run_without_common(source: str, monkeypatch: pytest.MonkeyPatch, returncode:
     return calls
 
 
-def test_the_setup_cell_installs_common_and_the_task_requirements_where_common_is_missing(
+def installed(cmd: list[str]) -> list[str]:
+    """The requirements a pip command installs (its arguments after `install`, options and their values dropped)."""
+    args = cmd[cmd.index("install") + 1:]
+    return [a for i, a in enumerate(args) if not a.startswith("-") and not (i and args[i - 1] in ("-c", "-r"))]
+
+
+def test_the_setup_cell_installs_common_at_the_release_and_the_task_requirements_where_common_is_missing(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     folder = "image_generation/vae"
-    calls = run_without_common(notebook_header.setup_cell_source(folder), monkeypatch)
+    calls = run_without_common(notebook_header.setup_cell_source(folder), monkeypatch, hidden=notebook_header.KEPT)
     printed = capsys.readouterr()
     repo = update_readme.repository_url()
-    assert printed.err == "" and printed.out.count("\n") == 1 and f"{folder}/requirements.txt" in printed.out
+    version = update_readme.tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert notebook_header.release_ref() == f"v{version}"
+    assert printed.err == "" and printed.out.count("\n") == 1 and f"at v{version}" in printed.out
     assert len(calls) == 1
-    cmd = calls[0]
-    assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and f"git+{repo}" in cmd
-    requirements = cmd[cmd.index("-r") + 1]
-    base = f"https://raw.githubusercontent.com/{repo[len('https://github.com/'):]}/{update_readme.DEFAULT_BRANCH}/"
-    assert requirements == f"{base}{folder}/requirements.txt" and (REPO_ROOT / folder / "requirements.txt").exists()
+    cmd, constraints = calls[0]
+    assert cmd[:4] == [sys.executable, "-m", "pip", "install"]
+    assert f"git+{repo}@v{version}" in cmd  # pinned: the release this notebook belongs to, not the branch's head
+    requirements = notebook_header.task_requirements(folder)
+    assert requirements and "torch>=2.3" in requirements  # nothing importable here: torch is installed too
+    assert installed(cmd) == [f"git+{repo}@v{version}", *requirements] and constraints == ""
     with pytest.raises(RuntimeError, match="No matching distribution"):  # a failed install says why
         run_without_common(notebook_header.setup_cell_source(folder), monkeypatch, returncode=1)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=IDS)
+def test_the_setup_cell_never_installs_an_importable_torch(notebook: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """Colab ships its own CUDA torch: it stays, pinned by a constraint, and no requirement names it."""
+    folder = notebook.parent.relative_to(REPO_ROOT).as_posix()
+    pytest.importorskip("torch")
+    [(cmd, constraints)] = run_without_common(notebook_header.setup_cell_source(folder), monkeypatch)
+    names = [notebook_header.requirement_name(r) for r in installed(cmd)[1:]]
+    kept = [n for n in notebook_header.KEPT if importlib.util.find_spec(n) is not None]
+    assert "torch" in kept and not set(names) & set(kept), names
+    assert f"torch=={importlib.metadata.version('torch')}" in constraints.splitlines()
+    assert "keeping the installed torch" in capsys.readouterr().out
+
+
+def test_the_setup_cell_stops_on_another_package_named_common(tmp_path: Path) -> None:
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "__init__.py").write_text("VALUE = 1\n")  # someone else's `common`
+    source = notebook_header.setup_cell_source("image_generation/vae")
+    result = subprocess.run([sys.executable, "-c", source], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and result.stdout == ""
+    last = result.stderr.strip().splitlines()[-1]
+    assert "another package" in last and str(tmp_path / "common") in last and "this repository's" in last
+
+
+def test_the_requirements_the_cell_names_are_the_tasks(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "requirements.txt").write_text("# comment\n-c x.txt\ntorch>=2.3  # why\n\nnumpy>=1.24\n")
+    assert notebook_header.task_requirements("t", tmp_path) == ["torch>=2.3", "numpy>=1.24"]
+    assert notebook_header.task_requirements("missing", tmp_path) == []
+    assert [notebook_header.requirement_name(r) for r in ("torch>=2.3", "Pillow[extra]>=1", "tomli; python_version<'3.11'")] \
+        == ["torch", "pillow", "tomli"]
 
 
 def demo_notebook() -> nbformat.NotebookNode:

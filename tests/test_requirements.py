@@ -139,3 +139,27 @@ def test_the_checker_fails_when_a_requirement_is_missing_extra_or_differently_bo
     assert len(unbounded) == 1 and "torch>=2.3 differs" in unbounded[0]
     nb.cells.append(nbformat.v4.new_code_cell("import mystery_package"))
     assert any("mystery_package" in p for p in requirement_problems(nb, parse_requirements(full), root))
+
+
+def upper_bounded(reqs: dict[str, Requirement]) -> list[str]:
+    """The requirements that cap a version (<, <=, ==, ~=, ===)."""
+    return [str(r) for r in reqs.values() if any(s.operator in ("<", "<=", "==", "~=", "===") for s in r.specifier)]
+
+
+def test_upper_bounds_live_only_in_the_constraints_file() -> None:
+    """What a notebook's Colab cell installs (its requirements.txt, `common`'s dependencies) has lower bounds only,
+    so an installed newer torch (Colab's) satisfies it; the caps that make CI reproducible are in constraints.txt,
+    which the root requirements.txt applies."""
+    task_files = sorted(REPO_ROOT.glob("*/*/requirements.txt"))
+    assert task_files
+    for path in task_files:
+        assert not upper_bounded(read_requirements(path)), path
+    deps = parse_requirements(update_readme.tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+                              ["project"]["dependencies"])
+    assert not upper_bounded(deps) and not upper_bounded(ROOT_REQUIREMENTS)
+    assert "-c constraints.txt" in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    caps = read_requirements(REPO_ROOT / "constraints.txt")
+    assert {"torch", "torchvision"} <= set(caps) and set(upper_bounded(caps)) == {str(r) for r in caps.values()}
+    for name, cap in caps.items():  # a cap never excludes the lower bound it caps
+        low = [s.version for s in ROOT_REQUIREMENTS[name].specifier if s.operator == ">="]
+        assert all(cap.specifier.contains(v) for v in low), (name, low, cap)

@@ -1,0 +1,37 @@
+"""The CI script (.ci/run) and workflow (.github/workflows/ci.yml), checked without running the suite they run."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_run_goes_on_when_no_shared_dataset_was_copied(tmp_path: Path) -> None:
+    """With an empty (or missing) shared folder nothing is copied; the script must still reach the tests."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    for tool in ("python3", "sudo", "apt-get"):  # stand-ins: record the call, succeed, install nothing
+        stub = bin_dir / tool
+        stub.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> "{calls}"\n')
+        stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "SHARED_DATASETS": str(tmp_path / "no-datasets-here")}
+    result = subprocess.run(["bash", str(REPO_ROOT / ".ci" / "run")], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "running the tests" in result.stdout and "done" in result.stdout
+    assert "python3 -m pytest" in calls.read_text()
+
+
+def test_ci_installs_a_cpu_torch_within_the_constraints_before_the_requirements() -> None:
+    workflow = (REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    runs = [line.split("run:", 1)[1].strip() for line in workflow.splitlines() if line.strip().startswith("run:")]
+    cpu = next(i for i, r in enumerate(runs) if "download.pytorch.org/whl/cpu" in r)
+    reqs = next(i for i, r in enumerate(runs) if "-r requirements.txt" in r)
+    assert cpu < reqs and "-c constraints.txt" in runs[cpu] and "torch" in runs[cpu] and "torchvision" in runs[cpu]
+    assert any("torch.version.cuda is None" in r for r in runs[reqs:])  # and checks nothing replaced it
