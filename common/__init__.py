@@ -17,7 +17,7 @@ from common.device import describe_device, get_device
 from common.fid import fid, get_classifier
 from common.plot import plot_curves, show_images
 from common.precision import (amp_dtype, autocast, compile_unavailable_reason, enable_tf32, fp32_exact, grad_scaler,
-                              maybe_compile, to_channels_last)
+                              maybe_compile, precision_mode, to_channels_last)
 from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
 from common.seed import seed_everything
@@ -51,6 +51,7 @@ __all__ = [
     "peak_memory_bytes",
     "pick",
     "plot_curves",
+    "precision_mode",
     "runs_dir",
     "save_checkpoint",
     "seed_everything",

@@ -1,8 +1,18 @@
 """Mixed precision, TF32 and channels_last, with one code path for every device.
 
-On CUDA the forward pass runs under bf16 autocast when the GPU supports it (no loss
-scaling needed), else fp16 autocast with a GradScaler. On the CPU and MPS everything runs
-in full fp32 precision: the same calls are made, autocast is simply disabled.
+`precision_mode(device)` chooses once what the forward pass runs in:
+
+- `bf16`: CUDA with compute capability >= 8.0 (Ampere, Ada, Hopper, ...: RTX 30xx/40xx, A100, H100).
+  bf16 keeps fp32's exponent range, so no loss scaling is needed.
+- `fp16`: CUDA with compute capability 7.x (Volta, Turing: V100, T4, RTX 20xx, the GPUs of free Colab).
+  `torch.cuda.is_bf16_supported()` says True on some of them, but there bf16 is only emulated, slowly;
+  fp16 runs on their tensor cores and needs loss scaling: `grad_scaler(device)` is enabled exactly here.
+- `fp32`: the CPU, Apple MPS, and CUDA GPUs older than 7.0 (no tensor cores). The same calls are
+  made; autocast is simply disabled and the scaler passes everything through.
+
+A notebook that trains under `autocast(device)` always creates `scaler = grad_scaler(device)` and calls
+`scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`: that is correct in every mode. The run
+record stores the mode as `precision`.
 """
 
 from __future__ import annotations
@@ -16,12 +26,25 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+BF16_MIN_CAPABILITY = (8, 0)  # native bf16 tensor cores from Ampere on
+FP16_MIN_CAPABILITY = (7, 0)  # fp16 tensor cores from Volta on; below, fp32
+
+
+def precision_mode(device: torch.device) -> str:
+    """'bf16', 'fp16' or 'fp32': the precision the forward pass runs in on `device` (see the module docstring)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "fp32"
+    capability = tuple(torch.cuda.get_device_capability(device))
+    if capability >= BF16_MIN_CAPABILITY:
+        return "bf16"
+    return "fp16" if capability >= FP16_MIN_CAPABILITY else "fp32"
+
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `device`: bf16 or fp16 on CUDA, None (full precision) elsewhere."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """The autocast dtype for `device`: bf16 or fp16 on CUDA (by compute capability), None (full precision)
+    elsewhere."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision_mode(device)]
 
 
 def autocast(device: torch.device) -> AbstractContextManager:
@@ -31,7 +54,8 @@ def autocast(device: torch.device) -> AbstractContextManager:
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """A GradScaler that is active only for fp16 autocast; elsewhere its calls pass through."""
+    """A GradScaler that is enabled exactly when `precision_mode(device)` is 'fp16'; elsewhere its calls pass
+    through (`scale(loss)` returns `loss`, `step(opt)` calls `opt.step()`), so one training loop fits all."""
     return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
 
 

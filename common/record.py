@@ -38,6 +38,7 @@ import torch
 
 from common.data import REPO_ROOT, default_root
 from common.device import describe_device
+from common.precision import precision_mode
 
 TIMING_POLICY = "steps-only/v1"
 TIMING_POLICY_TEXT = ("train_seconds = optimisation steps only (forward, backward, optimiser, on-device batching); "
@@ -195,6 +196,7 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": cpu_model(),
         "data": data,
+        "precision": precision_mode(device),  # what the forward pass ran in: bf16, fp16 (with loss scaling) or fp32
         "timing": TIMING_POLICY,
         "timing_policy": TIMING_POLICY_TEXT,
         "train_seconds": round(clock["train"], 2),

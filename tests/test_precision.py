@@ -1,8 +1,11 @@
+import json
+
+import pytest
 import torch
 from torch import nn
 
-from common import (amp_dtype, autocast, compile_unavailable_reason, enable_tf32, fp32_exact, grad_scaler, maybe_compile,
-                    precision, to_channels_last)
+from common import (RunClock, amp_dtype, autocast, compile_unavailable_reason, enable_tf32, fp32_exact, grad_scaler,
+                    maybe_compile, precision, precision_mode, to_channels_last, write_run_record)
 
 CPU = torch.device("cpu")
 
@@ -102,3 +105,36 @@ def test_maybe_compile_falls_back_to_eager_when_compiling_fails(monkeypatch, cap
     assert out.count("\n") == 1 and "backend compiler failed" in out and "eagerly" in out
     assert torch.equal(fn(x), model(x)) and capsys.readouterr().out == ""  # said once, eager from then on
     assert fn.weight is model.weight  # attributes are the eager model's
+
+
+# ---------------------------------------------------------------- precision by compute capability
+
+CUDA = torch.device("cuda")
+
+
+def fake_gpu(monkeypatch, capability, bf16_supported=True):
+    """Pretend a CUDA GPU of `capability` is present; `is_bf16_supported` says True, as it does on a T4."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+
+
+@pytest.mark.parametrize("capability, mode, dtype", [
+    ((9, 0), "bf16", torch.bfloat16),  # H100
+    ((8, 9), "bf16", torch.bfloat16),  # RTX 4090
+    ((8, 0), "bf16", torch.bfloat16),  # A100
+    ((7, 5), "fp16", torch.float16),  # T4, RTX 20xx: bf16 only emulated although is_bf16_supported() says True
+    ((7, 0), "fp16", torch.float16),  # V100
+    ((6, 1), "fp32", None),  # GTX 10xx: no tensor cores
+])
+def test_precision_follows_the_compute_capability(monkeypatch, capability, mode, dtype):
+    fake_gpu(monkeypatch, capability)
+    assert precision_mode(CUDA) == mode
+    assert amp_dtype(CUDA) == dtype
+    assert grad_scaler(CUDA).is_enabled() == (mode == "fp16")  # loss scaling exactly for fp16
+    assert precision_mode(CPU) == "fp32" and not grad_scaler(CPU).is_enabled()
+
+
+def test_the_run_record_says_which_precision_ran(monkeypatch, runs_tmp):
+    path = write_run_record("templates/task_template", "smoke", CPU, RunClock(), {"loss": 1.0}, data="none")
+    assert json.loads(path.read_text())["precision"] == "fp32"
