@@ -13,7 +13,7 @@ from common.data import (
     load_image_dataset,
     load_tinyshakespeare,
 )
-from common.device import describe_device, get_device
+from common.device import DeviceError, describe_device, get_device, parse_device
 from common.fid import fid, get_classifier
 from common.plot import plot_curves, show_images
 from common.precision import (amp_dtype, autocast, compile_unavailable_reason, enable_tf32, fp32_exact, grad_scaler,
@@ -25,6 +25,7 @@ from common.seed import seed_everything
 __all__ = [
     "CheckpointError",
     "DatasetError",
+    "DeviceError",
     "DeviceImageLoader",
     "ImageData",
     "PRESETS",
@@ -49,6 +50,7 @@ __all__ = [
     "load_tinyshakespeare",
     "maybe_compile",
     "peak_memory_bytes",
+    "parse_device",
     "pick",
     "plot_curves",
     "precision_mode",
