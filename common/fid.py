@@ -313,8 +313,8 @@ def sqrtm_psd(mat: torch.Tensor) -> torch.Tensor:
 
 
 def feature_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (D,) and unbiased covariance (D, D) of (N, D) features, in float64."""
-    feats = feats.double()
+    """Mean (D,) and unbiased covariance (D, D) of (N, D) features, in float64 on the CPU."""
+    feats = feats.detach().cpu().double()
     return feats.mean(0), torch.cov(feats.T)  # (N, D) -> (D, N): torch.cov wants variables in rows
 
 
@@ -325,7 +325,7 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     symmetric PSD matrix S1^(1/2) S2 S1^(1/2), which has the same eigenvalues as S1 S2.
     A result below zero (rounding, for identical inputs) is returned as 0.
     """
-    mu1, sigma1, mu2, sigma2 = (t.double() for t in (mu1, sigma1, mu2, sigma2))
+    mu1, sigma1, mu2, sigma2 = (t.detach().cpu().double() for t in (mu1, sigma1, mu2, sigma2))  # float64: CPU only
     root1 = sqrtm_psd(sigma1)
     middle = root1 @ sigma2 @ root1
     tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
@@ -343,12 +343,16 @@ def _kth_neighbour_distance(feats: torch.Tensor, k: int, chunk: int = 1024) -> t
 
 
 def _fraction_inside(query: torch.Tensor, ref: torch.Tensor, ref_radii: torch.Tensor, chunk: int = 1024) -> float:
-    """Fraction of `query` rows inside at least one ball of radius `ref_radii[j]` around `ref[j]`."""
-    inside = []
+    """Fraction of `query` rows inside at least one ball of radius `ref_radii[j]` around `ref[j]`.
+
+    The count is an integer and the division is Python's (float64 on the CPU), so nothing in float64 runs
+    on the device: Apple MPS has no float64 at all.
+    """
+    inside = 0
     for start in range(0, len(query), chunk):
         dist = torch.cdist(query[start:start + chunk], ref)  # (chunk, N_ref)
-        inside.append((dist <= ref_radii[None, :]).any(dim=1))
-    return float(torch.cat(inside).double().mean())
+        inside += int((dist <= ref_radii[None, :]).any(dim=1).sum())
+    return inside / len(query)
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_K) -> tuple[float, float]:
@@ -362,8 +366,9 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_K) -> t
     real, fake = real.float(), fake.float()
     if min(len(real), len(fake)) < 2:
         raise ValueError("precision/recall need at least 2 points in each set")
-    precision = _fraction_inside(fake, real, _kth_neighbour_distance(real, min(k, len(real) - 1)))
-    recall = _fraction_inside(real, fake, _kth_neighbour_distance(fake, min(k, len(fake) - 1)))
+    with _exact_fp32():  # torch.cdist uses a matmul: no TF32 rounding of the distances
+        precision = _fraction_inside(fake, real, _kth_neighbour_distance(real, min(k, len(real) - 1)))
+        recall = _fraction_inside(real, fake, _kth_neighbour_distance(fake, min(k, len(fake) - 1)))
     return precision, recall
 
 

@@ -238,3 +238,77 @@ def test_missing_or_stale_cache_is_retrained_without_touching_global_rng(
     save_checkpoint(path, {**entry, "format_version": -1})
     get_classifier("mnist", device="cpu", preset="smoke")
     assert load_checkpoint(path)["format_version"] == FORMAT_VERSION
+
+
+# ---------------------------------------------------------------- no float64 on the device (Apple MPS has none)
+
+
+class _OnFakeMPS(torch.Tensor):
+    """A CPU tensor standing for one on Apple MPS: results of ops on it stay "on MPS", and any float64 result
+    raises, as MPS does. `.cpu()` (or `.to("cpu")`) gives a plain CPU tensor back."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        to_cpu = func is torch.Tensor.cpu or (func is torch.Tensor.to and _target(args, kwargs)[0] == "cpu")
+        if to_cpu:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs).as_subclass(torch.Tensor)  # a CPU tensor's .cpu() is itself
+        out = super().__torch_function__(func, types, args, kwargs)
+        _refuse_float64(out, func)
+        return out
+
+
+def _target(args, kwargs) -> tuple[str | None, torch.dtype | None]:
+    """(device type, dtype) that a `Tensor.to(...)` call asks for."""
+    device, dtype, _, _ = torch._C._nn._parse_to(*args[1:], **kwargs)
+    return (device.type if device is not None else None), dtype
+
+
+def _refuse_float64(out, func) -> None:
+    for t in (out if isinstance(out, (tuple, list)) else [out]):
+        if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+            raise TypeError(f"float64 on the (fake) MPS device, from {getattr(func, '__name__', func)}: "
+                            f"MPS does not support float64")
+
+
+class _FakeMPS(torch.overrides.TorchFunctionMode):
+    """Moving a tensor (or a module) to 'mps' keeps it on the CPU, tagged `_OnFakeMPS`; factories asked for
+    'mps' do the same. Everything else runs as usual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to and _target(args, kwargs)[0] == "mps":
+            dtype = _target(args, kwargs)[1] or args[0].dtype
+            out = args[0].as_subclass(torch.Tensor).to(dtype=dtype)
+            _refuse_float64(out, func)
+            return out.as_subclass(_OnFakeMPS)
+        device = kwargs.get("device")
+        if device is not None and torch.device(device).type == "mps":
+            out = func(*args, **{**kwargs, "device": "cpu"})
+            _refuse_float64(out, func)
+            return out.as_subclass(_OnFakeMPS)
+        return func(*args, **kwargs)
+
+
+def test_the_fake_mps_device_refuses_float64_and_keeps_float32() -> None:
+    with _FakeMPS():
+        x = torch.ones(3).to(torch.device("mps"))
+        assert isinstance(x * 2, _OnFakeMPS) and not isinstance((x * 2).cpu(), _OnFakeMPS)
+        with pytest.raises(TypeError, match="float64"):
+            x.double()
+        with pytest.raises(TypeError, match="float64"):
+            (x > 0).double().mean()
+        with pytest.raises(TypeError, match="float64"):
+            torch.zeros(2, dtype=torch.float64, device="mps")
+        assert (x.cpu().double() * 2).dtype == torch.float64  # float64 on the CPU is fine
+        layer = torch.nn.Linear(3, 2).to(torch.device("mps"))
+        assert isinstance(layer(x), _OnFakeMPS)
+
+
+def test_fid_puts_no_float64_on_the_device(model: FIDClassifier, test_images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, _ = test_images
+    on_cpu = fid(images[:300], dataset="mnist", device="cpu", preset="smoke")
+    with _FakeMPS():
+        on_mps = fid(images[:300], dataset="mnist", device=torch.device("mps"), preset="smoke")
+    assert on_mps == on_cpu
