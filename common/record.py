@@ -38,6 +38,7 @@ import torch
 
 from common.data import REPO_ROOT, default_root
 from common.device import describe_device
+from common.fid_classifier import scored_classifiers
 from common.precision import precision_mode
 
 TIMING_POLICY = "steps-only/v1"
@@ -211,6 +212,9 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         "finished_at": now.isoformat(timespec="seconds"),
         "config": _clean(dict(config or {})),
     }
+    scored = scored_classifiers()  # the FID classifier files that scored samples in this process
+    if scored:  # the yardstick of every fid number in the record: one SHA-256, or {file: SHA-256} if several
+        record["fid_classifier_sha256"] = next(iter(scored.values())) if len(scored) == 1 else scored
     name = f"{task.replace('/', '__')}__{preset}__{device_slug(device)}__{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"
     path = runs_dir() / name
     path.write_text(json.dumps(record, indent=2) + "\n")
