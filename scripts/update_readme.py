@@ -20,6 +20,7 @@ Every "Open in Colab" link is built from the one repository address in pyproject
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,14 @@ def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
     return tasks
 
 
+DESKTOP_4090 = re.compile(r"(NVIDIA )?(GeForce )?RTX 4090", re.IGNORECASE)
+
+
 def is_4090(record: dict) -> bool:
-    return record["device_type"] == "cuda" and "4090" in (record.get("gpu") or record["device"])
+    """A CUDA run on the desktop GeForce RTX 4090 (the card of the title): the RTX 4090 Laptop GPU (a different,
+    slower chip), the RTX 4090 D and any other name merely containing '4090' do not count."""
+    name = " ".join((record.get("gpu") or record["device"]).split())
+    return record["device_type"] == "cuda" and DESKTOP_4090.fullmatch(name) is not None
 
 
 def gpu_name(record: dict) -> str:

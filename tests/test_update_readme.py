@@ -59,3 +59,28 @@ def test_a_record_without_its_classifier_is_flagged_only_beside_one_that_has_it(
     add_task(tmp_path, "ddpm", "fid", [{"fid_classifier_sha256": {"fid_classifier_mnist.pt": SHA_A}}])
     table = update_readme.render_table(update_readme.load_tasks(tmp_path))
     assert "not recorded: GAN, VAE" in table and "aaaaaaaa: DDPM" in table
+
+
+def gpu_record(name: str) -> dict:
+    return {"device_type": "cuda", "gpu": name, "device": name}
+
+
+def test_only_the_desktop_rtx_4090_counts_toward_n() -> None:
+    for name in ("NVIDIA GeForce RTX 4090", "NVIDIA  GeForce RTX 4090 ", "GeForce RTX 4090"):
+        assert update_readme.is_4090(gpu_record(name)), name
+    for name in ("NVIDIA GeForce RTX 4090 Laptop GPU", "NVIDIA GeForce RTX 4090 D", "NVIDIA RTX 4090 Mobile",
+                 "NVIDIA GeForce RTX 4080", "NVIDIA H100 80GB HBM3"):
+        assert not update_readme.is_4090(gpu_record(name)), name
+    assert not update_readme.is_4090({"device_type": "cpu", "gpu": None, "device": "cpu (RTX 4090 box)"})
+
+
+def test_a_laptop_4090_run_is_named_apart_and_not_summed_into_n(tmp_path: Path) -> None:
+    add_task(tmp_path, "gan", "fid", [])
+    results = tmp_path / "results" / "image_generation" / "gan"
+    laptop = {"task": "image_generation/gan", "preset": "full", "data": "MNIST subset", "train_seconds": 3600.0,
+              "timing": "steps-only/v1", "metrics": {"fid": 20.0}, "finished_at": "2026-02-01",
+              **gpu_record("NVIDIA GeForce RTX 4090 Laptop GPU")}
+    (results / "laptop.json").write_text(json.dumps(laptop))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "N = not yet measured**: 0 of 1 tasks" in table
+    assert "NVIDIA GeForce RTX 4090 Laptop GPU: 1.00 hours over 1 of 1 tasks" in table
