@@ -16,8 +16,9 @@ from common.data import (
 from common.device import DeviceError, describe_device, get_device, parse_device
 from common.fid import fid, get_classifier
 from common.plot import plot_curves, show_images
-from common.precision import (amp_dtype, autocast, compile_unavailable_reason, enable_tf32, fp32_exact, grad_scaler,
-                              maybe_compile, precision_mode, to_channels_last)
+from common.precision import (amp_dtype, autocast, compile_report, compile_unavailable_reason, enable_tf32, fp32_exact,
+                              grad_scaler, guarded_step, is_compile_error, maybe_compile, precision_mode,
+                              to_channels_last)
 from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
 from common.seed import seed_everything
@@ -35,6 +36,7 @@ __all__ = [
     "autocast",
     "checkpoint_dir",
     "checkpoint_path",
+    "compile_report",
     "compile_unavailable_reason",
     "data_dir",
     "describe_device",
@@ -45,6 +47,8 @@ __all__ = [
     "get_device",
     "get_preset",
     "grad_scaler",
+    "guarded_step",
+    "is_compile_error",
     "load_checkpoint",
     "load_image_dataset",
     "load_tinyshakespeare",

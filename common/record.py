@@ -47,7 +47,7 @@ import torch
 from common.data import REPO_ROOT, default_root
 from common.device import describe_device
 from common.fid_classifier import scored_classifiers
-from common.precision import precision_mode
+from common.precision import compile_report, precision_mode
 
 TIMING_POLICY = "steps-only/v1"
 TIMING_POLICY_TEXT = ("train_seconds = optimisation steps only (forward, backward, optimiser, on-device batching); "
@@ -270,6 +270,7 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         "cpu": cpu_model(),
         "data": data,
         "precision": precision_mode(device),  # what the forward pass ran in: bf16, fp16 (with loss scaling) or fp32
+        "compile": compile_report(),  # compiled, or fell back to eager (and why), per maybe_compile'd model
         "timing": TIMING_POLICY,
         "timing_policy": TIMING_POLICY_TEXT,
         "train_seconds": round(clock["train"], 2),

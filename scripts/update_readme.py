@@ -104,8 +104,13 @@ def newest(records: list[dict], preset: str, where: str) -> list[dict]:
 
 
 def policy_note(record: dict) -> str:
-    """Records made before the repository's one timing policy (no `timing` field) say so beside their time."""
-    return "" if record.get("timing") else ", earlier timing policy"
+    """Records made before the repository's one timing policy (no `timing` field) say so beside their time, and
+    a run that asked for torch.compile but ran eagerly (it fell back, or compile was unavailable) says so too:
+    an eager time never passes for a compiled one."""
+    note = "" if record.get("timing") else ", earlier timing policy"
+    eager = [m for m in (record.get("compile") or {}).get("models", [])
+             if m.get("requested") and m.get("status") in ("fell_back", "unavailable")]
+    return note + (", eager: torch.compile fell back" if eager else "")
 
 
 def fmt_minutes(seconds: float) -> str:

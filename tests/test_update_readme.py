@@ -84,3 +84,19 @@ def test_a_laptop_4090_run_is_named_apart_and_not_summed_into_n(tmp_path: Path) 
     table = update_readme.render_table(update_readme.load_tasks(tmp_path))
     assert "N = not yet measured**: 0 of 1 tasks" in table
     assert "NVIDIA GeForce RTX 4090 Laptop GPU: 1.00 hours over 1 of 1 tasks" in table
+
+
+def test_a_gpu_time_that_ran_eagerly_after_a_compile_fallback_says_so(tmp_path: Path) -> None:
+    add_task(tmp_path, "gan", "fid", [])
+    results = tmp_path / "results" / "image_generation" / "gan"
+    record = {"task": "image_generation/gan", "preset": "full", "data": "MNIST subset", "train_seconds": 600.0,
+              "timing": "steps-only/v1", "metrics": {"fid": 20.0}, "finished_at": "2026-02-01",
+              "compile": {"status": "fell_back", "models": [{"model": "G", "requested": True, "status": "fell_back",
+                                                             "reason": "InductorError in the first training step"}]},
+              **gpu_record("NVIDIA GeForce RTX 4090")}
+    (results / "rtx.json").write_text(json.dumps(record))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "10.0 min (NVIDIA GeForce RTX 4090), eager: torch.compile fell back" in table
+    record["compile"]["models"][0]["status"] = record["compile"]["status"] = "compiled"
+    (results / "rtx.json").write_text(json.dumps(record))
+    assert "eager" not in update_readme.render_table(update_readme.load_tasks(tmp_path))
