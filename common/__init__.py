@@ -14,11 +14,12 @@ from common.data import (
     load_image_dataset,
     load_tinyshakespeare,
 )
-from common.device import describe_device, get_device
+from common.device import DeviceError, describe_device, get_device, parse_device
 from common.fid import fid, get_classifier
 from common.plot import plot_curves, show_images
-from common.precision import (amp_dtype, autocast, compile_unavailable_reason, enable_tf32, fp32_exact, grad_scaler,
-                              maybe_compile, to_channels_last)
+from common.precision import (amp_dtype, autocast, compile_report, compile_unavailable_reason, enable_tf32, fp32_exact,
+                              grad_scaler, guarded_step, is_compile_error, maybe_compile, precision_mode,
+                              to_channels_last)
 from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
 from common.seed import seed_everything
@@ -30,6 +31,7 @@ __all__ = [
     "PACKAGE_ID",
     "CheckpointError",
     "DatasetError",
+    "DeviceError",
     "DeviceImageLoader",
     "ImageData",
     "PRESETS",
@@ -40,6 +42,7 @@ __all__ = [
     "autocast",
     "checkpoint_dir",
     "checkpoint_path",
+    "compile_report",
     "compile_unavailable_reason",
     "data_dir",
     "describe_device",
@@ -50,13 +53,17 @@ __all__ = [
     "get_device",
     "get_preset",
     "grad_scaler",
+    "guarded_step",
+    "is_compile_error",
     "load_checkpoint",
     "load_image_dataset",
     "load_tinyshakespeare",
     "maybe_compile",
     "peak_memory_bytes",
+    "parse_device",
     "pick",
     "plot_curves",
+    "precision_mode",
     "runs_dir",
     "save_checkpoint",
     "seed_everything",

@@ -1,11 +1,18 @@
-"""Pick the best available device: CUDA, then Apple MPS, then the CPU."""
+"""Pick the best available device: CUDA, then Apple MPS, then the CPU; or the one `DL_DEVICE` names."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 
 import torch
+
+ALLOWED_DEVICES = "cpu, cuda, cuda:N, mps"
+
+
+class DeviceError(ValueError):
+    """`DL_DEVICE` names no device, or one this machine does not have. The message is one line."""
 
 
 def describe_device(device: torch.device) -> str:
@@ -17,14 +24,41 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
 
 
+def parse_device(value: str) -> torch.device:
+    """The device `value` names ('cpu', 'cuda', 'cuda:N' or 'mps', any case), checked against this machine.
+
+    Raises `DeviceError` with one line naming the allowed values when `value` is none of them, or names a
+    device that is not here (no CUDA, fewer GPUs than N+1, no MPS).
+    """
+    text = value.strip().lower()
+    match = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", text)
+    if match is None or (match[2] is not None and match[1] != "cuda"):
+        raise DeviceError(f"DL_DEVICE={value!r} is not a device; allowed: {ALLOWED_DEVICES} "
+                          f"(or leave DL_DEVICE unset to pick the best one available)")
+    kind, index = match[1], match[2]
+    missing = None
+    if kind == "cuda" and not torch.cuda.is_available():
+        missing = f"CUDA is not available here (torch {torch.__version__}, CUDA build {torch.version.cuda})"
+    elif kind == "cuda" and index is not None and int(index) >= torch.cuda.device_count():
+        missing = f"this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+    elif kind == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        missing = "Apple MPS is not available here"
+    if missing:
+        raise DeviceError(f"DL_DEVICE={value!r}: {missing}; allowed: {ALLOWED_DEVICES} "
+                          f"(or leave DL_DEVICE unset to pick the best one available)")
+    return torch.device(text)
+
+
 def get_device(verbose: bool = True) -> torch.device:
     """Return CUDA if available, else MPS, else CPU, and print one line saying which.
 
-    `DL_DEVICE` (e.g. `cpu`) overrides the choice, which is handy for comparing devices.
+    `DL_DEVICE` (cpu, cuda, cuda:N or mps) overrides the choice, which is handy for comparing devices; it is
+    validated here, once, so a wrong value stops the notebook at its Setup cell with one clear line
+    (`DeviceError`) instead of a raw torch error or a failure later on.
     """
-    forced = os.environ.get("DL_DEVICE")
+    forced = os.environ.get("DL_DEVICE", "").strip()
     if forced:
-        device = torch.device(forced)
+        device = parse_device(forced)
     elif torch.cuda.is_available():
         device = torch.device("cuda")
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -1,8 +1,18 @@
 """Mixed precision, TF32 and channels_last, with one code path for every device.
 
-On CUDA the forward pass runs under bf16 autocast when the GPU supports it (no loss
-scaling needed), else fp16 autocast with a GradScaler. On the CPU and MPS everything runs
-in full fp32 precision: the same calls are made, autocast is simply disabled.
+`precision_mode(device)` chooses once what the forward pass runs in:
+
+- `bf16`: CUDA with compute capability >= 8.0 (Ampere, Ada, Hopper, ...: RTX 30xx/40xx, A100, H100).
+  bf16 keeps fp32's exponent range, so no loss scaling is needed.
+- `fp16`: CUDA with compute capability 7.x (Volta, Turing: V100, T4, RTX 20xx, the GPUs of free Colab).
+  `torch.cuda.is_bf16_supported()` says True on some of them, but there bf16 is only emulated, slowly;
+  fp16 runs on their tensor cores and needs loss scaling: `grad_scaler(device)` is enabled exactly here.
+- `fp32`: the CPU, Apple MPS, and CUDA GPUs older than 7.0 (no tensor cores). The same calls are
+  made; autocast is simply disabled and the scaler passes everything through.
+
+A notebook that trains under `autocast(device)` always creates `scaler = grad_scaler(device)` and calls
+`scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`: that is correct in every mode. The run
+record stores the mode as `precision`.
 """
 
 from __future__ import annotations
@@ -10,18 +20,32 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import weakref
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
+BF16_MIN_CAPABILITY = (8, 0)  # native bf16 tensor cores from Ampere on
+FP16_MIN_CAPABILITY = (7, 0)  # fp16 tensor cores from Volta on; below, fp32
+
+
+def precision_mode(device: torch.device) -> str:
+    """'bf16', 'fp16' or 'fp32': the precision the forward pass runs in on `device` (see the module docstring)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "fp32"
+    capability = tuple(torch.cuda.get_device_capability(device))
+    if capability >= BF16_MIN_CAPABILITY:
+        return "bf16"
+    return "fp16" if capability >= FP16_MIN_CAPABILITY else "fp32"
+
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `device`: bf16 or fp16 on CUDA, None (full precision) elsewhere."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """The autocast dtype for `device`: bf16 or fp16 on CUDA (by compute capability), None (full precision)
+    elsewhere."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision_mode(device)]
 
 
 def autocast(device: torch.device) -> AbstractContextManager:
@@ -31,7 +55,8 @@ def autocast(device: torch.device) -> AbstractContextManager:
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """A GradScaler that is active only for fp16 autocast; elsewhere its calls pass through."""
+    """A GradScaler that is enabled exactly when `precision_mode(device)` is 'fp16'; elsewhere its calls pass
+    through (`scale(loss)` returns `loss`, `step(opt)` calls `opt.step()`), so one training loop fits all."""
     return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
 
 
@@ -92,23 +117,77 @@ def compile_unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
-class _CompiledOrEager:
-    """Calls the `torch.compile`d model; if compiling fails on the first call, says so in one line and
-    runs the eager model from then on. Attributes are those of the eager model."""
+def _compile_error_types() -> tuple[type[BaseException], ...]:
+    """The exceptions torch.compile raises when compiling fails: Dynamo's (tracing, backend failures, Inductor's
+    `InductorError`) and Inductor's own (lowering, C++/CUDA compile errors). Imported only when needed."""
+    found: list[type[BaseException]] = []
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+        found.append(TorchDynamoException)
+    except ImportError:
+        pass
+    try:
+        from torch._inductor import exc as inductor_exc
+        for name in ("InductorError", "LoweringException", "CppCompileError", "CUDACompileError"):
+            cls = getattr(inductor_exc, name, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                found.append(cls)
+    except ImportError:
+        pass
+    return tuple(found)
 
-    def __init__(self, model: nn.Module) -> None:
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and the exceptions it wraps (`inner_exception`, `__cause__`, `__context__`)."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [getattr(e, "inner_exception", None), e.__cause__, e.__context__]
+
+
+def is_compile_error(error: BaseException) -> bool:
+    """True for an error of the compiler itself, which eager mode avoids; False for anything else, above all an
+    out-of-memory error (also one raised while compiling) and a bug in the model, which must surface as themselves."""
+    if any(isinstance(e, torch.OutOfMemoryError) for e in _chain(error)):
+        return False
+    return isinstance(error, _compile_error_types())
+
+
+_COMPILE_OUTCOMES: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+class _CompiledOrEager:
+    """Calls the `torch.compile`d model; if compiling fails (a compile error only, see `is_compile_error`),
+    says so in one line, records why, and runs the eager model from then on. Attributes are those of the eager
+    model. `guarded_step` extends the guard to a whole training step (the backward is compiled lazily)."""
+
+    def __init__(self, model: nn.Module, outcome: dict[str, Any]) -> None:
         self.model = model
         self.compiled = torch.compile(model)
         self.failed = False
+        self.verified = False  # a whole training step has run compiled (through guarded_step)
+        self.outcome = outcome
+
+    def fall_back(self, error: BaseException, where: str) -> None:
+        self.failed = True
+        first_line = (str(error).strip().splitlines() or [""])[0][:160]
+        reason = f"{type(error).__name__} in the {where}: {first_line}"
+        self.outcome.update(status="fell_back", reason=reason)
+        print(f"torch.compile failed ({reason}); running the model eagerly")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self.failed:
             try:
                 return self.compiled(*args, **kwargs)
-            except Exception as e:  # a compiler or backend failure; a genuine bug fails again below, eagerly
-                self.failed = True
-                first_line = (str(e).strip().splitlines() or [""])[0][:160]
-                print(f"torch.compile failed ({type(e).__name__}: {first_line}); running the model eagerly")
+            except Exception as e:
+                if not is_compile_error(e):
+                    raise  # out of memory, or a bug in the model: not a reason to fall back
+                self.fall_back(e, "forward")
         return self.model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -119,12 +198,80 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Call
     """`torch.compile(model)` when `enabled` and possible, else the eager `model` (with a one-line reason).
 
     Train through the returned callable; save and evaluate `model` itself (its state_dict keys are the
-    plain ones). The first compiled call compiles, so time it as the run's `compile` span.
+    plain ones). The first compiled call compiles, so time it as the run's `compile` span. Run the training
+    step through `guarded_step(train_model, step)`, at least the first one: Inductor compiles the backward
+    only during the first `loss.backward()`, and only there can a failure of it fall back. The run record's
+    `compile` field says whether the run was compiled or fell back, and why (`compile_report()`).
     """
+    outcome: dict[str, Any] = {"model": type(model).__name__, "requested": bool(enabled), "status": "eager",
+                               "reason": None if enabled else "not requested"}
+    _COMPILE_OUTCOMES[model] = outcome
     if not enabled:
         return model
     reason = compile_unavailable_reason(device)
     if reason is not None:
+        outcome.update(status="unavailable", reason=reason)
         print(f"torch.compile unavailable ({reason}); running the model eagerly")
         return model
-    return _CompiledOrEager(model)
+    outcome.update(status="compiled_unverified", reason="no training step has run through guarded_step")
+    return _CompiledOrEager(model, outcome)
+
+
+def _snapshot(model: nn.Module) -> dict[str, Any]:
+    """What a failed first step may have changed before its backward failed: gradients, buffers (batch-norm
+    statistics) and the random generators (dropout, noise), so the eager retry starts from the same state."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {"grads": [(p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()],
+            "buffers": [(b, b.detach().clone()) for b in model.buffers()],
+            "cpu_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None}
+
+
+def _restore(state: dict[str, Any]) -> None:
+    with torch.no_grad():
+        for p, grad in state["grads"]:
+            p.grad = grad
+        for b, saved in state["buffers"]:
+            b.copy_(saved)
+    torch.set_rng_state(state["cpu_rng"])
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def guarded_step(train_model: Callable[..., Any], step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one training step, `step(*args, **kwargs)` (forward through `train_model`, backward, optimiser step),
+    falling back to eager mode if torch.compile fails anywhere in it, and return what `step` returns.
+
+    The backward of a compiled model is compiled lazily, inside the first `loss.backward()`, where the guard of
+    `maybe_compile`'s forward cannot catch it. Here a compile error (only: see `is_compile_error`) makes the
+    model eager; the gradients, buffers and random generators are put back as they were before the step, and
+    the step runs again, eagerly. `step` must fail before its optimiser step changes the weights, which a
+    compile failure of the model does. For an eager `train_model` this is just `step(*args, **kwargs)`.
+    """
+    if not isinstance(train_model, _CompiledOrEager) or train_model.failed:
+        return step(*args, **kwargs)
+    saved = None if train_model.verified else _snapshot(train_model.model)
+    try:
+        result = step(*args, **kwargs)
+    except Exception as e:
+        if not is_compile_error(e):
+            raise
+        train_model.fall_back(e, "first training step" if saved is not None else "training step")
+        if saved is not None:
+            _restore(saved)
+        return step(*args, **kwargs)
+    if not train_model.verified and not train_model.failed:
+        train_model.verified = True
+        train_model.outcome.update(status="compiled", reason=None)
+    return result
+
+
+def compile_report() -> dict[str, Any] | None:
+    """What `maybe_compile` did in this process, for the run record: {"status", "models": [...]}, where status
+    is 'compiled' (a whole training step ran compiled), 'compiled_unverified' (compiled, but no step ran
+    through `guarded_step`), 'fell_back', 'unavailable' or 'eager' (not requested), or 'mixed' when the
+    models differ; None if `maybe_compile` was never called."""
+    models = [dict(outcome) for outcome in _COMPILE_OUTCOMES.values()]
+    if not models:
+        return None
+    statuses = {m["status"] for m in models}
+    return {"status": statuses.pop() if len(statuses) == 1 else "mixed", "models": models}

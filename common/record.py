@@ -11,11 +11,18 @@ The timing policy (`TIMING_POLICY`, stored in every record as `timing`):
 - `train_seconds` is the wall clock of the optimisation steps only: forward, backward, optimiser
   step and on-device batching, summed over the "train" spans of a `RunClock`.
 - Evaluation, sampling, plotting, checkpoint writes and side experiments run in other named spans
-  (`eval`, `sample`, ...) and are recorded separately under `timings`.
+  (`eval`, `sample`, `checkpoint`, ...) and are recorded separately under `timings`: a checkpoint
+  write inside the training loop is `with clock.span("checkpoint"): save_checkpoint(...)`.
 - The first step of a `torch.compile`d model (which compiles it) is timed as `compile`.
 - On CUDA the clock synchronises only where a span starts or stops, never inside a span, so timing
   does not slow training down.
 - `notebook_seconds` is the wall clock from the first `import common` to the record.
+
+Memory: `peak_memory_bytes` is the whole notebook's peak (allocated GPU memory on CUDA, the process's
+peak resident set size elsewhere). On CUDA the clock also measures each span's peak, allocated and
+reserved (`peak_memory_by_span`), and `train_peak_memory` is that of the `train` and `compile` spans:
+the number a claim such as "the full preset fits a 24 GB card" rests on (reserved is what the card
+must hold).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import resource
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -38,6 +46,8 @@ import torch
 
 from common.paths import REPO_ROOT, runs_dir
 from common.device import describe_device
+from common.fid_classifier import scored_classifiers
+from common.precision import compile_report, precision_mode
 
 TIMING_POLICY = "steps-only/v1"
 TIMING_POLICY_TEXT = ("train_seconds = optimisation steps only (forward, backward, optimiser, on-device batching); "
@@ -53,6 +63,13 @@ class RunClock:
     `train` is already running, so consecutive steps form one span and the GPU is never synchronised
     between them. `with clock.span("eval"): ...` stops the running span (one synchronisation), times
     the block, and stops again; the next step's `clock.start("train")` opens a new train span.
+    Checkpoint writes go in their own span: `with clock.span("checkpoint"): save_checkpoint(...)`.
+
+    On CUDA each span also measures its peak GPU memory, allocated and reserved: the peak statistics are
+    reset where the span starts and read where it stops (both at the synchronisation the clock makes
+    anyway), and `peak_memory[name]` keeps the maximum over all spans of that name. So the training peak
+    is measured apart from evaluation and sampling. Elsewhere this costs nothing and `peak_memory` stays
+    empty.
     """
 
     def __init__(self, device: torch.device | None = None) -> None:
@@ -60,9 +77,15 @@ class RunClock:
         self.seconds: dict[str, float] = {}
         self.current: str | None = None
         self._start = 0.0
+        self.peak_memory: dict[str, dict[str, int]] = {}  # span -> {"allocated_bytes": .., "reserved_bytes": ..}
+        self._span_peak = (0, 0)  # (allocated, reserved) peak of the running span before a reset by another clock
+
+    @property
+    def _cuda(self) -> bool:
+        return self.device is not None and torch.device(self.device).type == "cuda"
 
     def _sync(self) -> None:
-        if self.device is not None and self.device.type == "cuda":
+        if self._cuda:
             torch.cuda.synchronize(self.device)
 
     def start(self, name: str) -> None:
@@ -71,14 +94,23 @@ class RunClock:
             return
         self.stop()
         self._sync()
-        self.current, self._start = name, time.perf_counter()
+        if self._cuda:
+            _reset_peak_memory(self.device)
+            _RUNNING.add(self)
+        self.current, self._start, self._span_peak = name, time.perf_counter(), (0, 0)
 
     def stop(self) -> None:
-        """Stop the running span, if any, adding its time to `seconds`."""
+        """Stop the running span, if any, adding its time to `seconds` (and on CUDA its peak to `peak_memory`)."""
         if self.current is None:
             return
         self._sync()
         self.seconds[self.current] = self.seconds.get(self.current, 0.0) + time.perf_counter() - self._start
+        if self._cuda:
+            allocated, reserved = _fold(self._span_peak, _peak_since_reset(self.device))
+            old = self.peak_memory.get(self.current, {"allocated_bytes": 0, "reserved_bytes": 0})
+            self.peak_memory[self.current] = {"allocated_bytes": max(old["allocated_bytes"], allocated),
+                                              "reserved_bytes": max(old["reserved_bytes"], reserved)}
+            _RUNNING.discard(self)
         self.current = None
 
     @contextlib.contextmanager
@@ -102,11 +134,45 @@ class RunClock:
     def load_state_dict(self, state: Mapping[str, float]) -> None:
         self.seconds = {str(k): float(v) for k, v in state.items()}
 
+    def train_peak_memory(self) -> dict[str, int] | None:
+        """The peak GPU memory of training, {"allocated_bytes", "reserved_bytes"}: the maximum over the `train`
+        and `compile` spans (the compiling first step is a training step). None if not measured (not CUDA)."""
+        spans = [self.peak_memory[name] for name in TRAIN_SPANS if name in self.peak_memory]
+        if not spans:
+            return None
+        return {key: max(s[key] for s in spans) for key in ("allocated_bytes", "reserved_bytes")}
+
+
+TRAIN_SPANS = ("train", "compile")  # the spans whose memory peak is the training peak
+_RUNNING: "weakref.WeakSet[RunClock]" = weakref.WeakSet()  # clocks with a span running on CUDA
+_PROCESS_PEAK: dict[str, tuple[int, int]] = {}  # device -> (allocated, reserved) peaks before the latest reset
+
+
+def _fold(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    return max(a[0], b[0]), max(a[1], b[1])
+
+
+def _peak_since_reset(device: torch.device) -> tuple[int, int]:
+    return int(torch.cuda.max_memory_allocated(device)), int(torch.cuda.max_memory_reserved(device))
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    """Reset CUDA's peak memory statistics, first handing the peak so far to every span that is running on
+    `device` (several clocks may be) and to the process-wide peak, so that no measurement loses its part."""
+    peak = _peak_since_reset(device)
+    for clock in list(_RUNNING):
+        if clock.current is not None and torch.device(clock.device) == torch.device(device):
+            clock._span_peak = _fold(clock._span_peak, peak)
+    _PROCESS_PEAK[str(torch.device(device))] = _fold(_PROCESS_PEAK.get(str(torch.device(device)), (0, 0)), peak)
+    torch.cuda.reset_peak_memory_stats(device)
+
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory: allocated GPU memory on CUDA, else the process's peak resident set size."""
+    """Peak memory of the whole process so far: allocated GPU memory on CUDA (across the clocks' resets of
+    the peak statistics), else the process's peak resident set size."""
     if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+        before = _PROCESS_PEAK.get(str(torch.device(device)), (0, 0))
+        return _fold(before, _peak_since_reset(device))[0]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB, macOS bytes
 
@@ -163,6 +229,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _train_peak_text(record: Mapping[str, Any]) -> str:
+    peak = record.get("train_peak_memory")
+    if not peak:
+        return ""
+    return (f"; training peak {peak['allocated_bytes'] / 2**20:.0f} MiB allocated, "
+            f"{peak['reserved_bytes'] / 2**20:.0f} MiB reserved")
+
+
 def write_run_record(task: str, preset: str, device: torch.device, clock: RunClock,
                      metrics: Mapping[str, Any], data: str, config: Mapping[str, Any] | None = None) -> Path:
     """Write the record of a finished run to `runs_dir()` and return its path.
@@ -188,11 +262,16 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": cpu_model(),
         "data": data,
+        "precision": precision_mode(device),  # what the forward pass ran in: bf16, fp16 (with loss scaling) or fp32
+        "compile": compile_report(),  # compiled, or fell back to eager (and why), per maybe_compile'd model
         "timing": TIMING_POLICY,
         "timing_policy": TIMING_POLICY_TEXT,
         "train_seconds": round(clock["train"], 2),
         "timings": timings,
-        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_bytes": peak_memory_bytes(device),  # the whole notebook's peak (allocated on CUDA)
+        # CUDA only (None elsewhere): the training peak, and every span's, allocated and reserved, in bytes
+        "train_peak_memory": clock.train_peak_memory(),
+        "peak_memory_by_span": dict(sorted(clock.peak_memory.items())) if device.type == "cuda" else None,
         "metrics": _clean(dict(metrics)),
         "code": code_version(task),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -202,10 +281,13 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         "finished_at": now.isoformat(timespec="seconds"),
         "config": _clean(dict(config or {})),
     }
+    scored = scored_classifiers()  # the FID classifier files that scored samples in this process
+    if scored:  # the yardstick of every fid number in the record: one SHA-256, or {file: SHA-256} if several
+        record["fid_classifier_sha256"] = next(iter(scored.values())) if len(scored) == 1 else scored
     name = f"{task.replace('/', '__')}__{preset}__{device_slug(device)}__{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"
     path = runs_dir() / name
     path.write_text(json.dumps(record, indent=2) + "\n")
     others = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k != "train")
     print(f"Run record written: {path.name} (train {record['train_seconds']:.1f} s; {others}; "
-          f"peak memory {record['peak_memory_bytes'] / 2**20:.0f} MiB)")
+          f"peak memory {record['peak_memory_bytes'] / 2**20:.0f} MiB{_train_peak_text(record)})")
     return path

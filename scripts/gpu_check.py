@@ -8,8 +8,11 @@
 It needs no Jupyter and no internet: each notebook's code cells are concatenated into a plain Python script
 (PyTorch, NumPy, Matplotlib and tqdm are enough) and run in a fresh process with `DL_PRESET`, `DL_DATA_DIR`,
 `DL_DEVICE` and a temporary `DL_RUNS_DIR`/`DL_CHECKPOINT_DIR` set, so nothing of yours is overwritten. On
-CUDA the notebooks take their GPU path: bf16 autocast, TF32, channels_last, `torch.compile` where their
-Config turns it on (`full`). The smoke runs check that each notebook runs there and records a CUDA device.
+CUDA the notebooks take their GPU path: bf16 autocast (fp16 with loss scaling below compute capability 8.0),
+TF32, channels_last, `torch.compile` where their Config turns it on. The smoke runs check that each notebook
+runs there and records a CUDA device. Each line reports the training peak memory (allocated/reserved, on
+CUDA), the precision that ran and whether the model was compiled or fell back to eager mode (see the log and
+the record's `compile` field for why).
 Records of `full` runs are copied into `results/<task>/` (named by the GPU they ran on); then run
 `python scripts/update_readme.py` and commit them. Without a CUDA device (and without `--device cpu`)
 it converts and checks everything it can, then stops with exit code 3 before the CUDA runs.
@@ -78,10 +81,18 @@ def run_one(task: str, script: Path, preset: str, env: dict[str, str], workdir: 
 
 
 def check_record(result: dict, device: str) -> None:
-    """A smoke run on CUDA must have trained on CUDA; anything else is a failure of the check."""
+    """A run on CUDA must have trained on CUDA, and a model it asked to compile must not have fallen back to
+    eager mode (or found torch.compile unavailable); anything else is a failure of the check."""
     record = result["record"]
-    if result["status"] == "ok" and record["device_type"] != device:
+    if result["status"] != "ok":
+        return
+    if record["device_type"] != device:
         result["status"] = f"failed (record says device {record['device_type']}, expected {device})"
+        return
+    not_compiled = [m for m in (record.get("compile") or {}).get("models", [])
+                    if m["requested"] and m["status"] in ("fell_back", "unavailable")]
+    if device == "cuda" and not_compiled:
+        result["status"] = f"failed (compile {not_compiled[0]['status']}: {not_compiled[0]['reason']})"
 
 
 def summary_line(result: dict) -> str:
@@ -89,8 +100,13 @@ def summary_line(result: dict) -> str:
     timings = r.get("timings", {})
     extra = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k not in ("train", "notebook"))
     memory = f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r else "-"
+    train_peak = r.get("train_peak_memory")  # CUDA: the training spans' own peak, allocated / reserved
+    if train_peak:
+        memory = f"{train_peak['allocated_bytes'] / 2**30:.2f}/{train_peak['reserved_bytes'] / 2**30:.2f} GiB"
+    compiled = (r.get("compile") or {}).get("status", "-")
     return (f"{result['task']:<32} {result['preset']:<6} {result['status']:<28} wall {result['seconds']:7.1f} s  "
-            f"train {timings.get('train', float('nan')):7.1f} s  peak {memory:>9}  {extra}")
+            f"train {timings.get('train', float('nan')):7.1f} s  peak {memory:>11}  {r.get('precision', '-')}  "
+            f"compile {compiled}  {extra}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -102,7 +118,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", metavar="TASK", help="smoke-check only these task folders")
     parser.add_argument("--full", nargs="+", metavar="TASK", default=[],
                         help="after the smoke runs, run these tasks' `full` presets ('all' for every task)")
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu: the CPU runs the same path, for testing")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                        help="cuda (default) or cpu: the CPU runs the same path, for testing")
     parser.add_argument("--timeout", type=int, default=3 * 3600, help="seconds per notebook run (default 3 h)")
     parser.add_argument("--no-save", action="store_true", help="do not copy `full` records into results/")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (scripts, logs, records)")

@@ -8,7 +8,9 @@ committed run record lives in `results/<category>/<task>/*.json` (copied from `r
 a real run). For each task the table shows the newest record of a `full` run on each CUDA GPU
 (named) and of a `quick` run on a CPU; a missing one reads "not yet measured". N, the title's
 number, sums only `full` runs on an RTX 4090; time measured on other GPUs is totalled apart, by
-name. No number in the table comes from anywhere else.
+name. No number in the table comes from anywhere else. A fid headline names the SHA-256 of the FID
+classifier it was measured with (the record's `fid_classifier_sha256`), and a line under the table flags
+fid headlines on one dataset that were measured with different classifiers.
 
 The second generated block is the learning path: a tree that follows each task's `next` list (task folders),
 starting from the tasks nobody lists as next, with the `coming` names (tasks not written yet) as leaves.
@@ -18,6 +20,7 @@ Every "Open in Colab" link is built from the one repository address in pyproject
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +78,14 @@ def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
     return tasks
 
 
+DESKTOP_4090 = re.compile(r"(NVIDIA )?(GeForce )?RTX 4090", re.IGNORECASE)
+
+
 def is_4090(record: dict) -> bool:
-    return record["device_type"] == "cuda" and "4090" in (record.get("gpu") or record["device"])
+    """A CUDA run on the desktop GeForce RTX 4090 (the card of the title): the RTX 4090 Laptop GPU (a different,
+    slower chip), the RTX 4090 D and any other name merely containing '4090' do not count."""
+    name = " ".join((record.get("gpu") or record["device"]).split())
+    return record["device_type"] == "cuda" and DESKTOP_4090.fullmatch(name) is not None
 
 
 def gpu_name(record: dict) -> str:
@@ -95,8 +104,13 @@ def newest(records: list[dict], preset: str, where: str) -> list[dict]:
 
 
 def policy_note(record: dict) -> str:
-    """Records made before the repository's one timing policy (no `timing` field) say so beside their time."""
-    return "" if record.get("timing") else ", earlier timing policy"
+    """Records made before the repository's one timing policy (no `timing` field) say so beside their time, and
+    a run that asked for torch.compile but ran eagerly (it fell back, or compile was unavailable) says so too:
+    an eager time never passes for a compiled one."""
+    note = "" if record.get("timing") else ", earlier timing policy"
+    eager = [m for m in (record.get("compile") or {}).get("models", [])
+             if m.get("requested") and m.get("status") in ("fell_back", "unavailable")]
+    return note + (", eager: torch.compile fell back" if eager else "")
 
 
 def fmt_minutes(seconds: float) -> str:
@@ -107,17 +121,40 @@ def fmt_metric(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
-def row(task: Task) -> str:
-    """One table row; a task measured on several datasets (or GPUs) lists each, one line per record."""
+def fid_classifier(record: dict) -> str | None:
+    """The SHA-256 of the FID classifier the record's fid numbers were measured with (several joined by '+'),
+    or None if the record does not say (records made before it was recorded)."""
+    value = record.get("fid_classifier_sha256")
+    if value is None or isinstance(value, str):
+        return value
+    return "+".join(sorted(value.values()))
+
+
+def headline_records(task: Task) -> tuple[list[dict], str | None]:
+    """The records whose metric the row shows (the newest `full` RTX 4090 runs, else other GPUs', else the
+    `quick` CPU runs), and where they ran (None: each on its own GPU)."""
     m = task.meta
-    gpu, cpu = newest(task.records, "full", "gpu"), newest(task.records, "quick", "cpu")
-    headline = NOT_MEASURED
-    for recs, where in ((newest(task.records, "full", "4090"), "full, RTX 4090"), (gpu, None), (cpu, "quick, CPU")):
+    for recs, where in ((newest(task.records, "full", "4090"), "full, RTX 4090"),
+                        (newest(task.records, "full", "gpu"), None), (newest(task.records, "quick", "cpu"), "quick, CPU")):
         shown = [r for r in recs if m["metric"] in r["metrics"]]
         if shown:
-            headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} "
-                                   f"({where or 'full, ' + gpu_name(r)}; {r['data']})" for r in shown)
-            break
+            return shown, where
+    return [], None
+
+
+def row(task: Task) -> str:
+    """One table row; a task measured on several datasets (or GPUs) lists each, one line per record. A fid
+    headline names its classifier's SHA-256 (first 8 hex digits) when the record carries it."""
+    m = task.meta
+    gpu, cpu = newest(task.records, "full", "gpu"), newest(task.records, "quick", "cpu")
+    shown, where = headline_records(task)
+
+    def yardstick(r: dict) -> str:
+        sha = fid_classifier(r) if "fid" in m["metric"] else None
+        return f"; classifier {sha[:8]}" if sha else ""
+
+    headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} "
+                           f"({where or 'full, ' + gpu_name(r)}; {r['data']}{yardstick(r)})" for r in shown) or NOT_MEASURED
     gpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({gpu_name(r)}){policy_note(r)}" for r in gpu) or NOT_MEASURED
     cpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({r['device']}){policy_note(r)}" for r in cpu) or NOT_MEASURED
     path = f"{task.folder}/{m['notebook']}"
@@ -139,6 +176,26 @@ def other_gpus_line(tasks: list[Task]) -> str:
     return "Measured on other GPUs (not counted in N): " + "; ".join(parts) + "."
 
 
+def mixed_classifier_lines(tasks: list[Task]) -> list[str]:
+    """One warning per dataset whose fid headlines in the table were measured with different FID classifiers
+    (or partly with an unrecorded one): those numbers are not comparable with each other."""
+    by_data: dict[str, dict[str, list[str]]] = {}
+    for t in tasks:
+        if "fid" not in t.meta["metric"]:
+            continue
+        for r in headline_records(t)[0]:
+            sha = fid_classifier(r) or "not recorded"
+            by_data.setdefault(r["data"], {}).setdefault(sha, []).append(t.meta["title"])
+    lines = []
+    for data, groups in sorted(by_data.items()):
+        if len(groups) > 1 and any(sha != "not recorded" for sha in groups):
+            parts = "; ".join(f"{sha if sha == 'not recorded' else sha[:8]}: {', '.join(titles)}"
+                              for sha, titles in sorted(groups.items()))
+            lines.append(f"**Not comparable:** the fid headlines on {data} were measured with different FID "
+                         f"classifiers ({parts}); compare fid only between rows with the same classifier.")
+    return lines
+
+
 def render_table(tasks: list[Task]) -> str:
     lines = ["| Task | Paper | Notebook | Headline metric | Training time, GPU (`full`) | Training time, CPU (`quick`) |",
              "|---|---|---|---|---|---|"]
@@ -151,6 +208,7 @@ def render_table(tasks: list[Task]) -> str:
         done = sum(bool(r) for r in measured)
         lines.append(f"\n**N = {NOT_MEASURED}**: {done} of {len(tasks)} tasks have a `full` run measured on an RTX 4090.")
     lines.append(other_gpus_line(tasks))
+    lines += mixed_classifier_lines(tasks)
     return "\n".join(lines)
 
 

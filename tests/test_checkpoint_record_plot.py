@@ -202,3 +202,112 @@ def test_plot_curves_draws_each_curve():
     assert [line.get_label() for line in ax.lines] == ["train", "val"]
     assert ax.get_yscale() == "log"
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- CUDA memory per span, with a fake allocator
+
+
+class FakeCudaMemory:
+    """torch.cuda's memory statistics for one fake GPU: `use(n)` allocates n bytes (reserved grows with it, and
+    stays), `free(n)` releases them; peaks are kept until `reset_peak_memory_stats`."""
+
+    def __init__(self, monkeypatch):
+        self.allocated = self.reserved = self.max_allocated = self.max_reserved = 0
+        self.resets = 0
+        for name in ("max_memory_allocated", "max_memory_reserved", "reset_peak_memory_stats", "synchronize"):
+            monkeypatch.setattr(torch.cuda, name, getattr(self, name))
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4090")
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+
+    def use(self, n):
+        self.allocated += n
+        self.reserved = max(self.reserved, self.allocated)
+        self.max_allocated, self.max_reserved = max(self.max_allocated, self.allocated), max(self.max_reserved, self.reserved)
+
+    def free(self, n):
+        self.allocated -= n
+
+    def max_memory_allocated(self, device=None):
+        return self.max_allocated
+
+    def max_memory_reserved(self, device=None):
+        return self.max_reserved
+
+    def reset_peak_memory_stats(self, device=None):
+        self.resets += 1
+        self.max_allocated, self.max_reserved = self.allocated, self.reserved
+
+    def synchronize(self, device=None):
+        pass
+
+
+MiB = 2**20
+
+
+def test_each_span_records_its_own_cuda_memory_peak(monkeypatch, runs_tmp):
+    gpu = FakeCudaMemory(monkeypatch)
+    cuda = torch.device("cuda")
+    gpu.use(100 * MiB)  # the model and the data, before any span
+    clock = RunClock(cuda)
+    clock.start("train")
+    gpu.use(400 * MiB), gpu.free(400 * MiB)  # activations of a training step
+    clock.start("train")  # the next step: the same span, no reset
+    with clock.span("eval"):
+        gpu.use(50 * MiB), gpu.free(50 * MiB)
+    with clock.span("checkpoint"):
+        pass
+    clock.start("train")
+    gpu.use(300 * MiB), gpu.free(300 * MiB)  # a smaller peak later on keeps the span's maximum
+    with clock.span("sample"):
+        gpu.use(1000 * MiB), gpu.free(1000 * MiB)  # sampling needs more than training
+    assert clock.peak_memory["train"] == {"allocated_bytes": 500 * MiB, "reserved_bytes": 500 * MiB}
+    assert clock.peak_memory["eval"] == {"allocated_bytes": 150 * MiB, "reserved_bytes": 500 * MiB}
+    assert clock.peak_memory["checkpoint"]["allocated_bytes"] == 100 * MiB
+    assert clock.peak_memory["sample"]["allocated_bytes"] == 1100 * MiB
+    assert clock.train_peak_memory() == {"allocated_bytes": 500 * MiB, "reserved_bytes": 500 * MiB}
+    path = write_run_record("templates/task_template", "smoke", cuda, clock, {"loss": 1.0}, data="none")
+    record = json.loads(path.read_text())
+    assert record["train_peak_memory"] == {"allocated_bytes": 500 * MiB, "reserved_bytes": 500 * MiB}
+    assert record["peak_memory_by_span"]["sample"]["reserved_bytes"] == 1100 * MiB
+    assert record["peak_memory_bytes"] == 1100 * MiB  # the old field: the whole notebook's allocated peak
+    assert record["precision"] == "bf16" and record["gpu"] == "NVIDIA GeForce RTX 4090"
+
+
+def test_a_second_clock_does_not_erase_the_first_ones_peak(monkeypatch):
+    gpu = FakeCudaMemory(monkeypatch)
+    cuda = torch.device("cuda")
+    main, side = RunClock(cuda), RunClock(cuda)
+    main.start("train")
+    gpu.use(700 * MiB), gpu.free(700 * MiB)
+    with side.span("experiment"):  # resets the peak statistics while main's train span runs
+        gpu.use(200 * MiB), gpu.free(200 * MiB)
+    main.stop()
+    assert main.peak_memory["train"]["allocated_bytes"] == 700 * MiB
+    assert side.peak_memory["experiment"]["allocated_bytes"] == 200 * MiB
+
+
+def test_memory_tracking_is_a_no_op_on_the_cpu(monkeypatch, runs_tmp):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a CUDA call on the CPU path")
+    for name in ("max_memory_allocated", "max_memory_reserved", "reset_peak_memory_stats", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, forbidden)
+    clock = RunClock(torch.device("cpu"))
+    with clock.span("train"):
+        pass
+    assert clock.peak_memory == {} and clock.train_peak_memory() is None
+    record = json.loads(write_run_record("templates/task_template", "smoke", torch.device("cpu"), clock, {},
+                                         data="none").read_text())
+    assert record["train_peak_memory"] is None and record["peak_memory_by_span"] is None
+    assert record["peak_memory_bytes"] > 10 * MiB
+
+
+def test_a_checkpoint_span_keeps_checkpoint_writes_out_of_train_seconds(tmp_path):
+    clock = RunClock(torch.device("cpu"))
+    for step in range(3):
+        clock.start("train")
+        time.sleep(0.01)
+        with clock.span("checkpoint"):
+            save_checkpoint(tmp_path / "last.pt", {"step": step})
+            time.sleep(0.05)
+    clock.stop()
+    assert clock["checkpoint"] >= 0.15 and clock["train"] < 0.1

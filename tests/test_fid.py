@@ -238,3 +238,156 @@ def test_missing_or_stale_cache_is_retrained_without_touching_global_rng(
     save_checkpoint(path, {**entry, "format_version": -1})
     get_classifier("mnist", device="cpu", preset="smoke")
     assert load_checkpoint(path)["format_version"] == FORMAT_VERSION
+
+
+# ---------------------------------------------------------------- no float64 on the device (Apple MPS has none)
+
+
+class _OnFakeMPS(torch.Tensor):
+    """A CPU tensor standing for one on Apple MPS: results of ops on it stay "on MPS", and any float64 result
+    raises, as MPS does. `.cpu()` (or `.to("cpu")`) gives a plain CPU tensor back."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        to_cpu = func is torch.Tensor.cpu or (func is torch.Tensor.to and _target(args, kwargs)[0] == "cpu")
+        if to_cpu:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs).as_subclass(torch.Tensor)  # a CPU tensor's .cpu() is itself
+        out = super().__torch_function__(func, types, args, kwargs)
+        _refuse_float64(out, func)
+        return out
+
+
+def _target(args, kwargs) -> tuple[str | None, torch.dtype | None]:
+    """(device type, dtype) that a `Tensor.to(...)` call asks for."""
+    device, dtype, _, _ = torch._C._nn._parse_to(*args[1:], **kwargs)
+    return (device.type if device is not None else None), dtype
+
+
+def _refuse_float64(out, func) -> None:
+    for t in (out if isinstance(out, (tuple, list)) else [out]):
+        if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+            raise TypeError(f"float64 on the (fake) MPS device, from {getattr(func, '__name__', func)}: "
+                            f"MPS does not support float64")
+
+
+class _FakeMPS(torch.overrides.TorchFunctionMode):
+    """Moving a tensor (or a module) to 'mps' keeps it on the CPU, tagged `_OnFakeMPS`; factories asked for
+    'mps' do the same. Everything else runs as usual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to and _target(args, kwargs)[0] == "mps":
+            dtype = _target(args, kwargs)[1] or args[0].dtype
+            out = args[0].as_subclass(torch.Tensor).to(dtype=dtype)
+            _refuse_float64(out, func)
+            return out.as_subclass(_OnFakeMPS)
+        device = kwargs.get("device")
+        if device is not None and torch.device(device).type == "mps":
+            out = func(*args, **{**kwargs, "device": "cpu"})
+            _refuse_float64(out, func)
+            return out.as_subclass(_OnFakeMPS)
+        return func(*args, **kwargs)
+
+
+def test_the_fake_mps_device_refuses_float64_and_keeps_float32() -> None:
+    with _FakeMPS():
+        x = torch.ones(3).to(torch.device("mps"))
+        assert isinstance(x * 2, _OnFakeMPS) and not isinstance((x * 2).cpu(), _OnFakeMPS)
+        with pytest.raises(TypeError, match="float64"):
+            x.double()
+        with pytest.raises(TypeError, match="float64"):
+            (x > 0).double().mean()
+        with pytest.raises(TypeError, match="float64"):
+            torch.zeros(2, dtype=torch.float64, device="mps")
+        assert (x.cpu().double() * 2).dtype == torch.float64  # float64 on the CPU is fine
+        layer = torch.nn.Linear(3, 2).to(torch.device("mps"))
+        assert isinstance(layer(x), _OnFakeMPS)
+
+
+def test_fid_puts_no_float64_on_the_device(model: FIDClassifier, test_images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, _ = test_images
+    on_cpu = fid(images[:300], dataset="mnist", device="cpu", preset="smoke")
+    with _FakeMPS():
+        on_mps = fid(images[:300], dataset="mnist", device=torch.device("mps"), preset="smoke")
+    assert on_mps == on_cpu
+
+
+# ---------------------------------------------------------------- one yardstick: trained on the CPU, named in records
+
+
+def _fresh_fid_state(monkeypatch: pytest.MonkeyPatch, folder: Path) -> list[str]:
+    """Point DL_DATA_DIR at `folder` (holding only MNIST), forget every per-process cache of common.fid, and
+    return a list that collects the name of every dataset load from then on."""
+    import sys
+
+    import common.fid_classifier as classifier_module
+    fid_module = sys.modules["common.fid"]  # the submodule (`common.fid`, the attribute, is the function)
+    folder.mkdir()
+    (folder / "mnist.npz").symlink_to(data_dir() / "mnist.npz")
+    monkeypatch.setenv("DL_DATA_DIR", str(folder))
+    for name in ("_REFERENCE", "_DATA"):
+        if hasattr(fid_module, name):
+            monkeypatch.setattr(fid_module, name, {})
+    if hasattr(classifier_module, "_SCORED"):
+        monkeypatch.setattr(classifier_module, "_SCORED", {})
+    loads: list[str] = []
+    import common.data
+    real_load = common.data.load_image_dataset
+
+    def counting_load(name: str) -> ImageData:
+        loads.append(name)
+        return real_load(name)
+
+    for module in (fid_module, classifier_module, common.data):
+        if hasattr(module, "load_image_dataset"):
+            monkeypatch.setattr(module, "load_image_dataset", counting_load)
+    return loads
+
+
+def test_the_classifier_is_trained_on_the_cpu_whatever_the_device_and_named_in_the_record(
+        mnist: ImageData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runs_tmp: Path) -> None:
+    import hashlib
+    import json
+
+    from common import RunClock, write_run_record
+    samples = mnist.tensors("test")[0][:300]
+    loads = _fresh_fid_state(monkeypatch, tmp_path / "a")
+    on_cpu = fid(samples, dataset="mnist", device="cpu", preset="smoke")
+    assert loads == ["mnist"]  # training, the cache check and the real features share one load
+    cpu_file = (tmp_path / "a" / "fid_classifier_mnist_smoke.pt").read_bytes()
+
+    loads = _fresh_fid_state(monkeypatch, tmp_path / "b")
+    with _FakeMPS():  # the caller's device is "mps": the classifier must still be trained on the CPU
+        on_mps = fid(samples, dataset="mnist", device=torch.device("mps"), preset="smoke")
+    assert loads == ["mnist"]
+    mps_file = (tmp_path / "b" / "fid_classifier_mnist_smoke.pt").read_bytes()
+    assert mps_file == cpu_file and on_mps == on_cpu  # byte-identical classifier, identical numbers
+
+    path = write_run_record("image_generation/vae", "smoke", torch.device("cpu"), RunClock(), {"fid": on_mps["fid"]},
+                            data=mnist.describe())
+    assert json.loads(path.read_text())["fid_classifier_sha256"] == hashlib.sha256(mps_file).hexdigest()
+
+
+def test_an_earlier_cache_layout_is_kept_if_trained_on_the_cpu_and_retrained_if_not(
+        mnist: ImageData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from common.fid_classifier import load_classifier
+    _fresh_fid_state(monkeypatch, tmp_path / "c")
+    canonical = load_classifier("mnist", "smoke", verbose=False).sha256
+    path = classifier_path("mnist", "smoke")
+    entry = torch.load(path, weights_only=True)
+    assert canonical == hashlib_of(path)
+    for trained_on, retrained in (("cpu (2 threads, x86_64)", False), ("NVIDIA GeForce RTX 4090", True)):
+        legacy = {**entry, "train_seconds": 3.4, "trained_on": trained_on}  # what the earlier code wrote
+        torch.save(legacy, path)
+        capsys.readouterr()
+        model = load_classifier("mnist", "smoke")
+        out = capsys.readouterr().out
+        assert ("trained in" in out) == retrained and (("NVIDIA" in out) == retrained), out
+        assert model.sha256 == canonical == hashlib_of(path)  # same network, same file, same SHA-256
+
+
+def hashlib_of(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()

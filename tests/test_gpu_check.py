@@ -63,3 +63,19 @@ def test_the_same_path_runs_on_the_cpu_and_keeps_results_untouched():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "templates/task_template" in result.stdout and "1 of 1 runs passed on cpu" in result.stdout
     assert sorted((REPO_ROOT / "results").rglob("*")) == before
+
+
+def test_a_cuda_run_whose_compile_fell_back_fails_the_check():
+    def result(status):
+        models = [{"model": "UNet", "requested": True, "status": status, "reason": "InductorError in the forward: x"}]
+        return {"status": "ok", "record": {"device_type": "cuda", "compile": {"status": status, "models": models}}}
+    for status, ok in (("compiled", True), ("compiled_unverified", True), ("fell_back", False), ("unavailable", False)):
+        r = result(status)
+        gpu_check.check_record(r, "cuda")
+        assert (r["status"] == "ok") == ok, (status, r["status"])
+    r = result("fell_back")
+    gpu_check.check_record(r, "cuda")
+    assert "InductorError" in r["status"]
+    cpu = {"status": "ok", "record": {"device_type": "cpu", "compile": None}}
+    gpu_check.check_record(cpu, "cpu")
+    assert cpu["status"] == "ok"

@@ -1,8 +1,12 @@
+import json
+
+import pytest
 import torch
 from torch import nn
 
-from common import (amp_dtype, autocast, compile_unavailable_reason, enable_tf32, fp32_exact, grad_scaler, maybe_compile,
-                    precision, to_channels_last)
+from common import (RunClock, amp_dtype, autocast, compile_report, compile_unavailable_reason, enable_tf32, fp32_exact,
+                    grad_scaler, guarded_step, is_compile_error, maybe_compile, precision, precision_mode,
+                    to_channels_last, write_run_record)
 
 CPU = torch.device("cpu")
 
@@ -87,10 +91,16 @@ def test_maybe_compile_is_the_eager_model_when_disabled_or_impossible(capsys):
     assert out.count("\n") == 1 and "running the model eagerly" in out
 
 
+def compile_error(message: str = "backend compiler failed\nlong traceback ...") -> Exception:
+    """What Inductor raises when compiling fails (e.g. g++ or Triton failing on generated code)."""
+    from torch._inductor.exc import InductorError
+    return InductorError(RuntimeError(message), None)
+
+
 def test_maybe_compile_falls_back_to_eager_when_compiling_fails(monkeypatch, capsys):
     def broken_compile(model):
         def run(*args):
-            raise RuntimeError("backend compiler failed\nlong traceback ...")
+            raise compile_error()
         return run
     monkeypatch.setattr(precision.torch, "compile", broken_compile)
     monkeypatch.setattr(precision, "compile_unavailable_reason", lambda device: None)
@@ -102,3 +112,159 @@ def test_maybe_compile_falls_back_to_eager_when_compiling_fails(monkeypatch, cap
     assert out.count("\n") == 1 and "backend compiler failed" in out and "eagerly" in out
     assert torch.equal(fn(x), model(x)) and capsys.readouterr().out == ""  # said once, eager from then on
     assert fn.weight is model.weight  # attributes are the eager model's
+
+
+# ---------------------------------------------------------------- precision by compute capability
+
+CUDA = torch.device("cuda")
+
+
+def fake_gpu(monkeypatch, capability, bf16_supported=True):
+    """Pretend a CUDA GPU of `capability` is present; `is_bf16_supported` says True, as it does on a T4."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+
+
+@pytest.mark.parametrize("capability, mode, dtype", [
+    ((9, 0), "bf16", torch.bfloat16),  # H100
+    ((8, 9), "bf16", torch.bfloat16),  # RTX 4090
+    ((8, 0), "bf16", torch.bfloat16),  # A100
+    ((7, 5), "fp16", torch.float16),  # T4, RTX 20xx: bf16 only emulated although is_bf16_supported() says True
+    ((7, 0), "fp16", torch.float16),  # V100
+    ((6, 1), "fp32", None),  # GTX 10xx: no tensor cores
+])
+def test_precision_follows_the_compute_capability(monkeypatch, capability, mode, dtype):
+    fake_gpu(monkeypatch, capability)
+    assert precision_mode(CUDA) == mode
+    assert amp_dtype(CUDA) == dtype
+    assert grad_scaler(CUDA).is_enabled() == (mode == "fp16")  # loss scaling exactly for fp16
+    assert precision_mode(CPU) == "fp32" and not grad_scaler(CPU).is_enabled()
+
+
+def test_the_run_record_says_which_precision_ran(monkeypatch, runs_tmp):
+    path = write_run_record("templates/task_template", "smoke", CPU, RunClock(), {"loss": 1.0}, data="none")
+    assert json.loads(path.read_text())["precision"] == "fp32"
+
+
+# ---------------------------------------------------------------- torch.compile: a fallback that covers the whole step
+
+
+def make_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
+
+
+def train_one_step(train_model, model: nn.Module) -> torch.Tensor:
+    """One SGD step through `guarded_step`, from a fixed random state; returns the loss."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 8, generator=torch.Generator().manual_seed(1)), torch.ones(32, 1)
+
+    def step():
+        loss = nn.functional.mse_loss(train_model(x), y)  # dropout draws from the global generator
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    torch.manual_seed(2)
+    return guarded_step(train_model, step)
+
+
+def compile_failing_in_backward(model):
+    """A stand-in for torch.compile whose forward works and whose backward fails to compile, as Inductor's can."""
+    class FailsInBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise compile_error("C++ compile error in the backward graph")
+
+    return lambda *args, **kwargs: FailsInBackward.apply(model(*args, **kwargs))
+
+
+def assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+@pytest.fixture
+def compile_possible(monkeypatch):
+    monkeypatch.setattr(precision, "compile_unavailable_reason", lambda device: None)
+
+
+def test_a_backward_compile_failure_falls_back_and_the_step_equals_an_eager_one(monkeypatch, capsys, compile_possible,
+                                                                                 runs_tmp):
+    eager = make_net()
+    eager_loss = train_one_step(eager, eager)
+    monkeypatch.setattr(precision.torch, "compile", compile_failing_in_backward)
+    model = make_net()
+    train_model = maybe_compile(model, True, CPU)
+    loss = train_one_step(train_model, model)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "first training step" in out and "eagerly" in out
+    assert torch.equal(loss, eager_loss)  # the same dropout mask: the random state was put back
+    assert_same_state(model, eager)  # weights and batch-norm statistics (updated once, not twice)
+    assert train_one_step(train_model, model).isfinite() and capsys.readouterr().out == ""  # eager from now on
+    outcome = precision._COMPILE_OUTCOMES[model]
+    assert outcome["status"] == "fell_back" and "InductorError in the first training step" in outcome["reason"]
+    record = json.loads(write_run_record("templates/task_template", "smoke", CPU, RunClock(), {}, data="none").read_text())
+    assert {"model": "Sequential", "requested": True, "status": "fell_back",
+            "reason": outcome["reason"]} in record["compile"]["models"]
+
+
+def test_a_real_torch_compile_whose_backward_fails_to_compile_falls_back(monkeypatch, capsys, compile_possible):
+    from torch._dynamo.backends.common import aot_autograd
+
+    def failing_backward_compiler(graph, example_inputs):
+        raise compile_error("generated backward kernel failed to compile")
+
+    backend = aot_autograd(fw_compiler=lambda graph, example_inputs: graph.forward, bw_compiler=failing_backward_compiler)
+    real_compile = torch.compile
+    monkeypatch.setattr(precision.torch, "compile", lambda model: real_compile(model, backend=backend))
+    eager = make_net()
+    eager_loss = train_one_step(eager, eager)
+    model = make_net()
+    try:
+        loss = train_one_step(maybe_compile(model, True, CPU), model)  # the forward compiles; the backward cannot
+    finally:
+        torch._dynamo.reset()
+    assert "first training step" in capsys.readouterr().out
+    assert torch.equal(loss, eager_loss)
+    assert_same_state(model, eager)
+
+
+def test_out_of_memory_and_model_bugs_surface_as_themselves(monkeypatch, capsys, compile_possible):
+    for error in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                  ValueError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x2)")):
+        def compiled_raising(model, error=error):
+            def run(*args):
+                raise error
+            return run
+        monkeypatch.setattr(precision.torch, "compile", compiled_raising)
+        model = nn.Linear(3, 2)
+        with pytest.raises(type(error)) as info:
+            maybe_compile(model, True, CPU)(torch.randn(4, 3))
+        assert info.value is error and capsys.readouterr().out == ""  # no fallback announced
+        assert precision._COMPILE_OUTCOMES[model]["status"] == "compiled_unverified"
+    wrapped_oom = compile_error("autotuning failed")
+    wrapped_oom.__cause__ = torch.OutOfMemoryError("CUDA out of memory")
+    assert is_compile_error(compile_error()) and not is_compile_error(wrapped_oom)
+    assert not is_compile_error(RuntimeError("backend compiler failed"))
+
+
+def test_the_record_tells_a_verified_compiled_run_from_an_unverified_one(monkeypatch, compile_possible):
+    monkeypatch.setattr(precision.torch, "compile", lambda model: model)  # a compile that works
+    model = make_net()
+    train_model = maybe_compile(model, True, CPU)
+    assert precision._COMPILE_OUTCOMES[model]["status"] == "compiled_unverified"
+    train_one_step(train_model, model)
+    assert precision._COMPILE_OUTCOMES[model] == {"model": "Sequential", "requested": True, "status": "compiled",
+                                                  "reason": None}
+    off = nn.Linear(2, 2)
+    assert maybe_compile(off, False, CPU) is off
+    assert precision._COMPILE_OUTCOMES[off]["status"] == "eager"
+    report = compile_report()
+    assert report["status"] == "mixed" and len(report["models"]) >= 2

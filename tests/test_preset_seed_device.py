@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from common import get_device, get_preset, pick, seed_everything
+from common.device import DeviceError, parse_device
 from common.preset import PresetError
 
 
@@ -67,4 +68,41 @@ def test_get_device_prints_one_line(capsys, monkeypatch):
 
 def test_dl_device_overrides(monkeypatch):
     monkeypatch.setenv("DL_DEVICE", "cpu")
+    assert get_device(verbose=False) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda0", "cpu:0x", "tpu", "mps:1", "cuda:-1"])
+def test_a_bogus_dl_device_is_one_line_naming_the_allowed_values(monkeypatch, value):
+    monkeypatch.setenv("DL_DEVICE", value)
+    with pytest.raises(DeviceError) as err:
+        get_device(verbose=False)
+    message = str(err.value)
+    assert "\n" not in message and repr(value) in message
+    assert "allowed: cpu, cuda, cuda:N, mps" in message
+
+
+@pytest.mark.parametrize("value", ["cuda", "cuda:0", "CUDA:1"])
+def test_dl_device_cuda_without_cuda_fails_at_once_in_one_line(monkeypatch, value):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("DL_DEVICE", value)
+    with pytest.raises(DeviceError) as err:
+        get_device(verbose=False)
+    message = str(err.value)
+    assert "\n" not in message and "CUDA is not available" in message and "cpu, cuda, cuda:N, mps" in message
+
+
+def test_dl_device_cuda_n_beyond_the_gpus_present_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert parse_device("cuda:0") == torch.device("cuda:0")
+    assert parse_device(" Cuda ") == torch.device("cuda")
+    with pytest.raises(DeviceError, match="1 CUDA device"):
+        parse_device("cuda:1")
+
+
+def test_dl_device_mps_without_mps_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="MPS is not available"):
+        parse_device("mps")
+    monkeypatch.setenv("DL_DEVICE", " CPU ")
     assert get_device(verbose=False) == torch.device("cpu")

@@ -1,0 +1,102 @@
+"""scripts/update_readme.py: which records the table shows and how it names their yardsticks and GPUs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if "update_readme" not in sys.modules:
+    spec = importlib.util.spec_from_file_location("update_readme", REPO_ROOT / "scripts" / "update_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["update_readme"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+update_readme = sys.modules["update_readme"]
+
+
+def add_task(root: Path, name: str, metric: str, records: list[dict]) -> None:
+    """A task folder image_generation/<name> with a task.toml and the given committed records."""
+    task_dir = root / "image_generation" / name
+    task_dir.mkdir(parents=True)
+    (task_dir / "task.toml").write_text(f'title = "{name.upper()}"\ncategory = "Image generation"\npaper = "P"\n'
+                                        f'paper_url = "u"\nnotebook = "{name}.ipynb"\nmetric = "{metric}"\n'
+                                        f'metric_label = "{metric}"\nlower_is_better = true\nprerequisites = []\n'
+                                        'next = []\n')
+    results = root / "results" / "image_generation" / name
+    results.mkdir(parents=True)
+    for i, extra in enumerate(records):
+        record = {"task": f"image_generation/{name}", "preset": "quick", "device": "cpu", "device_type": "cpu",
+                  "data": "MNIST subset", "train_seconds": 60.0, "timing": "steps-only/v1",
+                  "metrics": {metric: 50.0 + i}, "finished_at": f"2026-01-0{i + 1}", **extra}
+        (results / f"{i}.json").write_text(json.dumps(record))
+
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def test_fid_headlines_name_their_classifier_and_a_mix_is_flagged(tmp_path: Path) -> None:
+    add_task(tmp_path, "gan", "fid", [{"fid_classifier_sha256": SHA_A}])
+    add_task(tmp_path, "vae", "fid", [{"fid_classifier_sha256": SHA_A}])
+    add_task(tmp_path, "nll", "nelbo", [{"fid_classifier_sha256": SHA_B}])  # not a fid headline: never compared
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "fid: 50 (quick, CPU; MNIST subset; classifier aaaaaaaa)" in table
+    assert "classifier bbbbbbbb" not in table and "Not comparable" not in table  # one classifier: nothing to flag
+
+    add_task(tmp_path, "ddpm", "fid_unconditional", [{"fid_classifier_sha256": SHA_B}])
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    flags = [line for line in table.splitlines() if "Not comparable" in line]
+    assert len(flags) == 1 and "MNIST subset" in flags[0]
+    assert "aaaaaaaa: GAN, VAE" in flags[0] and "bbbbbbbb: DDPM" in flags[0] and "NLL" not in flags[0]
+
+
+def test_a_record_without_its_classifier_is_flagged_only_beside_one_that_has_it(tmp_path: Path) -> None:
+    add_task(tmp_path, "gan", "fid", [{}])
+    add_task(tmp_path, "vae", "fid", [{}])
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "Not comparable" not in table and "classifier" not in table  # earlier records: the table as before
+    add_task(tmp_path, "ddpm", "fid", [{"fid_classifier_sha256": {"fid_classifier_mnist.pt": SHA_A}}])
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "not recorded: GAN, VAE" in table and "aaaaaaaa: DDPM" in table
+
+
+def gpu_record(name: str) -> dict:
+    return {"device_type": "cuda", "gpu": name, "device": name}
+
+
+def test_only_the_desktop_rtx_4090_counts_toward_n() -> None:
+    for name in ("NVIDIA GeForce RTX 4090", "NVIDIA  GeForce RTX 4090 ", "GeForce RTX 4090"):
+        assert update_readme.is_4090(gpu_record(name)), name
+    for name in ("NVIDIA GeForce RTX 4090 Laptop GPU", "NVIDIA GeForce RTX 4090 D", "NVIDIA RTX 4090 Mobile",
+                 "NVIDIA GeForce RTX 4080", "NVIDIA H100 80GB HBM3"):
+        assert not update_readme.is_4090(gpu_record(name)), name
+    assert not update_readme.is_4090({"device_type": "cpu", "gpu": None, "device": "cpu (RTX 4090 box)"})
+
+
+def test_a_laptop_4090_run_is_named_apart_and_not_summed_into_n(tmp_path: Path) -> None:
+    add_task(tmp_path, "gan", "fid", [])
+    results = tmp_path / "results" / "image_generation" / "gan"
+    laptop = {"task": "image_generation/gan", "preset": "full", "data": "MNIST subset", "train_seconds": 3600.0,
+              "timing": "steps-only/v1", "metrics": {"fid": 20.0}, "finished_at": "2026-02-01",
+              **gpu_record("NVIDIA GeForce RTX 4090 Laptop GPU")}
+    (results / "laptop.json").write_text(json.dumps(laptop))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "N = not yet measured**: 0 of 1 tasks" in table
+    assert "NVIDIA GeForce RTX 4090 Laptop GPU: 1.00 hours over 1 of 1 tasks" in table
+
+
+def test_a_gpu_time_that_ran_eagerly_after_a_compile_fallback_says_so(tmp_path: Path) -> None:
+    add_task(tmp_path, "gan", "fid", [])
+    results = tmp_path / "results" / "image_generation" / "gan"
+    record = {"task": "image_generation/gan", "preset": "full", "data": "MNIST subset", "train_seconds": 600.0,
+              "timing": "steps-only/v1", "metrics": {"fid": 20.0}, "finished_at": "2026-02-01",
+              "compile": {"status": "fell_back", "models": [{"model": "G", "requested": True, "status": "fell_back",
+                                                             "reason": "InductorError in the first training step"}]},
+              **gpu_record("NVIDIA GeForce RTX 4090")}
+    (results / "rtx.json").write_text(json.dumps(record))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "10.0 min (NVIDIA GeForce RTX 4090), eager: torch.compile fell back" in table
+    record["compile"]["models"][0]["status"] = record["compile"]["status"] = "compiled"
+    (results / "rtx.json").write_text(json.dumps(record))
+    assert "eager" not in update_readme.render_table(update_readme.load_tasks(tmp_path))
