@@ -1,0 +1,95 @@
+"""The data-parallel notebook's equivalence check, run for real: two processes under torchrun, gloo, on the CPU.
+
+The training script lives in text_generation/data_parallel/data_parallel.ipynb as the parts of a dict `SCRIPT`
+(`SCRIPT["name"] = r'''...'''`), which the notebook writes to a file and launches. This test extracts the same
+parts, writes the script into a temporary folder, launches its `checks` mode on two ranks with a tiny model, and
+asserts what the notebook claims: the manual all-reduce, DDP, gradient accumulation and FSDP reach the parameters
+of one process with the whole batch within the notebook's stated `param_tol`, while the control without an
+all-reduce does not, so the check can tell the difference.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO_ROOT / "text_generation" / "data_parallel" / "data_parallel.ipynb"
+TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0, "batch_size": 8, "lr": 2e-3,
+        "min_lr_frac": 0.1, "warmup_steps": 2, "max_steps": 10, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.99,
+        "grad_clip": 1.0, "check_steps": 5, "collective_timeout_s": 120, "seed": 0, "resume": False}
+
+
+def script_parts(nb: nbformat.NotebookNode) -> list[str]:
+    """The string values assigned to `SCRIPT[...]` in the notebook's code cells, in order."""
+    parts = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript)
+                    and isinstance(node.targets[0].value, ast.Name) and node.targets[0].value.id == "SCRIPT"):
+                parts.append(ast.literal_eval(node.value))
+    return parts
+
+
+def stated_tolerance(nb: nbformat.NotebookNode) -> float:
+    """The `param_tol` default of the notebook's Config."""
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    found = re.findall(r"^\s*param_tol: float = ([0-9.eE+-]+)", source, re.M)
+    assert len(found) == 1, "the Config should state `param_tol: float = <number>` once"
+    return float(found[0])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checks(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, float]:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    parts = script_parts(nb)
+    assert len(parts) >= 5 and "def main()" in parts[-1], "the notebook's script parts were not found"
+    work = tmp_path_factory.mktemp("data_parallel")
+    script = work / "dp_train.py"
+    script.write_text("\n\n\n".join(part.strip("\n") for part in parts) + "\n")  # as the notebook's write_script
+    (work / "cfg.json").write_text(json.dumps(TINY))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(script), "--modes", "checks", "--config", str(work / "cfg.json"),
+           "--out", str(work / "out.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DL_DEVICE": "cpu"}
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads((work / "out.json").read_text())["checks"], stated_tolerance(nb)
+
+
+@pytest.mark.parametrize("variant", ["manual", "ddp", "accumulation", "fsdp"])
+def test_two_ranks_match_one_process_with_the_whole_batch(checks: tuple[dict, float], variant: str) -> None:
+    result, tol = checks
+    assert result["world_size"] == 2
+    assert result["max_param_diff"][variant] <= tol, f"{variant}: {result['max_param_diff'][variant]:.2e} > {tol:.0e}"
+
+
+def test_the_check_fails_without_the_all_reduce(checks: tuple[dict, float]) -> None:
+    result, tol = checks
+    assert result["max_param_diff"]["no_allreduce"] > 10 * tol
+    assert result["max_param_spread_across_ranks"]["no_allreduce"] > 10 * tol  # the ranks' copies drift apart
+    assert result["max_param_spread_across_ranks"]["ddp"] <= tol and result["max_param_spread_across_ranks"]["manual"] <= tol
+
+
+def test_fsdp_holds_about_half_of_ddp_per_rank_on_two_ranks(checks: tuple[dict, float]) -> None:
+    memory = checks[0]["memory_per_rank"]
+    for part in ("params", "grads"):
+        assert 0.45 <= memory["fsdp"][part] / memory["ddp"][part] <= 0.6, (part, memory)
+    assert memory["fsdp"]["optimizer"] < 0.6 * memory["ddp"]["optimizer"]
