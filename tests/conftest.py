@@ -6,10 +6,29 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("Agg")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def default_matmul_precision():
+    """Every test starts and ends with PyTorch's default TF32 settings.
+
+    Tests that execute notebook cells in-process (test_bpe, test_mlp_backprop, ...) run the notebook's
+    `enable_tf32()`; left behind, it made a later test's `torch.get_float32_matmul_precision()` fail on a mix of
+    TF32 settings, depending on the order in which the tests ran.
+    """
+    def reset() -> None:
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = True
+
+    reset()
+    yield
+    reset()
 
 
 @pytest.fixture
