@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import torch
 
@@ -42,20 +43,14 @@ def checkpoint_path(task: str, preset: str, dataset: str, tag: str = "") -> Path
     return checkpoint_dir() / ("__".join(parts) + ".pt")
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any], config: Mapping[str, Any] | None = None) -> Path:
-    """Save `state` (state_dicts, step counters, plain numbers and strings) atomically and durably.
-
-    `config` (e.g. `dataclasses.asdict(cfg)`) is stored beside the state, so that `load_checkpoint`
-    can refuse to resume a run of a different configuration.
-    """
-    path = Path(path)
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` only once fully written and synced: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if config is not None:
-        state = {**state, "config": _plain(config)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -63,6 +58,19 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], config: Mapping[str
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], config: Mapping[str, Any] | None = None) -> Path:
+    """Save `state` (state_dicts, step counters, plain numbers and strings) atomically and durably.
+
+    `config` (e.g. `dataclasses.asdict(cfg)`) is stored beside the state, so that `load_checkpoint`
+    can refuse to resume a run of a different configuration.
+    """
+    path = Path(path)
+    if config is not None:
+        state = {**state, "config": _plain(config)}
+    with atomic_write(path) as f:
+        torch.save(state, f)
     _fsync_dir(path.parent)
     return path
 

@@ -25,9 +25,7 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.checkpoint import atomic_write
 from common.data import ImageData, data_dir, load_image_dataset
 from common.preset import PRESETS, get_preset
 
@@ -281,18 +280,8 @@ def _serialise(entry: dict[str, Any]) -> bytes:
 
 def _write_atomically(path: Path, payload: bytes) -> None:
     """Write `payload` to `path` through a temporary file and a rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(payload)
 
 
 def _write_cache(path: Path, entry: dict[str, Any], provenance: dict[str, Any]) -> str:
