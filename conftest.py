@@ -1,7 +1,7 @@
 """pytest configuration for the whole repository, loaded wherever pytest is started in it.
 
-Every notebook that the tests execute (through nbval, or through tests/test_notebooks.py) runs in the
-`smoke` preset, whatever the machine: `pytest image_generation/vae` on a GPU machine still runs `smoke`,
+Every notebook that the tests execute (tests/test_notebooks.py runs each one, from scratch and then resumed; nbval
+does, cell by cell, when asked with `--nbval-lax`) runs in the `smoke` preset, whatever the machine: `pytest image_generation/vae` on a GPU machine still runs `smoke`,
 never `full`. Run records, checkpoints and any file a notebook writes into the data directory go to a
 temporary sandbox, so the suite never touches a user's checkpoints, records or data, and leaves the
 working tree as it found it (tests/test_working_tree.py checks that, last).
@@ -11,12 +11,16 @@ entry of `DL_EXTRA_DATA_DIRS` (see common/paths.py); a dataset built during the 
 sandbox. Verified downloads go to the user's download cache (`DL_CACHE_DIR`, outside the repository), which
 is not sandboxed: a download made by one test run is reused by the next and by the user's notebooks.
 
-nbval (which runs every notebook) is configured here rather than in pyproject.toml's `addopts`, so that
-without it pytest still runs the unit tests and says in one line what to install.
+nbval is optional: the suite executes each notebook once from scratch (in tests/test_notebooks.py, which also checks
+its run record and then resumes it), so nbval is not switched on by default, which used to run every notebook a
+third time. `pytest --nbval-lax image_generation/ddpm` still reports a notebook cell by cell, with the options set
+here. Without the packages that execute notebooks (nbclient, ipykernel), pytest still runs the unit tests and
+says in one line what to install.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -56,9 +60,18 @@ def tree_snapshot() -> dict[str, tuple[str, int, int]] | None:
     return snapshot
 
 
-# nbval's options for the whole suite: run every cell, compare no outputs, in this interpreter, 10 min per cell
-NBVAL_OPTIONS = {"nbval_lax": True, "nbval_current_env": True, "nbval_cell_timeout": 600}
-NO_NBVAL = ("nbval is not installed, so the notebooks are not run: install the test requirements with "
+# nbval's options when it is asked for (`--nbval-lax`): in this interpreter, 10 min per cell
+NBVAL_OPTIONS = {"nbval_current_env": True, "nbval_cell_timeout": 600}
+NOTEBOOK_PACKAGES = ("nbclient", "nbformat", "ipykernel")  # what tests/test_notebooks.py needs to execute notebooks
+
+
+def missing_notebook_packages() -> list[str]:
+    """The packages that execute notebooks in the tests and are not installed here."""
+    return [name for name in NOTEBOOK_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def no_notebooks_message(missing: list[str]) -> str:
+    return (f"{', '.join(missing)} not installed, so the notebooks are not run: install the test requirements with "
             "`pip install -r requirements.txt`")
 
 
@@ -81,19 +94,19 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("nbval"):
         given = " ".join(str(a) for a in config.invocation_params.args)
         for name, value in NBVAL_OPTIONS.items():
-            flag = "--" + name.replace("_", "-")
-            strict = name == "nbval_lax" and config.option.nbval  # `--nbval` asks to compare outputs
-            if flag not in given and not strict:
+            if "--" + name.replace("_", "-") not in given:
                 setattr(config.option, name, value)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    return None if config.pluginmanager.hasplugin("nbval") else NO_NBVAL
+    missing = missing_notebook_packages()
+    return no_notebooks_message(missing) if missing else None
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
-    if not config.pluginmanager.hasplugin("nbval"):
-        terminalreporter.write_line(NO_NBVAL, yellow=True, bold=True)
+    missing = missing_notebook_packages()
+    if missing:
+        terminalreporter.write_line(no_notebooks_message(missing), yellow=True, bold=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -1,8 +1,10 @@
-"""What nbval cannot check: that every notebook writes one honest run record and resumes from its checkpoint.
+"""Every notebook runs, writes one honest run record, and resumes from its checkpoint.
 
-nbval (configured in pyproject.toml) executes every notebook once in the `smoke` preset. Here each notebook
-runs twice more, in a temporary folder: once from scratch, then with `resume = True` edited into its Config
-cell, which nbval cannot do. Notebooks are found by globbing, so a new task is covered without editing this file.
+Each notebook runs twice in the `smoke` preset, in a temporary folder: once from scratch (every cell must run
+without error; a failing cell is reported with its source and traceback), then with `resume = True` edited into
+its Config cell. This is the suite's only execution of a notebook (nbval, which would run each a third time, is
+used only when asked: `pytest --nbval-lax <notebook>`). Notebooks are found by globbing, so a new task is covered
+without editing this file.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+
+nbformat = pytest.importorskip("nbformat")
+NotebookClient = pytest.importorskip("nbclient").NotebookClient
 
 from common import TIMING_POLICY
 

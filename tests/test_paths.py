@@ -1,8 +1,9 @@
-"""Where things live (common/paths.py), how the suite sandboxes it (the root conftest.py), and pytest without nbval."""
+"""Where things live (common/paths.py), how the suite sandboxes it (the root conftest.py), and how it runs notebooks."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -93,18 +94,27 @@ def run_pytest(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_without_nbval_pytest_runs_the_unit_tests_and_says_what_to_install():
-    result = run_pytest("-p", "no:nbval", "-q", "tests/test_paths.py::test_variables_override_and_the_search_path_is_ordered")
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-3000:]
-    assert "unrecognized arguments" not in out and "1 passed" in out
-    lines = [line for line in out.splitlines() if "nbval is not installed" in line]
-    assert lines and all("pip install -r requirements.txt" in line for line in lines)
+def test_without_the_notebook_packages_pytest_says_in_one_line_what_to_install(monkeypatch):
+    spec = importlib.util.spec_from_file_location("root_conftest", REPO_ROOT / "conftest.py")
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    assert root_conftest.missing_notebook_packages() == []  # installed here: tests/test_notebooks.py runs
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "nbclient" else real(name))
+    assert root_conftest.missing_notebook_packages() == ["nbclient"]
+    message = root_conftest.no_notebooks_message(["nbclient"])
+    assert "\n" not in message and "nbclient" in message and "pip install -r requirements.txt" in message
 
 
-def test_with_nbval_the_notebooks_are_collected_with_the_suites_options():
+def test_the_default_run_executes_each_notebook_once_and_nbval_is_there_when_asked():
+    """No nbval items by default (tests/test_notebooks.py executes every notebook); `--nbval-lax` adds them."""
+    default = run_pytest("--collect-only", "-q", "templates/task_template", "tests/test_notebooks.py")
+    out = default.stdout + default.stderr
+    assert default.returncode == 0, out[-3000:]
+    assert "task_template.ipynb::Cell" not in out
+    assert "test_notebook_writes_a_record_and_resumes_from_its_checkpoint[templates/task_template]" in out
     pytest.importorskip("nbval")
-    result = run_pytest("--collect-only", "-q", "templates/task_template")
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-3000:]
-    assert "task_template.ipynb::Cell 0" in out and "nbval is not installed" not in out
+    asked = run_pytest("--collect-only", "-q", "--nbval-lax", "templates/task_template")
+    out = asked.stdout + asked.stderr
+    assert asked.returncode == 0, out[-3000:]
+    assert "task_template.ipynb::Cell 0" in out

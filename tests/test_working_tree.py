@@ -1,7 +1,7 @@
 """The suite leaves the checkout as it found it: no new, changed or deleted file, ignored files included.
 
 The root conftest.py snapshots the checkout when pytest starts and moves this test to the end of the run,
-after the notebooks have executed (nbval and tests/test_notebooks.py).
+after the notebooks have executed (tests/test_notebooks.py).
 """
 
 from __future__ import annotations
