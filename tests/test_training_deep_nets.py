@@ -1,0 +1,153 @@
+"""The hand-written optimisers and learning-rate schedules of image_classification/training_deep_nets equal
+torch.optim's, and these comparisons catch a wrong update rule.
+
+The notebook's cells tagged `optimizers` (SGD, momentum, Nesterov, RMSProp, Adam, AdamW) and `schedules` (`lr_at`)
+are executed into a namespace of their own, as tests/test_mlp_backprop.py does, so the test checks the code the
+notebook teaches. Everything runs in float64 on a few small tensors, in well under a second. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+import torch
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "training_deep_nets" / "training_deep_nets.ipynb"
+NAMES = ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"]
+LRS = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 1e-2, "adam": 1e-2, "adamw": 1e-2}
+SCHEDULE_CFG = SimpleNamespace(step_at=(0.5, 0.75), step_gamma=0.1, warmup_frac=0.1, onecycle_pct=0.3,
+                               onecycle_div=25.0, onecycle_final_div=1e4)
+
+
+@pytest.fixture(scope="module")
+def ns() -> dict:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    namespace: dict = {"torch": torch, "math": math}
+    for tag, expected in (("optimizers", 1), ("schedules", 1)):
+        cells = [c for c in nb.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
+        assert len(cells) == expected, f"expected {expected} code cell tagged `{tag}` in the notebook"
+        exec(compile(cells[0].source, f"{NOTEBOOK.name} (cell tagged {tag})", "exec"), namespace)
+    return namespace
+
+
+def params_and_grads(seed: int, steps: int) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """float64 parameters of three shapes, and `steps` gradients for each (some coordinates zero, some large)."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(7, 5), (5,), (3, 7)]
+    params = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64) * 10 ** torch.randint(-3, 2, s, generator=gen)
+              for s in shapes] for _ in range(steps)]
+    for g in grads[1]:
+        g.view(-1)[0] = 0.0
+    return params, grads
+
+
+def gap(ns: dict, name: str, ref_name: str, weight_decay: float, steps: int = 25, seed: int = 0,
+        ours_cls=None) -> float:
+    """Largest |ours - torch.optim| after `steps` steps of the same gradients, relative to the largest parameter."""
+    start, grads = params_and_grads(seed, steps)
+    ours_p = [p.clone() for p in start]
+    ref_p = [p.clone().requires_grad_(True) for p in start]
+    ours = ours_cls(ours_p, LRS[name], weight_decay=weight_decay) if ours_cls else \
+        ns["make_optimizer"](name, ours_p, LRS[name], 0.9, weight_decay)
+    ref = ns["make_torch_optimizer"](ref_name, ref_p, LRS[name], 0.9, weight_decay)
+    for g in grads:
+        for p, q, gi in zip(ours_p, ref_p, g):
+            p.grad, q.grad = gi.clone(), gi.clone()
+        ours.step()
+        ref.step()
+    scale = max(q.abs().max().item() for q in ref_p)
+    return max((p - q).abs().max().item() for p, q in zip(ours_p, ref_p)) / scale
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_each_optimizer_equals_torch_optim(ns: dict, name: str, weight_decay: float) -> None:
+    for seed in range(2):
+        assert gap(ns, name, name, weight_decay, seed=seed) < 1e-12
+
+
+def test_the_optimizers_really_move_the_parameters(ns: dict) -> None:
+    start, grads = params_and_grads(0, 3)
+    for name in NAMES:
+        p = [x.clone() for x in start]
+        opt = ns["make_optimizer"](name, p, LRS[name], 0.9)
+        for g in grads:
+            for pi, gi in zip(p, g):
+                pi.grad = gi
+            opt.step()
+        assert min((a - b).abs().max().item() for a, b in zip(p, start)) > 1e-4, name
+
+
+@pytest.mark.parametrize("ours, theirs", [("momentum", "nesterov"), ("nesterov", "momentum"), ("adam", "adamw"),
+                                          ("rmsprop", "adam"), ("sgd", "momentum")])
+def test_the_comparison_tells_neighbouring_rules_apart(ns: dict, ours: str, theirs: str) -> None:
+    assert gap(ns, ours, theirs, weight_decay=0.1) > 1e-4
+
+
+def test_the_comparison_catches_adam_without_bias_correction(ns: dict) -> None:
+    adam = ns["Adam"]
+
+    class NoBiasCorrection(adam):
+        def update(self, p, g, state):
+            t, self.t = self.t, 10 ** 9  # 1 - beta ** t == 1: no correction
+            try:
+                super().update(p, g, state)
+            finally:
+                self.t = t
+
+    assert gap(ns, "adam", "adam", 0.0, ours_cls=NoBiasCorrection) > 1e-3
+
+
+def test_adamw_decay_is_decoupled(ns: dict) -> None:
+    """With a zero gradient, AdamW shrinks a weight by exactly (1 - lr * wd) per step; Adam's L2 term does not."""
+    p = [torch.ones(3, dtype=torch.float64)]
+    opt = ns["AdamW"](p, lr=0.1, weight_decay=0.5)
+    for _ in range(4):
+        p[0].grad = torch.zeros(3, dtype=torch.float64)
+        opt.step()
+    assert torch.allclose(p[0], torch.full((3,), 0.95 ** 4, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def torch_schedule(name: str, total: int, peak: float) -> list[float]:
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=peak)
+    sched = {"step": lambda: torch.optim.lr_scheduler.MultiStepLR(
+                 opt, [int(f * total) for f in SCHEDULE_CFG.step_at], SCHEDULE_CFG.step_gamma),
+             "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, total),
+             "one_cycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
+                 opt, peak, total_steps=total, pct_start=SCHEDULE_CFG.onecycle_pct, anneal_strategy="cos",
+                 cycle_momentum=False, div_factor=SCHEDULE_CFG.onecycle_div,
+                 final_div_factor=SCHEDULE_CFG.onecycle_final_div)}[name]()
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("name", ["step", "cosine", "one_cycle"])
+@pytest.mark.parametrize("total", [40, 301])
+def test_schedules_equal_torch_lr_scheduler(ns: dict, name: str, total: int) -> None:
+    ours = [ns["lr_at"](name, t, total, 0.3, SCHEDULE_CFG) for t in range(total)]
+    theirs = torch_schedule(name, total, 0.3)
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-9 * 0.3
+
+
+def test_warmup_cosine_ramps_then_decays(ns: dict) -> None:
+    total, peak = 200, 0.5
+    lrs = [ns["lr_at"]("warmup_cosine", t, total, peak, SCHEDULE_CFG) for t in range(total)]
+    warm = int(SCHEDULE_CFG.warmup_frac * total)
+    assert lrs[0] == pytest.approx(peak / warm)
+    assert all(a < b for a, b in zip(lrs[:warm - 1], lrs[1:warm]))  # strictly rising during the warm-up
+    assert max(lrs) == pytest.approx(peak)
+    assert all(a >= b for a, b in zip(lrs[warm - 1:], lrs[warm:]))  # then never rising
+    assert lrs[-1] < 1e-3 * peak
+    assert all(ns["lr_at"]("constant", t, total, peak, SCHEDULE_CFG) == peak for t in range(total))
+    with pytest.raises(ValueError):
+        ns["lr_at"]("linear", 0, total, peak, SCHEDULE_CFG)
