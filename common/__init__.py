@@ -13,6 +13,7 @@ from common.data import (
     data_dir,
     load_image_dataset,
     load_tinyshakespeare,
+    load_tinystories,
 )
 from common.device import DeviceError, describe_device, get_device, parse_device
 from common.fid import fid, get_classifier
@@ -58,6 +59,7 @@ __all__ = [
     "load_checkpoint",
     "load_image_dataset",
     "load_tinyshakespeare",
+    "load_tinystories",
     "maybe_compile",
     "peak_memory_bytes",
     "parse_device",

@@ -6,8 +6,8 @@ for in `DL_DATA_DIR`, then in the read-only folders of `DL_EXTRA_DATA_DIRS`. Whe
 it is built once into `DL_DATA_DIR`: Fashion-MNIST from Debian's `dataset-fashion-mnist` package if
 installed, otherwise from the original archives, downloaded by `common.download.fetch` (several
 sources in order, slow ones abandoned, every archive checked against its published checksum, kept in
-the download cache). Tiny Shakespeare is the plain text file `tinyshakespeare.txt`, checked against
-its SHA-256. Offline with no file, loading fails with one line that says which file to put where.
+the download cache). Tiny Shakespeare (`tinyshakespeare.txt`) and TinyStories' validation file
+(`TinyStories-valid.txt`) are plain text files, each checked against its SHA-256. Offline with no file, loading fails with one line that says which file to put where.
 
 `DeviceImageLoader` keeps a whole small image set on the training device as uint8 and
 serves shuffled, normalised batches without any worker processes: for CIFAR-sized data this
@@ -34,7 +34,7 @@ from common.download import DownloadError, Source, fetch
 from common.paths import REPO_ROOT, data_dir, default_root, find_data_file, user_data_dir
 
 __all__ = ["REPO_ROOT", "DatasetError", "DeviceImageLoader", "ImageData", "data_dir", "default_root",
-           "load_image_dataset", "load_tinyshakespeare", "sha256_of"]
+           "load_image_dataset", "load_tinyshakespeare", "load_tinystories", "sha256_of"]
 
 # name -> (image shape, number of classes, human-readable name)
 IMAGE_DATASETS: dict[str, tuple[tuple[int, ...], int, str]] = {
@@ -100,6 +100,10 @@ CIFAR10_SOURCES = [
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 SHAKESPEARE_SOURCES = [Source("github.com/karpathy/char-rnn", SHAKESPEARE_URL)]
+TINYSTORIES_URL = ("https://huggingface.co/datasets/roneneldan/TinyStories/resolve/"
+                   "f54c09fd23315a6f9c86f9dc80f725de7d8f9c64/TinyStories-valid.txt")  # a pinned revision
+TINYSTORIES_SHA256 = "94e431816c4cce81ff71e4408ff8d3bda9a42e8d2663986697c3954288cb38b4"  # see load_tinystories
+TINYSTORIES_SOURCES = [Source("huggingface.co/datasets/roneneldan/TinyStories", TINYSTORIES_URL)]
 
 
 class DatasetError(RuntimeError):
@@ -284,23 +288,39 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_tinyshakespeare() -> str:
-    """The Tiny Shakespeare corpus as one string (1,115,394 characters), downloaded once if missing."""
-    path = find_data_file("tinyshakespeare.txt")
+def _load_text(name: str, filename: str, sources: list[Source], sha256: str, what: str) -> str:
+    """A UTF-8 text file from a data folder, downloaded once into `DL_DATA_DIR` if missing, checked by SHA-256."""
+    path = find_data_file(filename)
     if path is None:
-        path = data_dir() / "tinyshakespeare.txt"
+        path = data_dir() / filename
         try:
-            download = fetch("tinyshakespeare.txt", SHAKESPEARE_SOURCES, ("sha256", SHAKESPEARE_SHA256))
+            download = fetch(filename, sources, ("sha256", sha256))
         except DownloadError as e:
-            raise DatasetError(_missing_file_message("tinyshakespeare", path.name, str(e),
-                                                     f"from {SHAKESPEARE_URL}")) from None
+            raise DatasetError(_missing_file_message(name, filename, str(e), what)) from None
         tmp = path.with_suffix(".tmp")
         shutil.copyfile(download.path, tmp)
         os.replace(tmp, path)
-    if sha256_of(path) != SHAKESPEARE_SHA256:
-        raise DatasetError(f"tinyshakespeare: {path} has the wrong SHA-256 (corrupt or another text). "
+    if sha256_of(path) != sha256:
+        raise DatasetError(f"{name}: {path} has the wrong SHA-256 (corrupt or another text). "
                            f"Delete it to download it again.")
     return path.read_text(encoding="utf-8")
+
+
+def load_tinyshakespeare() -> str:
+    """The Tiny Shakespeare corpus as one string (1,115,394 characters), downloaded once if missing."""
+    return _load_text("tinyshakespeare", "tinyshakespeare.txt", SHAKESPEARE_SOURCES, SHAKESPEARE_SHA256,
+                      f"from {SHAKESPEARE_URL}")
+
+
+def load_tinystories() -> str:
+    """TinyStories' validation file (Eldan and Li 2023; about 22,000 short stories separated by `<|endoftext|>`)
+    as one string, downloaded once (from the Hugging Face dataset at a pinned revision) if missing.
+
+    Its SHA-256 is taken from public code that pins the same file and revision; it has not been checked against
+    a download from this repository's machines, which have no internet. A mismatch is an error, never a silent
+    use of another text."""
+    return _load_text("tinystories", "TinyStories-valid.txt", TINYSTORIES_SOURCES, TINYSTORIES_SHA256,
+                      f"from {TINYSTORIES_URL}")
 
 
 class DeviceImageLoader:

@@ -7,7 +7,7 @@ import torch
 
 import common.data as data_mod
 import common.download as download_mod
-from common import DatasetError, DeviceImageLoader, load_image_dataset, load_tinyshakespeare
+from common import DatasetError, DeviceImageLoader, load_image_dataset, load_tinyshakespeare, load_tinystories
 from common.paths import find_data_file  # the data folders: the sandbox, then the user's (read only)
 
 
@@ -33,11 +33,13 @@ def test_missing_dataset_offline_is_a_one_line_actionable_error(data_tmp, monkey
     assert "cs.toronto.edu (official): URLError" in message  # every source tried, each named
 
 
-def test_missing_text_offline_is_a_one_line_actionable_error(data_tmp, monkeypatch):
+@pytest.mark.parametrize("load, filename", [(load_tinyshakespeare, "tinyshakespeare.txt"),
+                                            (load_tinystories, "TinyStories-valid.txt")])
+def test_missing_text_offline_is_a_one_line_actionable_error(data_tmp, monkeypatch, load, filename):
     monkeypatch.setattr(download_mod.urllib.request, "urlopen", _no_network)
     with pytest.raises(DatasetError) as err:
-        load_tinyshakespeare()
-    assert "\n" not in str(err.value) and "tinyshakespeare.txt" in str(err.value)
+        load()
+    assert "\n" not in str(err.value) and filename in str(err.value) and str(data_tmp) in str(err.value)
     assert list(data_tmp.iterdir()) == []  # no partial download left behind
     assert list((data_tmp.parent / "cache").iterdir()) == []
 
@@ -65,10 +67,18 @@ def test_datasets_are_read_from_the_read_only_folders_and_built_into_the_writabl
     assert {p.name: p.stat().st_mtime_ns for p in home.iterdir() if p.name != "tinyshakespeare.txt"} == before
 
 
-def test_wrong_text_fails_its_checksum(data_tmp):
-    (data_tmp / "tinyshakespeare.txt").write_text("To be or not to be")
+@pytest.mark.parametrize("load, filename", [(load_tinyshakespeare, "tinyshakespeare.txt"),
+                                            (load_tinystories, "TinyStories-valid.txt")])
+def test_wrong_text_fails_its_checksum(data_tmp, load, filename):
+    (data_tmp / filename).write_text("To be or not to be")
     with pytest.raises(DatasetError, match="SHA-256"):
-        load_tinyshakespeare()
+        load()
+
+
+def test_a_text_with_the_right_checksum_is_read(data_tmp, monkeypatch):
+    (data_tmp / "TinyStories-valid.txt").write_text("Once upon a time<|endoftext|>", encoding="utf-8")
+    monkeypatch.setattr(data_mod, "TINYSTORIES_SHA256", data_mod.sha256_of(data_tmp / "TinyStories-valid.txt"))
+    assert load_tinystories() == "Once upon a time<|endoftext|>"
 
 
 def test_npz_round_trip_and_description(data_tmp):
