@@ -313,7 +313,7 @@ def load_tinyshakespeare() -> str:
 
 
 def load_tinystories() -> str:
-    """TinyStories' validation file (Eldan and Li 2023; about 22,000 short stories separated by `<|endoftext|>`)
+    """TinyStories' validation file (Eldan and Li 2023; short stories separated by `<|endoftext|>`)
     as one string, downloaded once (from the Hugging Face dataset at a pinned revision) if missing.
 
     Its SHA-256 is taken from public code that pins the same file and revision; it has not been checked against
