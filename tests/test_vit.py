@@ -1,0 +1,111 @@
+"""The Vision Transformer of image_classification/vit, taken from the notebook itself.
+
+The notebook's cells tagged `model` (the imports, the Config, `patchify`, the attention, the ViT, ResNet-20 and the
+attention rollout) are executed here in the smoke preset, so the tests check the code a learner reads: the
+written-out attention equals PyTorch's fused kernel, the patch cut equals a strided convolution, position
+embeddings are what tells the model where a patch was, ResNet-20 has the paper's size, and rollout maps are
+distributions over the patches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "vit" / "vit.ipynb"
+
+
+@pytest.fixture(scope="module")
+def vit() -> dict:
+    """The namespace left by the notebook's `model` cells, run in the smoke preset on the CPU."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and "model" in c.metadata.get("tags", [])]
+    assert len(cells) >= 6, "the notebook's model cells are tagged `model`"
+    namespace: dict = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DL_PRESET", "smoke")
+        mp.setenv("DL_DEVICE", "cpu")
+        for source in cells:
+            exec(compile(source, str(NOTEBOOK), "exec"), namespace)
+    return namespace
+
+
+def test_written_out_attention_equals_sdpa(vit: dict) -> None:
+    torch.manual_seed(0)
+    attn = vit["SelfAttention"](48, 4).eval()
+    x = torch.randn(3, 17, 48)
+    with torch.no_grad():
+        fused = attn(x)
+        attn.use_sdpa = False
+        manual = attn(x)
+    torch.testing.assert_close(manual, fused, rtol=1e-5, atol=1e-6)
+    weights = attn.last_weights
+    assert weights.shape == (3, 4, 17, 17)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 17))
+    q, k, v = torch.randn(3, 2, 5, 8).unbind(0)
+    out, _ = vit["attention"](q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [2, 4, 8])
+def test_patchify_is_a_strided_convolution(vit: dict, p: int) -> None:
+    torch.manual_seed(p)
+    x = torch.randn(2, 3, 32, 32)
+    patches = vit["patchify"](x, p)
+    assert patches.shape == (2, (32 // p) ** 2, 3 * p * p)
+    torch.testing.assert_close(patches[0, 1, :3], x[0, :, 0, p])  # patch 1 starts at row 0, column p, all channels
+    conv = torch.nn.Conv2d(3, 16, kernel_size=p, stride=p)
+    linear = torch.nn.Linear(3 * p * p, 16)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.permute(0, 2, 3, 1).reshape(16, -1))  # (D, C, p, p) -> (D, p*p*C)
+        linear.bias.copy_(conv.bias)
+        expected = conv(x).flatten(2).transpose(1, 2)  # (B, D, H/p, W/p) -> (B, N, D), row by row
+        torch.testing.assert_close(linear(patches), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_position_embeddings_are_what_locates_a_patch(vit: dict, pool: str) -> None:
+    """Permuting the patches changes the logits; with the position embeddings permuted alike, it changes nothing."""
+    cfg = dataclasses.replace(vit["cfg"], pool=pool, patch_size=8)
+    torch.manual_seed(1)
+    model = vit["ViT"](cfg).eval()
+    torch.nn.init.normal_(model.head.weight)  # the head starts at zero (all logits 0): give it weights to test
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 10)
+        grid = x.reshape(2, 3, 4, 8, 4, 8)  # (B, C, H, W) -> (B, C, 4, 8, 4, 8): a 4x4 grid of 8x8 patches
+        swapped = grid.flip(2).reshape(2, 3, 32, 32)  # the rows of patches in reverse order
+        assert not torch.allclose(model(swapped), logits, atol=1e-4)
+        order = torch.arange(16).reshape(4, 4).flip(0).reshape(-1)  # where each patch of `swapped` came from
+        first = 1 if pool == "cls" else 0
+        model.pos[:, first:] = model.pos[:, first:][:, order]
+        torch.testing.assert_close(model(swapped), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet20_has_the_papers_size(vit: dict) -> None:
+    net = vit["resnet20"](16)
+    n = sum(p.numel() for p in net.parameters())
+    assert 0.26e6 < n < 0.28e6  # He et al. Table 6: 0.27M
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_attention_rollout_is_a_distribution_over_patches(vit: dict, pool: str) -> None:
+    cfg = dataclasses.replace(vit["cfg"], pool=pool)
+    torch.manual_seed(2)
+    model = vit["ViT"](cfg)
+    maps = vit["attention_rollout"](model, torch.randn(3, 3, 32, 32))
+    g = 32 // cfg.patch_size
+    assert maps.shape == (3, g, g) and (maps >= 0).all()
+    total = maps.sum(dim=(1, 2))
+    if pool == "mean":  # every row of the rollout sums to 1, so does their average
+        torch.testing.assert_close(total, torch.ones(3))
+    else:  # the class token keeps some weight on itself: the patches share the rest
+        assert ((total > 0) & (total < 1)).all()
+    assert all(block.attn.use_sdpa for block in model.blocks), "rollout must switch the fused path back on"
