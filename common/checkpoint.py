@@ -26,7 +26,7 @@ import torch
 from common.paths import checkpoint_dir
 
 # Config fields that may differ between the run that wrote a checkpoint and the run that resumes it.
-RESUMABLE_FIELDS: tuple[str, ...] = ("resume", "compile")
+RESUMABLE_FIELDS: tuple[str, ...] = ("resume", "compile", "stop_after_steps")  # may change between a run and its resume
 
 
 class CheckpointError(RuntimeError):

@@ -1,15 +1,23 @@
 """Every notebook runs, writes one honest run record, and resumes from its checkpoint.
 
-Each notebook runs twice in the `smoke` preset, in a temporary folder: once from scratch (every cell must run
-without error; a failing cell is reported with its source and traceback), then with `resume = True` edited into
-its Config cell. This is the suite's only execution of a notebook (nbval, which would run each a third time, is
-used only when asked: `pytest --nbval-lax <notebook>`). Notebooks are found by globbing, so a new task is covered
-without editing this file.
+Each notebook runs in the `smoke` preset, in a temporary folder: once from scratch (every cell must run
+without error; a failing cell is reported with its source and traceback), then resumed from its checkpoint.
+
+A notebook whose Config has a `stop_after_steps: int = 0` field is resumed *part-way*: its cells are run again up
+to the training cell with `stop_after_steps` set to the task.toml's `resume_test_stop`, which stops the training
+there with a checkpoint; then the whole notebook runs with `resume = True` and must end with exactly the
+uninterrupted run's metric (the task.toml's `metric`, on the CPU). A notebook without that field is resumed from
+its last checkpoint, at the end of training (the older, weaker test, until its next rerun adds the field).
+
+Nothing else executes the notebooks (nbval, which would run each again, is used only when asked:
+`pytest --nbval-lax <notebook>`). Notebooks are found by globbing, so a new task is covered without editing this
+file.
 """
 
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -43,12 +51,39 @@ def execute(nb: nbformat.NotebookNode, cwd: Path) -> str:
     return " ".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
 
 
-def with_resume(path: Path, resume: bool) -> nbformat.NotebookNode:
+STOP_FIELD = "stop_after_steps: int = 0"
+
+
+def with_resume(path: Path, resume: bool, stop_after: int = 0) -> nbformat.NotebookNode:
+    """The notebook with `resume` (and, if given, `stop_after_steps`) edited into its Config cell."""
     nb = nbformat.read(path, as_version=4)
     config_cells = [c for c in nb.cells if c.cell_type == "code" and "resume: bool = False" in c.source]
     assert len(config_cells) == 1, "the Config needs a `resume: bool = False` field"
     config_cells[0].source = config_cells[0].source.replace("resume: bool = False", f"resume: bool = {resume}")
+    if stop_after:
+        config_cells[0].source = config_cells[0].source.replace(STOP_FIELD, f"stop_after_steps: int = {stop_after}")
     return nb
+
+
+def mid_run_stop(path: Path) -> int:
+    """The step at which the resume test interrupts the training (the task.toml's `resume_test_stop`), or 0 for a
+    notebook without a `stop_after_steps` field."""
+    if STOP_FIELD not in path.read_text():
+        return 0
+    meta = tomllib.loads((path.parent / "task.toml").read_text())
+    assert meta.get("resume_test_stop", 0) > 0, "a notebook with stop_after_steps needs resume_test_stop in task.toml"
+    return meta["resume_test_stop"]
+
+
+def execute_through_training(nb: nbformat.NotebookNode, cwd: Path) -> str:
+    """Run the cells of `nb` up to and including the first cell after the Config that reads `cfg.stop_after_steps`
+    (the training loop); returns the text they printed."""
+    loop = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "cfg.stop_after_steps" in c.source)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
+    with client.setup_kernel():
+        for i, cell in enumerate(nb.cells[:loop + 1]):
+            client.execute_cell(cell, i)
+    return " ".join(o.get("text", "") for c in nb.cells[:loop + 1] for o in c.get("outputs", []))
 
 
 def check_record(record: dict, path: Path, fresh: bool) -> None:
@@ -66,7 +101,8 @@ def check_record(record: dict, path: Path, fresh: bool) -> None:
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_writes_a_record_and_resumes_from_its_checkpoint(path: Path, tmp_path: Path, smoke_env: Path) -> None:
-    """Run once in smoke, then again with `resume=True`: the second run must pick up the first run's checkpoint."""
+    """Run once in smoke, then resume: part-way through the training where the notebook allows it (the final metric
+    must equal the uninterrupted run's), else from the first run's last checkpoint."""
     first = execute(with_resume(path, False), tmp_path)
     records = [json.loads(p.read_text()) for p in smoke_env.glob("*.json")]
     assert len(records) == 1, f"expected one run record, found {len(records)}"
@@ -75,10 +111,19 @@ def test_notebook_writes_a_record_and_resumes_from_its_checkpoint(path: Path, tm
     assert any((tmp_path / "checkpoints").iterdir()), "no checkpoint was written to DL_CHECKPOINT_DIR"
     assert not list(tmp_path.glob("*.pt")) and not (tmp_path / "checkpoints").samefile(tmp_path)
 
+    stop = mid_run_stop(path)
+    if stop:
+        stopped = execute_through_training(with_resume(path, False, stop_after=stop), tmp_path)
+        assert f"stopped after step {stop}" in stopped, "stop_after_steps did not stop the training there"
     second = execute(with_resume(path, True), tmp_path)
     assert "resumed" in second.lower(), "the resumed run did not say it resumed"
     records = sorted((json.loads(p.read_text()) for p in smoke_env.glob("*.json")), key=lambda r: r["finished_at"])
-    assert len(records) == 2
+    assert len(records) == 2, "only the two whole runs write a record"
     check_record(records[1], path, fresh=False)
-    # the resumed run keeps the first run's training time rather than starting its clock at zero
-    assert records[1]["train_seconds"] >= records[0]["train_seconds"] * 0.99
+    if stop:
+        assert f"at step {stop}" in second, "the resumed run did not start from the interrupted step"
+        metric = tomllib.loads((path.parent / "task.toml").read_text())["metric"]
+        assert records[1]["metrics"][metric] == records[0]["metrics"][metric], \
+            f"resumed part-way, the run ended with a different {metric} than the uninterrupted run"
+    else:  # the resumed run keeps the first run's training time rather than starting its clock at zero
+        assert records[1]["train_seconds"] >= records[0]["train_seconds"] * 0.99
