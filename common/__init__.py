@@ -23,7 +23,7 @@ from common.precision import (amp_dtype, autocast, compile_report, compile_unava
                               to_channels_last)
 from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
-from common.seed import seed_everything
+from common.seed import rng_state, seed_everything, set_rng_state
 
 # Which package this is: the notebooks' setup cell checks it, since any package can be called `common`.
 PACKAGE_ID = "dl-4090-hours-common"  # the distribution's name in pyproject.toml
@@ -66,9 +66,11 @@ __all__ = [
     "pick",
     "plot_curves",
     "precision_mode",
+    "rng_state",
     "runs_dir",
     "save_checkpoint",
     "seed_everything",
+    "set_rng_state",
     "show_images",
     "to_channels_last",
     "write_run_record",

@@ -25,7 +25,7 @@ import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -354,6 +354,22 @@ class DeviceImageLoader:
         self.mean = None if mean is None else torch.tensor(mean, device=self.device).view(1, channels, 1, 1)
         self.std = None if std is None else torch.tensor(std, device=self.device).view(1, channels, 1, 1)
         self.generator = torch.Generator(device=self.device).manual_seed(generator_seed)
+        self._epoch_start = self.generator.get_state()  # the generator before the current epoch's shuffle
+        self._served = 0  # batches of the current epoch already yielded
+        self._skip = 0  # batches the next epoch skips (set by load_state_dict: a resumed epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader is: enough for `load_state_dict` to continue an interrupted epoch exactly, with the
+        same order and the next batch (save it in a checkpoint with the model and optimiser)."""
+        if self._served >= len(self):  # the epoch is finished: the next one starts afresh
+            return {"generator": self.generator.get_state(), "served": 0}
+        return {"generator": self._epoch_start, "served": self._served}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`: the next iteration replays the saved epoch's shuffle and skips the
+        batches that were served before the checkpoint."""
+        self.generator.set_state(state["generator"].cpu())
+        self._epoch_start, self._served, self._skip = state["generator"].cpu(), state["served"], state["served"]
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -361,9 +377,13 @@ class DeviceImageLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
+        self._epoch_start = self.generator.get_state()
         order = (torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle
                  else torch.arange(n, device=self.device))
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        skip, self._skip = self._skip, 0
+        self._served = skip
+        for start in range(skip * self.batch_size, len(self) * self.batch_size, self.batch_size):
+            self._served += 1
             idx = order[start:start + self.batch_size]
             x = self.images[idx].float().div_(255)
             if self.mean is not None:

@@ -7,7 +7,8 @@ import torch
 
 import common.data as data_mod
 import common.download as download_mod
-from common import DatasetError, DeviceImageLoader, load_image_dataset, load_tinyshakespeare, load_tinystories
+from common import (DatasetError, DeviceImageLoader, load_checkpoint, load_image_dataset, load_tinyshakespeare,
+                    load_tinystories, save_checkpoint)
 from common.paths import find_data_file  # the data folders: the sandbox, then the user's (read only)
 
 
@@ -165,6 +166,33 @@ def test_loader_drop_last_and_normalisation():
     assert len(loader) == 2 and [len(y) for _, y in loader] == [4, 4]
     x, _ = next(iter(loader))
     assert torch.allclose(x[1, 0, 0, 0], torch.tensor((1 / 255 - 0.5) / 0.25))
+
+
+def _labels(batches) -> list[list[int]]:
+    return [y.tolist() for _, y in batches]
+
+
+@pytest.mark.parametrize("stop", [0, 1, 2, 3])
+def test_loader_state_resumes_an_interrupted_epoch_exactly(stop, tmp_path):
+    """Batches after a checkpoint taken `stop` batches into the second epoch equal the uninterrupted loader's."""
+    whole = _loader(batch_size=4, shuffle=True, generator_seed=3)
+    expected = _labels(whole) + _labels(whole) + _labels(whole)  # three epochs
+    first = _loader(batch_size=4, shuffle=True, generator_seed=3)
+    served = _labels(first)
+    it = iter(first)
+    served += [next(it)[1].tolist() for _ in range(stop)]
+    path = tmp_path / "loader.pt"
+    save_checkpoint(path, {"loader": first.state_dict()})
+    resumed = _loader(batch_size=4, shuffle=True, generator_seed=99)  # a different seed: the state must override it
+    resumed.load_state_dict(load_checkpoint(path)["loader"])
+    served += _labels(resumed) + _labels(resumed)  # the rest of epoch 2 (all of epoch 3 if it had ended), then more
+    assert served[:len(expected)] == expected
+
+
+def test_loader_state_of_a_fresh_loader_restarts_it():
+    a, b = _loader(batch_size=4, generator_seed=5), _loader(batch_size=4, generator_seed=6)
+    b.load_state_dict(a.state_dict())
+    assert _labels(a) == _labels(b)
 
 
 @pytest.mark.skipif(find_data_file("mnist.npz") is None, reason="needs DL_DATA_DIR with the shared datasets")
