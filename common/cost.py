@@ -30,8 +30,9 @@ def probe_flops(device: torch.device | str, seconds: float = 0.3, size: int | No
     cuda = device.type == "cuda"
     n = size or (4096 if cuda else 512)
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(0)  # its own stream: the notebook's random numbers stay as they are
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     a @ b  # warm-up: kernels chosen and memory allocated outside the timed part
     sync()

@@ -80,10 +80,8 @@ def test_committed_outputs_show_at_least_one_figure(task_dir: Path) -> None:
 # tests/test_notebooks.py) and a cost line before training (`announce_cost`) with its next real rerun, since its
 # committed outputs must come from its committed code. Remove a task from this set when its rerun lands.
 NOT_YET_CONVERTED = {
-    "image_classification/resnet", "image_classification/training_deep_nets",
-    "image_generation/ddpm", "image_generation/flow_matching", "image_generation/gan", "image_generation/vae",
-    "representation_learning/simclr", "text_generation/bpe_gpt", "text_generation/char_gpt",
-    "text_generation/data_parallel", "text_generation/rnn_lstm",
+    "image_classification/resnet", "image_generation/ddpm", "image_generation/flow_matching",
+    "representation_learning/simclr", "text_generation/bpe_gpt",
 }
 
 

@@ -41,3 +41,13 @@ def test_the_active_preset_is_the_default(monkeypatch, capsys):
 @pytest.mark.parametrize("seconds,text", [(5, "5 s"), (600, "10 min"), (7200, "2.0 h"), (3 * 86400, "3.0 days")])
 def test_durations_read_naturally(seconds, text):
     assert cost.format_duration(seconds) == text
+
+
+def test_the_probe_leaves_the_notebooks_random_numbers_alone():
+    """The probe runs before training: drawing its matrices from the global generator would shift a notebook's
+    noise, dropout and shuffles, so that adding the cost line changed its results."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    cost.probe_flops("cpu", seconds=0.01, size=16)
+    assert torch.equal(torch.rand(3), expected)

@@ -8,6 +8,7 @@ notebook teaches. Everything runs in float64 on a few small tensors, in well und
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -111,6 +112,34 @@ def test_adamw_decay_is_decoupled(ns: dict) -> None:
         p[0].grad = torch.zeros(3, dtype=torch.float64)
         opt.step()
     assert torch.allclose(p[0], torch.full((3,), 0.95 ** 4, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_optimizer_restored_from_its_state_dict_continues_exactly(ns: dict, name: str) -> None:
+    """Stopped after 4 of 8 steps, its state_dict saved and loaded as a checkpoint is (weights only), a fresh
+    optimiser continues bit for bit as the uninterrupted one; one restarted without the state does not."""
+    start, grads = params_and_grads(0, 8)
+
+    def run(restore: bool | None) -> list[torch.Tensor]:
+        p = [x.clone() for x in start]
+        opt = ns["make_optimizer"](name, p, LRS[name], 0.9, 0.1)
+        for i, g in enumerate(grads):
+            if i == 4 and restore is not None:  # interrupted: a new optimiser, from the checkpoint if `restore`
+                buffer = io.BytesIO()
+                torch.save(opt.state_dict(), buffer)
+                opt = ns["make_optimizer"](name, p, LRS[name], 0.9, 0.1)
+                if restore:
+                    buffer.seek(0)
+                    opt.load_state_dict(torch.load(buffer, weights_only=True))
+            for pi, gi in zip(p, g):
+                pi.grad = gi.clone()
+            opt.step()
+        return p
+
+    straight, resumed, restarted = run(None), run(True), run(False)
+    assert all(torch.equal(a, b) for a, b in zip(straight, resumed))
+    if name != "sgd":  # plain SGD keeps no state: restarting it changes nothing
+        assert max((a - b).abs().max().item() for a, b in zip(straight, restarted)) > 1e-6
 
 
 def torch_schedule(name: str, total: int, peak: float) -> list[float]:
