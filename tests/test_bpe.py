@@ -12,10 +12,10 @@ import random
 from collections import Counter
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from common import load_tinyshakespeare
+from notebook_cells import run_tagged
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "text_generation" / "bpe_gpt" / "bpe_gpt.ipynb"
 EOT = "<|endoftext|>"
@@ -24,13 +24,7 @@ EOT = "<|endoftext|>"
 @pytest.fixture(scope="module")
 def bpe() -> dict:
     """The namespace left by the notebook's `tokenizer` cells."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cells = [c.source for c in nb.cells if c.cell_type == "code" and "tokenizer" in c.metadata.get("tags", [])]
-    assert len(cells) >= 4, "the notebook's tokenizer cells are tagged `tokenizer`"
-    namespace: dict = {}
-    for source in cells:
-        exec(compile(source, str(NOTEBOOK), "exec"), namespace)
-    return namespace
+    return run_tagged(NOTEBOOK, "tokenizer", at_least=4)
 
 
 @pytest.fixture(scope="module")

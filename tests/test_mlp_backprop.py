@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
+
+from notebook_cells import run_tagged
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "image_classification" / "mlp_backprop" / "mlp_backprop.ipynb"
@@ -23,13 +24,7 @@ SIZES = (20, 16, 16, 5)  # the middle layer is square, so a transposed weight gr
 
 @pytest.fixture(scope="module")
 def ns() -> dict:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cells = [c for c in nb.cells if c.cell_type == "code" and "backprop" in c.metadata.get("tags", [])]
-    assert len(cells) == 4, "expected the four code cells tagged `backprop` in the notebook"
-    namespace = {"torch": torch, "F": F, "math": math}
-    for cell in cells:
-        exec(compile(cell.source, f"{NOTEBOOK.name} (tagged cell)", "exec"), namespace)
-    return namespace
+    return run_tagged(NOTEBOOK, "backprop", count=4, namespace={"torch": torch, "F": F, "math": math})
 
 
 def problem(ns: dict, seed: int = 0, batch: int = 8) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:

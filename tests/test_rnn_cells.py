@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn as nn
+
+from notebook_cells import cell_sources, run_sources
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "text_generation" / "rnn_lstm" / "rnn_lstm.ipynb"
 MARKER = "# --- recurrent cells from their equations"
@@ -24,17 +25,14 @@ TOLERANCE = 1e-5  # float32, as the issue and the notebook require
 
 def cell_namespace(edit: tuple[str, str] | None = None) -> dict:
     """Execute the notebook's marked cell (optionally with one source edit) and return the names it defines."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    sources = [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith(MARKER)]
+    sources = cell_sources(NOTEBOOK, select=lambda source: source.startswith(MARKER))
     assert len(sources) == 1, f"expected exactly one code cell starting with {MARKER!r}, found {len(sources)}"
     source = sources[0]
     if edit is not None:
         old, new = edit
         assert source.count(old) == 1, f"the mutation's target {old!r} is not in the cell exactly once"
         source = source.replace(old, new)
-    namespace = {"torch": torch, "nn": nn}
-    exec(compile(source, str(NOTEBOOK), "exec"), namespace)  # noqa: S102 - the repository's own notebook
-    return namespace
+    return run_sources([source], NOTEBOOK, {"torch": torch, "nn": nn})
 
 
 def layer_weights(module: nn.Module, k: int) -> dict[str, torch.Tensor]:

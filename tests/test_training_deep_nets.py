@@ -13,9 +13,10 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import nbformat
 import pytest
 import torch
+
+from notebook_cells import run_tagged
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "training_deep_nets" / "training_deep_nets.ipynb"
 NAMES = ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"]
@@ -26,12 +27,9 @@ SCHEDULE_CFG = SimpleNamespace(step_at=(0.5, 0.75), step_gamma=0.1, warmup_frac=
 
 @pytest.fixture(scope="module")
 def ns() -> dict:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
     namespace: dict = {"torch": torch, "math": math}
-    for tag, expected in (("optimizers", 1), ("schedules", 1)):
-        cells = [c for c in nb.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
-        assert len(cells) == expected, f"expected {expected} code cell tagged `{tag}` in the notebook"
-        exec(compile(cells[0].source, f"{NOTEBOOK.name} (cell tagged {tag})", "exec"), namespace)
+    for tag in ("optimizers", "schedules"):
+        run_tagged(NOTEBOOK, tag, count=1, namespace=namespace)
     return namespace
 
 

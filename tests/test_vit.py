@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
+
+from notebook_cells import run_tagged
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "vit" / "vit.ipynb"
 
@@ -23,16 +24,10 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "vi
 @pytest.fixture(scope="module")
 def vit() -> dict:
     """The namespace left by the notebook's `model` cells, run in the smoke preset on the CPU."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cells = [c.source for c in nb.cells if c.cell_type == "code" and "model" in c.metadata.get("tags", [])]
-    assert len(cells) >= 6, "the notebook's model cells are tagged `model`"
-    namespace: dict = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DL_PRESET", "smoke")
         mp.setenv("DL_DEVICE", "cpu")
-        for source in cells:
-            exec(compile(source, str(NOTEBOOK), "exec"), namespace)
-    return namespace
+        return run_tagged(NOTEBOOK, "model", at_least=6)
 
 
 def test_written_out_attention_equals_sdpa(vit: dict) -> None:

@@ -1,0 +1,42 @@
+"""Run a notebook's own cells inside a unit test, so the test checks the code a learner reads, not a copy of it.
+
+    namespace = run_tagged(NOTEBOOK, "model", at_least=6)
+
+executes, in order, every code cell of NOTEBOOK whose metadata tags include "model", in one namespace, and returns
+that namespace (the functions and classes the cells define). Tag the cells a test needs in the notebook
+(cell metadata `"tags": [...]`), and keep them free of training and plotting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import nbformat
+
+
+def cell_sources(notebook: Path, tag: str | None = None,
+                 select: Callable[[str], bool] | None = None) -> list[str]:
+    """The sources of the code cells tagged `tag` (or, with `select`, those whose source it accepts), in order."""
+    nb = nbformat.read(notebook, as_version=4)
+    return [c.source for c in nb.cells if c.cell_type == "code"
+            and (tag is None or tag in c.metadata.get("tags", []))
+            and (select is None or select(c.source))]
+
+
+def run_sources(sources: list[str], notebook: Path, namespace: dict | None = None) -> dict:
+    """Execute `sources` one after the other in `namespace` (a new one by default) and return it."""
+    namespace = {} if namespace is None else namespace
+    for source in sources:
+        exec(compile(source, str(notebook), "exec"), namespace)  # noqa: S102 - the repository's own notebook
+    return namespace
+
+
+def run_tagged(notebook: Path, tag: str, *, count: int | None = None, at_least: int = 1,
+               namespace: dict | None = None) -> dict:
+    """Execute the code cells tagged `tag` (exactly `count` of them if given, else at least `at_least`)."""
+    sources = cell_sources(notebook, tag)
+    if count is not None:
+        assert len(sources) == count, f"{notebook.name}: {len(sources)} code cells tagged `{tag}`, expected {count}"
+    assert len(sources) >= at_least, f"expected at least {at_least} code cells tagged `{tag}` in {notebook.name}"
+    return run_sources(sources, notebook, namespace)
