@@ -18,7 +18,6 @@ file.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,11 @@ nbformat = pytest.importorskip("nbformat")
 NotebookClient = pytest.importorskip("nbclient").NotebookClient
 
 from common import TIMING_POLICY
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("image_classification", "image_generation", "representation_learning", "text_generation", "templates")
