@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from common.seed import rng_state, set_rng_state
+
 BF16_MIN_CAPABILITY = (8, 0)  # native bf16 tensor cores from Ampere on
 FP16_MIN_CAPABILITY = (7, 0)  # fp16 tensor cores from Volta on; below, fp32
 
@@ -220,10 +222,8 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Call
 def _snapshot(model: nn.Module) -> dict[str, Any]:
     """What a failed first step may have changed before its backward failed: gradients, buffers (batch-norm
     statistics) and the random generators (dropout, noise), so the eager retry starts from the same state."""
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {"grads": [(p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()],
-            "buffers": [(b, b.detach().clone()) for b in model.buffers()],
-            "cpu_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None}
+            "buffers": [(b, b.detach().clone()) for b in model.buffers()], "rng": rng_state()}
 
 
 def _restore(state: dict[str, Any]) -> None:
@@ -232,9 +232,7 @@ def _restore(state: dict[str, Any]) -> None:
             p.grad = grad
         for b, saved in state["buffers"]:
             b.copy_(saved)
-    torch.set_rng_state(state["cpu_rng"])
-    if state["cuda_rng"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    set_rng_state(state["rng"])
 
 
 def guarded_step(train_model: Callable[..., Any], step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
