@@ -1,0 +1,93 @@
+"""The DDPM notebook's EMA update and the fairness of its eps-against-v side experiment, read from the notebook.
+
+The functions are taken from the notebook's code cells by name (with their decorators) and executed in a fresh
+namespace. The EMA update, one `torch._foreach_lerp_`, must give what a Python loop of `lerp_` calls gives. The side
+experiment claims that both arms see the same random timesteps, noises and dropped labels under one seed: the loss
+must draw the same random numbers, in the same order, whichever quantity the network predicts.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "image_generation" / "ddpm" / "ddpm.ipynb"
+
+
+def notebook_functions(*names: str) -> dict:
+    """Execute the notebook's top-level functions `names` (decorators included) in a fresh namespace."""
+    source = "\n".join(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code")
+    lines = source.split("\n")
+    chunks = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name in names:
+            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            chunks[node.name] = "\n".join(lines[start - 1:node.end_lineno])
+    assert sorted(chunks) == sorted(names), f"not found in the notebook: {set(names) - set(chunks)}"
+    namespace = {"torch": torch, "nn": nn, "F": F, "math": math}
+    code = "from __future__ import annotations\n" + "\n\n".join(chunks.values())
+    exec(compile(code, str(NOTEBOOK), "exec"), namespace)  # noqa: S102 - the repository's own notebook
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def ns() -> dict:
+    return notebook_functions("ema_update", "diffusion_loss", "q_sample", "make_schedule")
+
+
+@pytest.mark.parametrize("step", [0, 3, 50, 10_000])
+def test_ema_update_equals_a_loop_of_lerp(ns: dict, step: int) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
+    ema = copy.deepcopy(model)
+    for p in model.parameters():
+        p.data.add_(torch.randn_like(p))  # the trained weights drift from the average
+    expected = copy.deepcopy(ema)
+    d = min(0.999, (1 + step) / (10 + step))  # the warm-up the notebook documents
+    with torch.no_grad():
+        for p_ema, p in zip(expected.parameters(), model.parameters()):
+            p_ema.lerp_(p, 1 - d)
+    ns["ema_update"](ema, model, 0.999, step)
+    for got, want in zip(ema.parameters(), expected.parameters()):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    assert any(not torch.equal(a, b) for a, b in zip(ema.parameters(), model.parameters()))
+
+
+class Recorder(nn.Module):
+    """A 'network' that records the noisy images, timesteps and labels it is given, and predicts zeros."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.seen.append((x.clone(), t.clone(), y.clone()))
+        return torch.zeros_like(x)
+
+
+def test_eps_and_v_losses_draw_the_same_random_numbers(ns: dict) -> None:
+    """Same seed, same batch: the eps and v losses show the network the same x_t, t and (dropped) labels, and leave
+    the global generator in the same state; their targets differ."""
+    alpha_bars = ns["make_schedule"]("cosine", 1000)["alpha_bars"].float()
+    x0 = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    y = torch.arange(8) % 10
+    seen, losses, after = {}, {}, {}
+    for prediction in ("eps", "v"):
+        torch.manual_seed(5)
+        net = Recorder()
+        losses[prediction] = ns["diffusion_loss"](net, x0, y, alpha_bars, 10, 0.5, prediction).item()
+        seen[prediction], after[prediction] = net.seen, torch.rand(3)
+    (x_eps, t_eps, y_eps), = seen["eps"]
+    (x_v, t_v, y_v), = seen["v"]
+    assert torch.equal(x_eps, x_v) and torch.equal(t_eps, t_v) and torch.equal(y_eps, y_v)
+    assert (y_eps == 10).any() and (y_eps != 10).any(), "label dropout at p = 0.5 should drop some labels of 8"
+    assert torch.equal(after["eps"], after["v"]), "the two losses consumed different amounts of randomness"
+    assert losses["eps"] != pytest.approx(losses["v"]), "the eps and v targets should differ"
