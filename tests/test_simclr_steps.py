@@ -6,7 +6,7 @@ training functions) are executed here in the smoke preset on the CPU. A training
 on a GPU (issue 25): no tensor built from Python data (`new_tensor`, `torch.tensor` of a list), no matrix inverse
 (`linalg.inv` checks its result on the host), no `.item()`, and the batch order drawn on the device by a device
 generator. On the CPU a host-to-device copy cannot be seen, so the test records the operators the step dispatches
-and rejects the ones that sync or copy on a GPU.
+and rejects the ones that sync or copy on a GPU, and any permutation not drawn by the caller's generator.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ SYNCING = {"aten.lift_fresh", "aten.lift_fresh_copy", "aten._local_scalar_dense"
 
 
 class OpLog(TorchDispatchMode):
-    """Records every operator dispatched inside the block, with its keyword arguments."""
+    """Records every operator dispatched inside the block, with its keyword arguments. `generator`: the generator
+    every `randperm` must draw from (the device generator the caller passes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, generator: torch.Generator | None = None) -> None:
         super().__init__()
+        self.generator = generator
         self.calls: list[tuple[str, dict]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
@@ -35,10 +37,11 @@ class OpLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
     def syncing(self) -> list[str]:
-        """The recorded operators that copy from the host or read back to it on a GPU."""
+        """The recorded operators that copy from the host or read back to it on a GPU, and the permutations drawn
+        by another generator than the caller's (such as a CPU one whose result is then copied to the device)."""
         bad = [name for name, _ in self.calls if name in SYNCING]
-        bad += [f"{name} without a device" for name, kw in self.calls
-                if name == "aten.randperm" and (kw.get("device") is None or kw.get("generator") is None)]
+        bad += [f"{name} on another generator" for name, kw in self.calls
+                if name == "aten.randperm" and kw.get("generator") is not self.generator]
         return bad
 
 
@@ -60,12 +63,16 @@ def simclr() -> dict:
 def test_the_log_catches_what_syncs() -> None:
     """The check itself: each operator the old step used (a list turned into a tensor, an inverse, a CPU randperm
     without a device, an `.item()`) is caught."""
-    x = torch.rand(4, 3, 2, 2)
+    x, given = torch.rand(4, 3, 2, 2), torch.Generator()
     for make in (lambda: x.new_tensor([0.299, 0.587, 0.114]), lambda: torch.linalg.inv(torch.eye(3) * 2),
                  lambda: torch.randperm(10, generator=torch.Generator().manual_seed(0)), lambda: x.sum().item()):
-        with OpLog() as log:
+        with OpLog(given) as log:
             make()
         assert log.syncing(), "the operator log missed a host copy or sync"
+    with OpLog(given) as log:
+        torch.randperm(10, generator=given)
+        x.mean(dim=(2, 3)).sum(0)
+    assert not log.syncing(), "the operator log flags what does not sync"
 
 
 def test_a_training_step_neither_syncs_nor_copies_from_the_host(simclr: dict) -> None:
@@ -73,7 +80,7 @@ def test_a_training_step_neither_syncs_nor_copies_from_the_host(simclr: dict) ->
     images = torch.randint(0, 256, (3 * cfg.batch_size, 3, 32, 32), dtype=torch.uint8)
     model = simclr["new_model"](cfg, simclr["mean"], simclr["std"], device)
     order_gen, view_gen = torch.Generator(device=device), torch.Generator(device=device)
-    with OpLog() as log:
+    with OpLog(order_gen) as log:
         for step in range(2):
             idx = simclr["batch_indices"](step, len(images), cfg.batch_size, cfg.seed, order_gen)
             view_gen.manual_seed(cfg.seed * 1_000_003 + step)
