@@ -33,15 +33,19 @@ class OpLog(TorchDispatchMode):
         self.calls: list[tuple[str, dict]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        self.calls.append((str(func).rsplit(".", 1)[0], dict(kwargs or {})))
-        return func(*args, **(kwargs or {}))
+        name, kwargs = str(func).rsplit(".", 1)[0], dict(kwargs or {})
+        if name == "aten.randperm":  # the caller's generator: the same device and, before the draw, the same state
+            gen = kwargs.get("generator")
+            kwargs["callers"] = (gen is not None and self.generator is not None and gen.device == self.generator.device
+                                 and torch.equal(gen.get_state(), self.generator.get_state()))
+        self.calls.append((name, kwargs))
+        return func(*args, **{k: v for k, v in kwargs.items() if k != "callers"})
 
     def syncing(self) -> list[str]:
         """The recorded operators that copy from the host or read back to it on a GPU, and the permutations drawn
         by another generator than the caller's (such as a CPU one whose result is then copied to the device)."""
         bad = [name for name, _ in self.calls if name in SYNCING]
-        bad += [f"{name} on another generator" for name, kw in self.calls
-                if name == "aten.randperm" and kw.get("generator") is not self.generator]
+        bad += [f"{name} on another generator" for name, kw in self.calls if name == "aten.randperm" and not kw["callers"]]
         return bad
 
 
