@@ -1,0 +1,123 @@
+"""SimCLR's per-step code, taken from representation_learning/simclr itself: no host sync, a batch order that
+depends on (seed, step) only, and colour matrices that do what the notebook says.
+
+The notebook's cells tagged `model` (the imports, the Config, the augmentations, the encoder, NT-Xent and the
+training functions) are executed here in the smoke preset on the CPU. A training step must not wait for the host
+on a GPU (issue 25): no tensor built from Python data (`new_tensor`, `torch.tensor` of a list), no matrix inverse
+(`linalg.inv` checks its result on the host), no `.item()`, and the batch order drawn on the device by a device
+generator. On the CPU a host-to-device copy cannot be seen, so the test records the operators the step dispatches
+and rejects the ones that sync or copy on a GPU, and any permutation not drawn by the caller's generator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "representation_learning" / "simclr" / "simclr.ipynb"
+SYNCING = {"aten.lift_fresh", "aten.lift_fresh_copy", "aten._local_scalar_dense", "aten.linalg_inv_ex",
+           "aten.nonzero"}  # built from host data, or read back to the host (on a GPU: a copy or a sync)
+
+
+class OpLog(TorchDispatchMode):
+    """Records every operator dispatched inside the block, with its keyword arguments. `generator`: the generator
+    every `randperm` must draw from (the device generator the caller passes)."""
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.generator = generator
+        self.calls: list[tuple[str, dict]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name, kwargs = str(func).rsplit(".", 1)[0], dict(kwargs or {})
+        if name == "aten.randperm":  # the caller's generator: the same device and, before the draw, the same state
+            gen = kwargs.get("generator")
+            kwargs["callers"] = (gen is not None and self.generator is not None and gen.device == self.generator.device
+                                 and torch.equal(gen.get_state(), self.generator.get_state()))
+        self.calls.append((name, kwargs))
+        return func(*args, **{k: v for k, v in kwargs.items() if k != "callers"})
+
+    def syncing(self) -> list[str]:
+        """The recorded operators that copy from the host or read back to it on a GPU, and the permutations drawn
+        by another generator than the caller's (such as a CPU one whose result is then copied to the device)."""
+        bad = [name for name, _ in self.calls if name in SYNCING]
+        bad += [f"{name} on another generator" for name, kw in self.calls if name == "aten.randperm" and not kw["callers"]]
+        return bad
+
+
+@pytest.fixture(scope="module")
+def simclr() -> dict:
+    """The namespace left by the notebook's `model` cells, run in the smoke preset on the CPU."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and "model" in c.metadata.get("tags", [])]
+    assert len(cells) >= 6, "the notebook's code cells up to the training functions are tagged `model`"
+    namespace: dict = {"mean": torch.full((1, 3, 1, 1), 0.45), "std": torch.full((1, 3, 1, 1), 0.25)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DL_PRESET", "smoke")
+        mp.setenv("DL_DEVICE", "cpu")
+        for source in cells:
+            exec(compile(source, str(NOTEBOOK), "exec"), namespace)
+    return namespace
+
+
+def test_the_log_catches_what_syncs() -> None:
+    """The check itself: each operator the old step used (a list turned into a tensor, an inverse, a CPU randperm
+    without a device, an `.item()`) is caught."""
+    x, given = torch.rand(4, 3, 2, 2), torch.Generator()
+    for make in (lambda: x.new_tensor([0.299, 0.587, 0.114]), lambda: torch.linalg.inv(torch.eye(3) * 2),
+                 lambda: torch.randperm(10, generator=torch.Generator().manual_seed(0)), lambda: x.sum().item()):
+        with OpLog(given) as log:
+            make()
+        assert log.syncing(), "the operator log missed a host copy or sync"
+    with OpLog(given) as log:
+        torch.randperm(10, generator=given)
+        x.mean(dim=(2, 3)).sum(0)
+    assert not log.syncing(), "the operator log flags what does not sync"
+
+
+def test_a_training_step_neither_syncs_nor_copies_from_the_host(simclr: dict) -> None:
+    cfg, device = simclr["cfg"], torch.device("cpu")
+    images = torch.randint(0, 256, (3 * cfg.batch_size, 3, 32, 32), dtype=torch.uint8)
+    model = simclr["new_model"](cfg, simclr["mean"], simclr["std"], device)
+    order_gen, view_gen = torch.Generator(device=device), torch.Generator(device=device)
+    with OpLog(order_gen) as log:
+        for step in range(2):
+            idx = simclr["batch_indices"](step, len(images), cfg.batch_size, cfg.seed, order_gen)
+            view_gen.manual_seed(cfg.seed * 1_000_003 + step)
+            views = simclr["layout"](simclr["two_views"](images[idx], cfg, view_gen, simclr["colours"]),
+                                     cfg.channels_last)
+            loss = simclr["nt_xent"](model(views), cfg.temperature)
+            loss.backward()
+    assert any(name == "aten.randperm" for name, _ in log.calls), "the batch order is no longer drawn by randperm"
+    assert not log.syncing(), f"a training step copies from or reads back to the host: {log.syncing()}"
+    assert views.shape == (2 * cfg.batch_size, 3, cfg.crop_size, cfg.crop_size)
+
+
+def test_the_batch_order_is_a_function_of_seed_and_step(simclr: dict) -> None:
+    """Whatever state the generator is in, step s gets the same images (a resumed run draws the same batches); one
+    epoch's batches never repeat an image."""
+    batch_indices, n, b = simclr["batch_indices"], 96, 32
+    fresh = torch.Generator()
+    used = torch.Generator().manual_seed(123)
+    torch.rand(5, generator=used)
+    epoch = [batch_indices(s, n, b, 0, fresh) for s in range(n // b)]
+    assert all(torch.equal(batch_indices(s, n, b, 0, used), epoch[s]) for s in reversed(range(n // b)))
+    assert torch.cat(epoch).unique().numel() == n
+    assert not torch.equal(batch_indices(n // b, n, b, 0, fresh), epoch[0]), "every epoch reshuffles"
+    assert not torch.equal(batch_indices(0, n, b, 1, fresh), epoch[0]), "the seed changes the order"
+
+
+def test_the_colour_matrices(simclr: dict) -> None:
+    """YIQ -> RGB inverts RGB -> YIQ; a hue rotation keeps the grey level and is the identity at angle 0."""
+    colours = simclr["colour_space"](torch.device("cpu"))
+    torch.testing.assert_close(colours.from_yiq @ colours.to_yiq, torch.eye(3), atol=1e-5, rtol=0)
+    rot = simclr["hue_rotation"](torch.tensor([0.0, 1.0, -2.5]), colours)  # (3, 3, 3)
+    torch.testing.assert_close(rot[0], torch.eye(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(colours.luma @ rot, colours.luma.expand(3, 3), atol=1e-5, rtol=0)
+    x = torch.rand(2, 3, 4, 4)
+    grey = simclr["grey_level"](x, colours.luma)
+    torch.testing.assert_close(grey[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
