@@ -189,19 +189,23 @@ def cpu_model() -> str:
 
 
 def code_version(task: str) -> dict[str, Any]:
-    """What code ran: the git commit and whether the tree was dirty (when in a git checkout; in a copy without
-    .git, the commit named by `DL_GIT_COMMIT`, dirtiness unknown), and the
-    SHA-256 of the task notebook's code cells (outputs excluded, so it identifies the code that ran)."""
+    """What code ran: the git commit and whether the tree was dirty (when in a git checkout), and the
+    SHA-256 of the task notebook's code cells (outputs excluded, so it identifies the code that ran).
+
+    `DL_GIT_COMMIT`, when set, names the commit instead (dirtiness unknown): a copy of the tree sent to another
+    machine (the GPU check) may carry a stale or no `.git`, so the sender names what it sent."""
     info: dict[str, Any] = {"git_commit": None, "git_dirty": None, "notebook_code_sha256": None}
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
-        info["git_commit"] = git("rev-parse", "HEAD")
-        info["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        # A copy of the tree without .git (a GPU machine the tree was sent to): the sender may name the commit.
-        info["git_commit"] = os.environ.get("DL_GIT_COMMIT") or None
+    if os.environ.get("DL_GIT_COMMIT"):
+        info["git_commit"] = os.environ["DL_GIT_COMMIT"]
+    else:
+        try:
+            def git(*args: str) -> str:
+                return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+                                      check=True).stdout.strip()
+            info["git_commit"] = git("rev-parse", "HEAD")
+            info["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+        except (OSError, subprocess.SubprocessError):
+            pass
     notebooks = sorted((REPO_ROOT / task).glob("*.ipynb"))
     if len(notebooks) == 1:
         cells = json.loads(notebooks[0].read_text()).get("cells", [])

@@ -311,3 +311,13 @@ def test_a_checkpoint_span_keeps_checkpoint_writes_out_of_train_seconds(tmp_path
             time.sleep(0.05)
     clock.stop()
     assert clock["checkpoint"] >= 0.15 and clock["train"] < 0.1
+
+
+def test_the_commit_named_by_the_sender_wins_over_the_copys_git(monkeypatch):
+    from common.record import code_version
+    own = code_version("image_generation/vae")
+    assert own["git_dirty"] in (True, False) and len(own["git_commit"]) == 40  # this checkout's own git
+    monkeypatch.setenv("DL_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
+    sent = code_version("image_generation/vae")
+    assert sent["git_commit"] == "0123456789abcdef0123456789abcdef01234567" and sent["git_dirty"] is None
+    assert sent["notebook_code_sha256"] == own["notebook_code_sha256"]
