@@ -5,10 +5,15 @@
 executes, in order, every code cell of NOTEBOOK whose metadata tags include "model", in one namespace, and returns
 that namespace (the functions and classes the cells define). Tag the cells a test needs in the notebook
 (cell metadata `"tags": [...]`), and keep them free of training and plotting.
+
+    namespace = notebook_functions(NOTEBOOK, "ema_update", "ode_sample", namespace={"torch": torch, ...})
+
+executes only the named top-level functions (with their decorators), for cells that also train or plot.
 """
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,3 +45,18 @@ def run_tagged(notebook: Path, tag: str, *, count: int | None = None, at_least: 
         assert len(sources) == count, f"{notebook.name}: {len(sources)} code cells tagged `{tag}`, expected {count}"
     assert len(sources) >= at_least, f"expected at least {at_least} code cells tagged `{tag}` in {notebook.name}"
     return run_sources(sources, notebook, namespace)
+
+
+def notebook_functions(notebook: Path, *names: str, namespace: dict | None = None) -> dict:
+    """Execute the notebook's top-level functions `names` (decorators included) in `namespace` (the modules they
+    use; a new one by default) and return it."""
+    source = "\n".join(cell_sources(notebook))
+    lines = source.split("\n")
+    chunks = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name in names:
+            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            chunks[node.name] = "\n".join(lines[start - 1:node.end_lineno])
+    assert sorted(chunks) == sorted(names), f"not found in {notebook.name}: {set(names) - set(chunks)}"
+    code = "from __future__ import annotations\n" + "\n\n".join(chunks.values())
+    return run_sources([code], notebook, namespace)

@@ -1,50 +1,42 @@
-"""The DDPM notebook's EMA update and the fairness of its eps-against-v side experiment, read from the notebook.
+"""The diffusion notebooks' EMA update (DDPM's and flow matching's) and the fairness of DDPM's eps-against-v side
+experiment, read from the notebooks.
 
-The functions are taken from the notebook's code cells by name (with their decorators) and executed in a fresh
-namespace. The EMA update, one `torch._foreach_lerp_`, must give what a Python loop of `lerp_` calls gives. The side
-experiment claims that both arms see the same random timesteps, noises and dropped labels under one seed: the loss
-must draw the same random numbers, in the same order, whichever quantity the network predicts.
+The functions are taken from the notebooks' code cells by name (with their decorators) and executed in a fresh
+namespace. The EMA update of both notebooks, one `torch._foreach_lerp_`, must give what a Python loop of `lerp_`
+calls gives. The side experiment claims that both arms see the same random timesteps, noises and dropped labels
+under one seed: the loss must draw the same random numbers, in the same order, whichever quantity the network
+predicts.
 """
 
 from __future__ import annotations
 
-import ast
 import copy
 import math
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
+from notebook_cells import notebook_functions
 from torch import nn
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_generation" / "ddpm" / "ddpm.ipynb"
+FLOW_MATCHING = NOTEBOOK.parent.parent / "flow_matching" / "flow_matching.ipynb"  # the same EMA update
 
 
-def notebook_functions(*names: str) -> dict:
-    """Execute the notebook's top-level functions `names` (decorators included) in a fresh namespace."""
-    source = "\n".join(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code")
-    lines = source.split("\n")
-    chunks = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef) and node.name in names:
-            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
-            chunks[node.name] = "\n".join(lines[start - 1:node.end_lineno])
-    assert sorted(chunks) == sorted(names), f"not found in the notebook: {set(names) - set(chunks)}"
-    namespace = {"torch": torch, "nn": nn, "F": F, "math": math}
-    code = "from __future__ import annotations\n" + "\n\n".join(chunks.values())
-    exec(compile(code, str(NOTEBOOK), "exec"), namespace)  # noqa: S102 - the repository's own notebook
-    return namespace
+def functions(notebook: Path, *names: str) -> dict:
+    return notebook_functions(notebook, *names, namespace={"torch": torch, "nn": nn, "F": F, "math": math})
 
 
 @pytest.fixture(scope="module")
 def ns() -> dict:
-    return notebook_functions("ema_update", "diffusion_loss", "q_sample", "make_schedule")
+    return functions(NOTEBOOK, "ema_update", "diffusion_loss", "q_sample", "make_schedule")
 
 
+@pytest.mark.parametrize("notebook", [NOTEBOOK, FLOW_MATCHING], ids=["ddpm", "flow_matching"])
 @pytest.mark.parametrize("step", [0, 3, 50, 10_000])
-def test_ema_update_equals_a_loop_of_lerp(ns: dict, step: int) -> None:
+def test_ema_update_equals_a_loop_of_lerp(notebook: Path, step: int) -> None:
+    ema_update = functions(notebook, "ema_update")["ema_update"]
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
     ema = copy.deepcopy(model)
@@ -55,7 +47,7 @@ def test_ema_update_equals_a_loop_of_lerp(ns: dict, step: int) -> None:
     with torch.no_grad():
         for p_ema, p in zip(expected.parameters(), model.parameters()):
             p_ema.lerp_(p, 1 - d)
-    ns["ema_update"](ema, model, 0.999, step)
+    ema_update(ema, model, 0.999, step)
     for got, want in zip(ema.parameters(), expected.parameters()):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
     assert any(not torch.equal(a, b) for a, b in zip(ema.parameters(), model.parameters()))

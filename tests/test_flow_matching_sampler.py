@@ -1,42 +1,24 @@
-"""Flow matching's ODE solvers and EMA update, read from the notebook (they are the lesson) and checked here.
+"""Flow matching's ODE solvers, read from the notebook (they are the lesson) and checked here.
 
 The functions are taken from the notebook's code cells by name (with their decorators) and executed in a fresh
 namespace. Heun must end with an Euler step (Karras et al. 2022, Algorithm 1): it spends exactly the NFE it is asked
-for, 2K - 1 for K steps, never evaluates the velocity at t = 1, and stays second order. The EMA update, one
-`torch._foreach_lerp_`, must give what a Python loop of `lerp_` calls gives.
+for, 2K - 1 for K steps, never evaluates the velocity at t = 1, and stays second order. Its EMA update is checked
+with DDPM's, in tests/test_ddpm_ema.py.
 """
 
 from __future__ import annotations
 
-import ast
-import copy
 import math
 import types
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
+from notebook_cells import notebook_functions
 from torch import nn
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_generation" / "flow_matching" / "flow_matching.ipynb"
-
-
-def notebook_functions(*names: str) -> dict:
-    """Execute the notebook's top-level functions `names` (decorators included) in a fresh namespace."""
-    source = "\n".join(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code")
-    lines = source.split("\n")
-    chunks = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef) and node.name in names:
-            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
-            chunks[node.name] = "\n".join(lines[start - 1:node.end_lineno])
-    assert sorted(chunks) == sorted(names), f"not found in the notebook: {set(names) - set(chunks)}"
-    namespace = {"torch": torch, "nn": nn, "F": F, "math": math}
-    code = "from __future__ import annotations\n" + "\n\n".join(chunks.values())
-    exec(compile(code, str(NOTEBOOK), "exec"), namespace)  # noqa: S102 - the repository's own notebook
-    return namespace
 
 
 class Recorder(nn.Module):
@@ -63,7 +45,8 @@ def solve(ns: dict, solver: str, nfe: int, clip_x1: bool = False) -> tuple[torch
 
 @pytest.fixture(scope="module")
 def ns() -> dict:
-    return notebook_functions("velocity", "time_grid", "ode_sample", "ema_update")
+    return notebook_functions(NOTEBOOK, "velocity", "time_grid", "ode_sample",
+                              namespace={"torch": torch, "nn": nn, "F": F, "math": math})
 
 
 @pytest.mark.parametrize("clip_x1", [False, True])
@@ -92,21 +75,3 @@ def test_heun_stays_second_order_and_beats_euler_at_equal_nfe(ns: dict) -> None:
     assert 3.0 < heun_ratio < 5.0, f"Heun's error fell {heun_ratio:.2f}-fold when its step halved, not about 4-fold"
     assert 1.7 < euler_ratio < 2.3
     assert error("heun", 19) < error("euler", 20) / 4
-
-
-@pytest.mark.parametrize("step", [0, 3, 50, 10_000])
-def test_ema_update_equals_a_loop_of_lerp(ns: dict, step: int) -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
-    ema = copy.deepcopy(model)
-    for p in model.parameters():
-        p.data.add_(torch.randn_like(p))  # the trained weights drift from the average
-    expected = copy.deepcopy(ema)
-    d = min(0.999, (1 + step) / (10 + step))  # the warm-up the notebook documents
-    with torch.no_grad():
-        for p_ema, p in zip(expected.parameters(), model.parameters()):
-            p_ema.lerp_(p, 1 - d)
-    ns["ema_update"](ema, model, 0.999, step)
-    for got, want in zip(ema.parameters(), expected.parameters()):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
-    assert any(not torch.equal(a, b) for a, b in zip(ema.parameters(), model.parameters()))
