@@ -5,7 +5,7 @@ for 28x28 grayscale digits. Instead, a small CNN trained on the training split o
 itself (MNIST or Fashion-MNIST) is the feature extractor: `common/fid_classifier.py` defines,
 trains (on the CPU, once, with a fixed seed) and caches it. This module is the metric: the
 128-d penultimate-layer features of generated samples are compared with those of the real test
-split:
+split (or, to choose settings, of held-out training images passed as `reference`):
 
     FD = |mu_g - mu_r|^2 + tr(S_g) + tr(S_r) - 2 tr((S_g S_r)^(1/2))
 
