@@ -5,7 +5,7 @@ for 28x28 grayscale digits. Instead, a small CNN trained on the training split o
 itself (MNIST or Fashion-MNIST) is the feature extractor: `common/fid_classifier.py` defines,
 trains (on the CPU, once, with a fixed seed) and caches it. This module is the metric: the
 128-d penultimate-layer features of generated samples are compared with those of the real test
-split:
+split (or, to choose settings, of held-out training images passed as `reference`):
 
     FD = |mu_g - mu_r|^2 + tr(S_g) + tr(S_r) - 2 tr((S_g S_r)^(1/2))
 
@@ -148,8 +148,8 @@ def _reference(dataset: str, preset: str | None, device: torch.device) -> tuple[
 
 
 def fid(samples: torch.Tensor, dataset: str = "mnist", device: torch.device | str | None = None,
-        preset: str | None = None) -> dict[str, Any]:
-    """Fréchet distance of `samples` to the real test split, in the FID classifier's feature space.
+        preset: str | None = None, reference: torch.Tensor | None = None) -> dict[str, Any]:
+    """Fréchet distance of `samples` to the real test split (or to `reference`), in the FID classifier's feature space.
 
     Args:
         samples: (N, 1, 28, 28) float in [0, 1] (clipped) or uint8 in [0, 255], N >= 2.
@@ -157,6 +157,9 @@ def fid(samples: torch.Tensor, dataset: str = "mnist", device: torch.device | st
         device: where the classifier runs (default: the device of `samples`).
         preset: classifier quality level (default: the active preset; 'smoke' = tiny classifier).
             The classifier is trained on the CPU whatever `device` is (see common/fid_classifier.py).
+        reference: real images to compare with instead of the test split, in the format of `samples`, at least 2:
+            held-out training images (a validation split) for choosing settings, so that the test split is
+            scored once, for the chosen setting. Default None: the test split.
 
     Returns a dict with:
         fid: the Fréchet distance to the whole real test split (its n_real images). It is
@@ -164,7 +167,8 @@ def fid(samples: torch.Tensor, dataset: str = "mnist", device: torch.device | st
         class_histogram: 10 fractions, the classifier's predicted classes of the samples.
         precision, recall: k-NN precision/recall (k=3) on m = min(N, n_real) samples and
             m real test images (fixed-seed random subsets), so both manifolds have equal size.
-        n_samples: N. n_real: the number of real test images the distance was measured against.
+        n_samples: N. n_real: the number of real images the distance was measured against.
+        reference: "test" (the test split) or "given" (`reference`).
     """
     check_dataset(dataset)
     samples = torch.as_tensor(samples)
@@ -172,6 +176,12 @@ def fid(samples: torch.Tensor, dataset: str = "mnist", device: torch.device | st
         raise ValueError(f"fid needs at least 2 samples (a covariance), got {len(samples)}")
     device = torch.device(device) if device is not None else samples.device
     model, real_feats, real_mu, real_sigma = _reference(dataset, preset, device)
+    if reference is not None:
+        reference = torch.as_tensor(reference)
+        if len(reference) < 2:
+            raise ValueError(f"fid needs at least 2 reference images (a covariance), got {len(reference)}")
+        real_feats, _ = extract_features(model, reference, device)
+        real_mu, real_sigma = feature_stats(real_feats)
     fake_feats, preds = extract_features(model, samples, device)
     distance = frechet_distance(*feature_stats(fake_feats), real_mu, real_sigma)
     histogram = torch.bincount(preds, minlength=10).double() / len(preds)
@@ -180,4 +190,4 @@ def fid(samples: torch.Tensor, dataset: str = "mnist", device: torch.device | st
                                          _subset(fake_feats, m).float().to(device))
     note_scored(model, dataset, preset)  # the record names the classifier: `fid_classifier_sha256`
     return {"fid": distance, "class_histogram": histogram.tolist(), "precision": precision, "recall": recall,
-            "n_samples": len(fake_feats), "n_real": len(real_feats)}
+            "n_samples": len(fake_feats), "n_real": len(real_feats), "reference": "test" if reference is None else "given"}

@@ -188,7 +188,8 @@ def test_single_class_is_far_and_concentrated(model: FIDClassifier, test_images:
 def test_fid_api_contract(model: FIDClassifier, test_images: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, _ = test_images
     result = fid(images[:300], dataset="mnist", device="cpu", preset="smoke")
-    assert set(result) == {"fid", "class_histogram", "precision", "recall", "n_samples", "n_real"}
+    assert set(result) == {"fid", "class_histogram", "precision", "recall", "n_samples", "n_real", "reference"}
+    assert result["reference"] == "test"
     assert isinstance(result["fid"], float) and result["fid"] >= 0
     assert len(result["class_histogram"]) == 10 and sum(result["class_histogram"]) == pytest.approx(1.0)
     assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
@@ -210,6 +211,22 @@ def test_fid_of_the_test_split_itself_is_zero(model: FIDClassifier, test_images:
     assert result["precision"] == result["recall"] == 1.0
     true_histogram = torch.bincount(labels, minlength=10).double() / len(labels)
     assert torch.tensor(result["class_histogram"]).sub(true_histogram).abs().sum() < 0.5
+
+
+def test_a_given_reference_replaces_the_test_split(model: FIDClassifier,
+                                                  test_images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """fid(..., reference=held_out) measures the distance to the held-out images (a validation split), not to the test
+    split: the reference itself scores 0 against itself, and a sample scores what the Frechet distance to it says."""
+    images, _ = test_images
+    half = len(images) // 2
+    held_out, samples = images[:half], _blur(images[half:], 1.0)
+    itself = fid(held_out, dataset="mnist", device="cpu", preset="smoke", reference=held_out)
+    assert itself["fid"] < 1e-6 and itself["reference"] == "given" and itself["n_real"] == half
+    given = fid(samples, dataset="mnist", device="cpu", preset="smoke", reference=held_out)
+    assert given["fid"] == pytest.approx(_distance(model, samples, held_out), rel=1e-9)
+    assert given["fid"] != pytest.approx(fid(samples, dataset="mnist", device="cpu", preset="smoke")["fid"], rel=1e-3)
+    with pytest.raises(ValueError):
+        fid(samples, dataset="mnist", device="cpu", preset="smoke", reference=held_out[:1])
 
 
 def test_real_halves_have_high_precision_and_recall(model: FIDClassifier,
