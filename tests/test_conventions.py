@@ -79,7 +79,7 @@ def test_committed_outputs_show_at_least_one_figure(task_dir: Path) -> None:
 # Issues 23 and 24, notebook by notebook: each notebook gains a `stop_after_steps` field (the mid-run resume test of
 # tests/test_notebooks.py) and a cost line before training (`announce_cost`) with its next real rerun, since its
 # committed outputs must come from its committed code. Remove a task from this set when its rerun lands.
-NOT_YET_CONVERTED = {"text_generation/bpe_gpt"}
+NOT_YET_CONVERTED: set[str] = set()
 
 
 @pytest.mark.parametrize("task_dir", TASK_DIRS, ids=_ids(TASK_DIRS))
