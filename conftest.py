@@ -75,41 +75,16 @@ def no_notebooks_message(missing: list[str]) -> str:
             "`pip install -r requirements.txt`")
 
 
-USER_DATA_VARIABLE = "DL_TESTS_USER_DATA_DIR"  # the user's data folder, kept for the xdist workers' configure
-
-
 def user_data_dir() -> Path:
-    """The user's real data folder, as `common.paths.data_dir()` finds it outside the tests (not created).
-
-    Under `pytest -n 2` the controller configures first and points `DL_DATA_DIR` at its sandbox; its workers inherit
-    that environment, so the folder the controller found is passed on in `DL_TESTS_USER_DATA_DIR`."""
-    return Path(os.environ.get(USER_DATA_VARIABLE) or os.environ.get("DL_DATA_DIR") or REPO_ROOT / "data").expanduser()
-
-
-def xdist_worker_count(config: pytest.Config) -> int:
-    """How many xdist workers run the tests: 0 without xdist (one process), else `-n`'s number, in every process."""
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        return int(workerinput["workercount"])
-    return int(getattr(config.option, "numprocesses", None) or 0)
-
-
-def threads_per_worker(cores: int, workers: int) -> int:
-    """Each xdist worker's share of the cores, at least one thread."""
-    return max(1, cores // max(1, workers))
+    """The user's real data folder, as `common.paths.data_dir()` finds it outside the tests (not created)."""
+    return Path(os.environ.get("DL_DATA_DIR") or REPO_ROOT / "data").expanduser()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     sandbox = Path(tempfile.mkdtemp(prefix="dl_tests_"))
     config.stash[SANDBOX] = sandbox
     config.stash[SNAPSHOT] = tree_snapshot()
-    user_data = str(user_data_dir().resolve())
-    os.environ[USER_DATA_VARIABLE] = user_data
-    extra = [user_data, *(d for d in os.environ.get("DL_EXTRA_DATA_DIRS", "").split(os.pathsep) if d != user_data)]
-    workers = xdist_worker_count(config)
-    if workers and hasattr(config, "workerinput") and "OMP_NUM_THREADS" not in os.environ:
-        # the workers share the cores: each notebook kernel it starts gets its share, not one thread per core each
-        os.environ["OMP_NUM_THREADS"] = str(threads_per_worker(os.cpu_count() or 1, workers))
+    extra = [str(user_data_dir().resolve()), os.environ.get("DL_EXTRA_DATA_DIRS", "")]
     os.environ["DL_PRESET"] = "smoke"
     os.environ["DL_RUNS_DIR"] = str(sandbox / "runs")
     os.environ["DL_CHECKPOINT_DIR"] = str(sandbox / "checkpoints")
@@ -141,42 +116,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The notebooks first (under `pytest -n 2` they are the long tests that the two workers share out at the start,
-    the short unit tests then fill the gaps), the working-tree check after every other test."""
+    """The working-tree check runs after every other test, notebooks included."""
     last = [item for item in items if item.name == LAST_TEST]
-    notebooks = [item for item in items if item.get_closest_marker("notebook") and item.name != LAST_TEST]
-    rest = [item for item in items if not item.get_closest_marker("notebook") and item.name != LAST_TEST]
-    items[:] = notebooks + rest + last
-
-
-def changes_since_start(config: pytest.Config) -> list[str] | None:
-    """Paths created, changed or deleted in the checkout since this process configured (None outside a git checkout)."""
-    before, after = config.stash[SNAPSHOT], tree_snapshot()
-    if before is None or after is None:
-        return None
-    return sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))
+    items[:] = [item for item in items if item.name != LAST_TEST] + last
 
 
 @pytest.fixture
 def tree_changes(request: pytest.FixtureRequest) -> list[str] | None:
-    """Paths created, changed or deleted in the checkout since pytest started (None outside a git checkout); under
-    xdist, in a worker, None: the controller checks instead, once every worker has finished (`pytest_sessionfinish`)."""
-    if hasattr(request.config, "workerinput"):
+    """Paths created, changed or deleted in the checkout since pytest started (None outside a git checkout)."""
+    before, after = request.config.stash[SNAPSHOT], tree_snapshot()
+    if before is None or after is None:
         return None
-    return changes_since_start(request.config)
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Under xdist (`pytest -n 2`), the working-tree check, in the controller after every worker has finished: a
-    worker's last test cannot know whether the other worker is still running a notebook. A change fails the run."""
-    config = session.config
-    if not xdist_worker_count(config) or hasattr(config, "workerinput"):
-        return
-    changes = changes_since_start(config)
-    if changes:
-        config.pluginmanager.get_plugin("terminalreporter").write_line(
-            f"the tests created, changed or deleted files in the repository: {changes[:20]}", red=True, bold=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))
 
 
 SANDBOX = pytest.StashKey[Path]()
