@@ -162,11 +162,11 @@ def fid(samples: torch.Tensor, dataset: str = "mnist", device: torch.device | st
             scored once, for the chosen setting. Default None: the test split.
 
     Returns a dict with:
-        fid: the Fréchet distance to the whole real test split (its n_real images). It is
-            biased upwards for small N: compare only runs with the same N and classifier.
+        fid: the Fréchet distance to the whole real test split, or to all of `reference` (its n_real images).
+            It is biased upwards for small N: compare only runs with the same N, classifier and reference.
         class_histogram: 10 fractions, the classifier's predicted classes of the samples.
         precision, recall: k-NN precision/recall (k=3) on m = min(N, n_real) samples and
-            m real test images (fixed-seed random subsets), so both manifolds have equal size.
+            m of those real images (fixed-seed random subsets), so both manifolds have equal size.
         n_samples: N. n_real: the number of real images the distance was measured against.
         reference: "test" (the test split) or "given" (`reference`).
     """
