@@ -24,7 +24,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    else:
+    elif torch.are_deterministic_algorithms_enabled():
+        # only when needed: this call imports torch.compile's machinery, seconds of a CPU run's start-up
         torch.use_deterministic_algorithms(False)
 
 

@@ -1,4 +1,6 @@
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -55,6 +57,15 @@ def test_deterministic_mode_toggles(monkeypatch):
     assert torch.are_deterministic_algorithms_enabled()
     seed_everything(0)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_seeding_does_not_import_the_compiler():
+    """Every notebook seeds at start-up; `torch.use_deterministic_algorithms` imports Dynamo and Inductor (seconds
+    on a CPU), so seeding in the default mode must not call it when the deterministic mode is already off."""
+    code = ("import sys, common; common.seed_everything(0); "
+            "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', 'torch._inductor'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"seeding imported the compiler: {out[:300]}"
 
 
 def test_get_device_prints_one_line(capsys, monkeypatch):
