@@ -47,12 +47,23 @@ def smoke_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DL_RUNS_DIR", str(runs))
     monkeypatch.setenv("DL_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # a killed kernel leaves its temporary files here
     return runs
+
+
+def client_for(nb: nbformat.NotebookNode, cwd: Path) -> NotebookClient:
+    """A client that runs `nb` in a fresh kernel whose working directory is `cwd`, and kills the kernel at the end
+    rather than asking it to exit: a kernel that has imported torch and started tqdm's monitor thread takes 2-3 s to
+    shut down gracefully, three kernels per notebook. Every file a notebook writes is written inside a cell (the
+    records and checkpoints this test reads are complete), and its temporary files go to the test's folder (TMPDIR)."""
+    return NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
+                          shutdown_kernel="immediate")
 
 
 def execute(nb: nbformat.NotebookNode, cwd: Path) -> str:
     """Run every cell of `nb` in a fresh kernel whose working directory is `cwd`; returns the text it printed."""
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    client_for(nb, cwd).execute()
     return " ".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
 
 
@@ -84,7 +95,7 @@ def execute_through_training(nb: nbformat.NotebookNode, cwd: Path) -> str:
     """Run the cells of `nb` up to and including the first cell after the Config that reads `cfg.stop_after_steps`
     (the training loop); returns the text they printed."""
     loop = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "cfg.stop_after_steps" in c.source)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
+    client = client_for(nb, cwd)
     with client.setup_kernel():
         for i, cell in enumerate(nb.cells[:loop + 1]):
             client.execute_cell(cell, i)
