@@ -16,24 +16,33 @@ def show_images(images: torch.Tensor | np.ndarray, nrow: int = 8, titles: Sequen
     """Show a batch of images in a grid and return the figure.
 
     `images`: (B, C, H, W) or (B, H, W), either uint8 in [0, 255] or float in [0, 1]
-    (floats are clipped). `titles`: one short caption per image.
+    (floats are clipped). `titles`: one short caption per image, written above it.
+
+    The grid is drawn as one picture on one pair of axes, with a white gap between the images: one axes per image
+    cost about 13 ms each to build and lay out, over a second for a 10 x 10 grid.
     """
     x = torch.as_tensor(images).detach().cpu()
     if x.dim() == 3:
         x = x.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
     x = x.float() / 255 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # grey as RGB: (B, 1, H, W) -> (B, 3, H, W)
     x = x.permute(0, 2, 3, 1).numpy()  # (B, C, H, W) -> (B, H, W, C) for imshow
-    b = x.shape[0]
+    b, h, w, _ = x.shape
     ncol = min(nrow, b)
     nrows = math.ceil(b / ncol)
-    fig, axes = plt.subplots(nrows, ncol, figsize=(scale * ncol, scale * nrows * (1.25 if titles else 1)), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < b:
-            img = x[i, :, :, 0] if x.shape[-1] == 1 else x[i]
-            ax.imshow(img, cmap="gray" if x.shape[-1] == 1 else None, vmin=0, vmax=1)
-            if titles is not None:
-                ax.set_title(titles[i], fontsize=8)
+    gap = max(1, h // 14)  # white pixels between neighbouring images
+    band = round(0.3 * h) if titles is not None else 0  # pixels above each row for its captions
+    cell_h, cell_w = band + h + gap, w + gap
+    grid = np.ones((nrows * cell_h - gap, ncol * cell_w - gap, 3), dtype=np.float32)  # white
+    for i in range(b):
+        top, left = (i // ncol) * cell_h + band, (i % ncol) * cell_w
+        grid[top:top + h, left:left + w] = x[i]
+    fig, ax = plt.subplots(figsize=(scale * ncol, scale * nrows * (1.25 if titles else 1)))
+    ax.imshow(grid, interpolation="nearest")
+    ax.axis("off")
+    for i, caption in enumerate((titles or [])[:b]):
+        ax.text((i % ncol) * cell_w + (w - 1) / 2, (i // ncol) * cell_h + (band - 1) / 2, caption, fontsize=8,
+                ha="center", va="center")
     if title:
         fig.suptitle(title)
     with warnings.catch_warnings():  # tiny grids cannot always fit their titles; the figure is still fine

@@ -187,12 +187,25 @@ def test_run_record_has_the_required_fields(runs_tmp):
 
 
 def test_show_images_accepts_uint8_and_float():
-    fig = show_images(torch.randint(0, 255, (10, 1, 28, 28), dtype=torch.uint8), nrow=4, titles=[str(i) for i in range(10)])
-    assert len([ax for ax in fig.axes if ax.images]) == 10
-    assert len(fig.axes) == 12  # 3 rows of 4
+    images = torch.randint(0, 255, (10, 1, 28, 28), dtype=torch.uint8)
+    fig = show_images(images, nrow=4, titles=[str(i) for i in range(10)])
+    assert len(fig.axes) == 1, "one picture on one pair of axes, not one axes per image"
+    grid = fig.axes[0].images[0].get_array()
+    gap, band = 2, round(0.3 * 28)  # 28 // 14 white pixels between images, a caption band above each row
+    assert grid.shape == (3 * (band + 28 + gap) - gap, 4 * (28 + gap) - gap, 3)  # 3 rows of 4
+    top, left = 2 * (band + 28 + gap) + band, 1 * (28 + gap)  # image 9: row 2, column 1
+    assert np.allclose(grid[top:top + 28, left:left + 28, 0], images[9, 0].numpy() / 255)
+    assert np.allclose(grid[top:top + 28, left:left + 28, 0], grid[top:top + 28, left:left + 28, 2])  # grey
+    assert (grid[top:top + 28, left - gap:left] == 1).all(), "the gap between two images is white"
+    assert (grid[top:top + 28, left + 2 * (28 + gap):] == 1).all(), "the missing 12th image is white"
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(str(i) for i in range(10))
     plt.close(fig)
-    fig = show_images(torch.rand(3, 3, 32, 32), title="colour")
-    assert fig.axes[0].images[0].get_array().shape == (32, 32, 3)
+    colour = torch.rand(3, 3, 32, 32) * 1.5
+    fig = show_images(colour, title="colour")
+    grid = fig.axes[0].images[0].get_array()
+    assert grid.shape == (32, 3 * 32 + 2 * 2, 3)
+    assert np.allclose(grid[:, 34:66], colour[1].clamp(0, 1).permute(1, 2, 0).numpy())  # floats clipped to [0, 1]
+    assert fig._suptitle.get_text() == "colour"
     plt.close(fig)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,54 @@ def test_every_task_notebook_has_the_current_header(notebook: Path) -> None:
     assert nb.cells[0].source.startswith(update_readme.colab_badge(f"{folder}/{notebook.name}"))
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=IDS)
-def test_the_setup_cell_prints_nothing_where_common_is_importable(notebook: Path, tmp_path: Path) -> None:
-    """Run as its own Python process (the repository's interpreter), outside the repository, like a kernel would."""
-    source = notebook_header.setup_cell_source(notebook.parent.relative_to(REPO_ROOT).as_posix())
+RUN_SETUP_CELLS = r"""
+import contextlib, io, json, sys, traceback
+sources, results = json.load(open(sys.argv[1])), {}
+for folder, source in sources.items():  # each in a fresh namespace, its own output captured
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            exec(compile(source, f"setup cell of {folder}", "exec"), {"__name__": "__main__"})
+        except BaseException:
+            traceback.print_exc()
+    results[folder] = [out.getvalue(), err.getvalue()]
+json.dump(results, open(sys.argv[2], "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def setup_cell_outputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, dict]:
+    """Every task's setup cell, run one after another in one Python process (the repository's interpreter), outside
+    the repository, like a kernel would: folder -> [what it printed, what it wrote to stderr]. One process rather than
+    one per notebook: each new process spent about 3.5 s importing torch. The first cell imports `common`; what that
+    import itself prints (a warning, say) is therefore charged to the first notebook, or, if written below Python's
+    sys.stdout (by C code), to the process's own output, which every notebook's test checks too."""
     assert importlib.util.find_spec("common") is not None, "this test needs the repository installed (pip install -e .)"
-    result = subprocess.run([sys.executable, "-c", source], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    work = tmp_path_factory.mktemp("setup_cells")
+    sources = {folder: notebook_header.setup_cell_source(folder) for folder in IDS}
+    (work / "sources.json").write_text(json.dumps(sources))
+    proc = subprocess.run([sys.executable, "-c", RUN_SETUP_CELLS, "sources.json", "results.json"], cwd=work,
+                          capture_output=True, text=True, timeout=120)
+    return proc, (json.loads((work / "results.json").read_text()) if proc.returncode == 0 else {})
+
+
+@pytest.mark.parametrize("folder", IDS)
+def test_the_setup_cell_prints_nothing_where_common_is_importable(folder: str, setup_cell_outputs) -> None:
+    proc, results = setup_cell_outputs
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), "the process running the setup cells"
+    assert results[folder] == ["", ""], f"the setup cell of {folder} printed something"
+
+
+def test_a_setup_cell_that_prints_is_caught(tmp_path: Path) -> None:
+    """The runner above reports a cell's output and its errors, so the test above can fail."""
+    sources = {"a": "print('installing')", "b": "import sys; print('x', file=sys.stderr)", "c": "raise ValueError('no')"}
+    (tmp_path / "sources.json").write_text(json.dumps(sources))
+    proc = subprocess.run([sys.executable, "-c", RUN_SETUP_CELLS, "sources.json", "results.json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert results["a"] == ["installing\n", ""] and results["b"] == ["", "x\n"]
+    assert results["c"][0] == "" and "ValueError: no" in results["c"][1]
 
 
 def run_without_common(source: str, monkeypatch: pytest.MonkeyPatch, returncode: int = 0,
