@@ -38,15 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "image_generation" / "ddpm" / "ddpm.ipynb"
 OUT_DIR = REPO_ROOT / "results" / "image_generation" / "ddpm" / "sampling_precision"
 
-MEASURE = r'''
-import contextlib
-import json as _json
-import time as _time
-
+TENSOR_CORE_BF16 = r'''
 from torch.utils._python_dispatch import TorchDispatchMode as _TorchDispatchMode
-
-from common.fid_classifier import scored_classifiers as _scored_classifiers
-
 
 class _TensorCoreBf16(_TorchDispatchMode):
     """Under CPU bf16 autocast: each convolution and matrix product whose inputs autocast made bf16 is computed in
@@ -64,6 +57,14 @@ class _TensorCoreBf16(_TorchDispatchMode):
             down = lambda o: o.bfloat16() if isinstance(o, torch.Tensor) and o.is_floating_point() else o
             return tuple(down(o) for o in out) if isinstance(out, tuple) else down(out)
         return func(*args, **kwargs)
+'''
+
+MEASURE = TENSOR_CORE_BF16 + r'''
+import contextlib
+import json as _json
+import time as _time
+
+from common.fid_classifier import scored_classifiers as _scored_classifiers
 
 def _draw(precision: str, seed: int, n: int, steps: int) -> tuple[torch.Tensor, float]:
     """n unconditional DDIM samples in [0, 1] from the seed's noise, the network in `precision`; and seconds."""
