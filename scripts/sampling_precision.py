@@ -138,11 +138,11 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"} | {"MPLBACKEND": "Agg"}
     client = NotebookClient(nb, timeout=24 * 3600, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    commit, dirty = git_commit()  # the code that runs: read before it runs
     start = time.perf_counter()
     client.execute(env=env)
     text = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []))
     result = json.loads(next(line for line in text.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
-    commit, dirty = git_commit()
     result.update(task="image_generation/ddpm", what="sampling precision: fp32 against bf16 autocast",
                   wall_seconds=time.perf_counter() - start, git_commit=commit, git_dirty=dirty,
                   python=platform.python_version(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

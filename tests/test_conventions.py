@@ -131,7 +131,11 @@ def test_the_learning_path_checker_catches_missing_folders_self_references_and_c
     assert check({"a/x": {"prerequisites": ["a/y"]}, "a/y": {"prerequisites": ["a/x"]}})[0].startswith("the learning path has a cycle")
 
 
-RECORDS = sorted((REPO_ROOT / "results").glob("**/*.json"))
+RECORDS = sorted((REPO_ROOT / "results").glob("*/*/*.json"))  # results/<category>/<task>/: the notebooks' run records
+# results/<category>/<task>/<measurement>/: records of a one-off measurement script (scripts/sampling_precision.py),
+# which the README's table does not read
+MEASUREMENTS = sorted((REPO_ROOT / "results").glob("*/*/*/**/*.json"))
+MEASUREMENT_KEYS = {"task", "preset", "what", "device", "data", "git_commit", "git_dirty", "finished_at"}
 
 
 @pytest.mark.parametrize("path", RECORDS, ids=_ids(RECORDS))
@@ -140,6 +144,15 @@ def test_committed_records_are_complete(path: Path) -> None:
     assert RECORD_KEYS <= set(record), f"missing {RECORD_KEYS - set(record)}"
     assert path.parent.relative_to(REPO_ROOT / "results").as_posix() == record["task"]
     assert record["preset"] in ("quick", "full"), "publish only quick and full runs"
+
+
+@pytest.mark.parametrize("path", MEASUREMENTS, ids=_ids(MEASUREMENTS))
+def test_committed_measurements_name_their_task_run_and_code(path: Path) -> None:
+    record = json.loads(path.read_text())
+    assert MEASUREMENT_KEYS <= set(record), f"missing {MEASUREMENT_KEYS - set(record)}"
+    assert path.parent.parent.relative_to(REPO_ROOT / "results").as_posix() == record["task"]
+    assert record["preset"] in ("quick", "full"), "publish only quick and full runs"
+    assert record["git_commit"] and record["git_dirty"] is False, "a published measurement names a clean commit"
 
 
 def test_readme_table_is_up_to_date() -> None:
