@@ -1,14 +1,13 @@
 """Every notebook runs, writes one honest run record, and resumes from its checkpoint.
 
 Each notebook runs in the `smoke` preset, in a temporary folder: once from scratch (every cell must run
-without error; a failing cell is reported with its source and traceback), then resumed from its checkpoint.
+without error; a failing cell is reported with its source and traceback), then resumed *part-way*.
 
-A notebook whose Config has a `stop_after_steps: int = 0` field is resumed *part-way*: its cells are run again up
-to the training cell with `stop_after_steps` set to the task.toml's `resume_test_stop`, which stops the training
-there with a checkpoint; then the whole notebook runs with `resume = True` and must end with exactly the
-uninterrupted run's metric (the task.toml's `resume_test_metric`, else its `metric`; on the CPU). A notebook without
-that field is resumed from its last checkpoint, at the end of training (the older, weaker test, until its next rerun
-adds the field).
+Every notebook's Config has a `stop_after_steps: int = 0` field: its cells are run again up to the training cell
+with `stop_after_steps` set to the task.toml's `resume_test_stop`, which stops the training there with a
+checkpoint; then the whole notebook runs with `resume = True` and must end with exactly the uninterrupted run's
+metric (the task.toml's `resume_test_metric`, else its `metric`; on the CPU). A notebook without that field fails:
+resuming only from the end of training would never run the training loop after a resume.
 
 Nothing else executes the notebooks (nbval, which would run each again, is used only when asked:
 `pytest --nbval-lax <notebook>`). Notebooks are found by globbing, so a new task is covered without editing this
@@ -82,10 +81,8 @@ def with_resume(path: Path, resume: bool, stop_after: int = 0) -> nbformat.Noteb
 
 
 def mid_run_stop(path: Path) -> int:
-    """The step at which the resume test interrupts the training (the task.toml's `resume_test_stop`), or 0 for a
-    notebook without a `stop_after_steps` field."""
-    if STOP_FIELD not in path.read_text():
-        return 0
+    """The step at which the resume test interrupts the training (the task.toml's `resume_test_stop`)."""
+    assert STOP_FIELD in path.read_text(), f"the Config needs a `{STOP_FIELD}` field for the mid-run resume test"
     meta = tomllib.loads((path.parent / "task.toml").read_text())
     assert meta.get("resume_test_stop", 0) > 0, "a notebook with stop_after_steps needs resume_test_stop in task.toml"
     return meta["resume_test_stop"]
@@ -117,8 +114,8 @@ def check_record(record: dict, path: Path, fresh: bool) -> None:
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_writes_a_record_and_resumes_from_its_checkpoint(path: Path, tmp_path: Path, smoke_env: Path) -> None:
-    """Run once in smoke, then resume: part-way through the training where the notebook allows it (the final metric
-    must equal the uninterrupted run's), else from the first run's last checkpoint."""
+    """Run once in smoke, stop a second run part-way through the training, resume it: the final metric must equal
+    the uninterrupted run's."""
     first = execute(with_resume(path, False), tmp_path)
     records = [json.loads(p.read_text()) for p in smoke_env.glob("*.json")]
     assert len(records) == 1, f"expected one run record, found {len(records)}"
@@ -128,19 +125,26 @@ def test_notebook_writes_a_record_and_resumes_from_its_checkpoint(path: Path, tm
     assert not list(tmp_path.glob("*.pt")) and not (tmp_path / "checkpoints").samefile(tmp_path)
 
     stop = mid_run_stop(path)
-    if stop:
-        stopped = execute_through_training(with_resume(path, False, stop_after=stop), tmp_path)
-        assert f"stopped after step {stop}" in stopped, "stop_after_steps did not stop the training there"
+    stopped = execute_through_training(with_resume(path, False, stop_after=stop), tmp_path)
+    assert f"stopped after step {stop}" in stopped, "stop_after_steps did not stop the training there"
     second = execute(with_resume(path, True), tmp_path)
     assert "resumed" in second.lower(), "the resumed run did not say it resumed"
     records = sorted((json.loads(p.read_text()) for p in smoke_env.glob("*.json")), key=lambda r: r["finished_at"])
     assert len(records) == 2, "only the two whole runs write a record"
     check_record(records[1], path, fresh=False)
-    if stop:
-        assert f"at step {stop}" in second, "the resumed run did not start from the interrupted step"
-        meta = tomllib.loads((path.parent / "task.toml").read_text())
-        metric = meta.get("resume_test_metric", meta["metric"])  # the metric the training decides
-        assert records[1]["metrics"][metric] == records[0]["metrics"][metric], \
-            f"resumed part-way, the run ended with a different {metric} than the uninterrupted run"
-    else:  # the resumed run keeps the first run's training time rather than starting its clock at zero
-        assert records[1]["train_seconds"] >= records[0]["train_seconds"] * 0.99
+    assert f"at step {stop}" in second, "the resumed run did not start from the interrupted step"
+    meta = tomllib.loads((path.parent / "task.toml").read_text())
+    metric = meta.get("resume_test_metric", meta["metric"])  # the metric the training decides
+    assert records[1]["metrics"][metric] == records[0]["metrics"][metric], \
+        f"resumed part-way, the run ended with a different {metric} than the uninterrupted run"
+
+
+def test_a_notebook_without_stop_after_steps_fails_the_resume_test(tmp_path: Path) -> None:
+    """The mid-run resume test has no weaker fallback: a Config without the field is an error, not a skipped check."""
+    (tmp_path / "task.toml").write_text("resume_test_stop = 3\n")
+    without, with_field = tmp_path / "without.ipynb", tmp_path / "with.ipynb"
+    without.write_text('{"cells": [{"source": "    resume: bool = False\\n"}]}')
+    with_field.write_text('{"cells": [{"source": "    stop_after_steps: int = 0  # steps\\n"}]}')
+    with pytest.raises(AssertionError, match="stop_after_steps"):
+        mid_run_stop(without)
+    assert mid_run_stop(with_field) == 3
