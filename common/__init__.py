@@ -24,6 +24,7 @@ from common.precision import (amp_dtype, autocast, compile_report, compile_unava
 from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
 from common.seed import rng_state, seed_everything, set_rng_state
+from common.slicing import exit_if_slice_over, slice_time_up
 
 # Which package this is: the notebooks' setup cell checks it, since any package can be called `common`.
 PACKAGE_ID = "dl-4090-hours-common"  # the distribution's name in pyproject.toml
@@ -48,6 +49,7 @@ __all__ = [
     "data_dir",
     "describe_device",
     "enable_tf32",
+    "exit_if_slice_over",
     "fid",
     "fp32_exact",
     "get_classifier",
@@ -72,6 +74,7 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "show_images",
+    "slice_time_up",
     "to_channels_last",
     "write_run_record",
 ]

@@ -42,8 +42,9 @@ def notebooks() -> dict[str, Path]:
     return {p.parent.relative_to(REPO_ROOT).as_posix(): p for p in found}
 
 
-def notebook_to_script(path: Path) -> str:
-    """The notebook's code cells as one Python script; IPython magics and shell lines are commented out."""
+def notebook_to_script(path: Path, between: str = "") -> str:
+    """The notebook's code cells as one Python script; IPython magics and shell lines are commented out.
+    `between`, if given, is a line put after every cell (scripts/campaign.py: stop after a stopped slice)."""
     cells = json.loads(path.read_text())["cells"]
     parts = []
     for i, cell in enumerate(cells):
@@ -51,7 +52,7 @@ def notebook_to_script(path: Path) -> str:
             continue
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         lines = [f"# (magic) {line}" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
-        parts.append(f"# ---- cell {i} ----\n" + "\n".join(lines))
+        parts.append(f"# ---- cell {i} ----\n" + "\n".join(lines) + (f"\n{between}" if between else ""))
     script = "\n\n".join(parts) + "\n"
     compile(script, str(path), "exec")  # a syntax error is reported here, before any run
     return script

@@ -81,15 +81,33 @@ def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
 DESKTOP_4090 = re.compile(r"(NVIDIA )?(GeForce )?RTX 4090", re.IGNORECASE)
 
 
+def run_devices(record: dict) -> list[str]:
+    """Every device the run trained on: each slice's (scripts/campaign.py), else the record's own."""
+    devices = sorted({s["device"] for s in record.get("slices") or [] if s.get("device")})
+    return devices or [record.get("gpu") or record["device"]]
+
+
 def is_4090(record: dict) -> bool:
-    """A CUDA run on the desktop GeForce RTX 4090 (the card of the title): the RTX 4090 Laptop GPU (a different,
-    slower chip), the RTX 4090 D and any other name merely containing '4090' do not count."""
-    name = " ".join((record.get("gpu") or record["device"]).split())
-    return record["device_type"] == "cuda" and DESKTOP_4090.fullmatch(name) is not None
+    """A CUDA run on the desktop GeForce RTX 4090 (the card of the title), in every slice if it ran in slices: the
+    RTX 4090 Laptop GPU (a different, slower chip), the RTX 4090 D and any other name merely containing '4090' do
+    not count, nor does a run that spent any slice on another GPU."""
+    return record["device_type"] == "cuda" and all(DESKTOP_4090.fullmatch(" ".join(name.split())) is not None
+                                                   for name in run_devices(record))
 
 
 def gpu_name(record: dict) -> str:
-    return record.get("gpu") or record["device"]
+    """The GPU a run used, or all of them joined by ' + ' if its slices ran on several."""
+    return " + ".join(run_devices(record))
+
+
+def seconds_per_device(record: dict) -> dict[str, float]:
+    """The run's `train_seconds`, split by the device each slice ran on (all on one device without slices)."""
+    if not record.get("slices"):
+        return {gpu_name(record): record["train_seconds"]}
+    split: dict[str, float] = {}
+    for s in record["slices"]:
+        split[s["device"]] = split.get(s["device"], 0.0) + s["train_seconds"]
+    return split
 
 
 def newest(records: list[dict], preset: str, where: str) -> list[dict]:
@@ -167,8 +185,9 @@ def other_gpus_line(tasks: list[Task]) -> str:
     per_gpu: dict[str, dict[str, float]] = {}
     for t in tasks:
         for r in newest(t.records, "full", "gpu"):
-            if not is_4090(r):
-                per_gpu.setdefault(gpu_name(r), {})[t.folder] = r["train_seconds"]
+            if not is_4090(r):  # a run in slices on several GPUs counts under each, with its slices' seconds
+                for name, seconds in seconds_per_device(r).items():
+                    per_gpu.setdefault(name, {})[t.folder] = seconds
     if not per_gpu:
         return "No `full` run has been measured on another GPU either."
     parts = [f"{name}: {sum(s.values()) / 3600:.2f} hours over {len(s)} of {len(tasks)} tasks"

@@ -100,3 +100,22 @@ def test_a_gpu_time_that_ran_eagerly_after_a_compile_fallback_says_so(tmp_path: 
     record["compile"]["models"][0]["status"] = record["compile"]["status"] = "compiled"
     (results / "rtx.json").write_text(json.dumps(record))
     assert "eager" not in update_readme.render_table(update_readme.load_tasks(tmp_path))
+
+
+def test_a_run_in_slices_on_two_gpus_is_listed_under_each_and_never_as_a_4090(tmp_path: Path) -> None:
+    slices = [{"device": "NVIDIA GeForce RTX 4090", "train_seconds": 100.0},
+              {"device": "NVIDIA H100 80GB HBM3", "train_seconds": 260.0}]
+    full = {"preset": "full", "device": "NVIDIA H100 80GB HBM3", "gpu": "NVIDIA H100 80GB HBM3", "device_type": "cuda",
+            "train_seconds": 360.0, "slices": slices}
+    add_task(tmp_path, "gan", "fid", [full])
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "NVIDIA GeForce RTX 4090 + NVIDIA H100 80GB HBM3" in table
+    assert "0 of 1 tasks have a `full` run measured on an RTX 4090" in table
+    other = next(line for line in table.splitlines() if line.startswith("Measured on other GPUs"))
+    assert "NVIDIA GeForce RTX 4090: 0.03 hours over 1 of 1 tasks" in other
+    assert "NVIDIA H100 80GB HBM3: 0.07 hours over 1 of 1 tasks" in other
+    one_gpu = {**full, "slices": [{**s, "device": "NVIDIA GeForce RTX 4090"} for s in slices],
+               "device": "NVIDIA GeForce RTX 4090", "gpu": "NVIDIA GeForce RTX 4090", "finished_at": "2026-02-01"}
+    add_task(tmp_path, "vae", "fid", [one_gpu])
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "1 of 2 tasks have a `full` run measured on an RTX 4090" in table

@@ -1,0 +1,292 @@
+"""`full` runs in slices, and the campaign that spends a short GPU loan on them.
+
+    python scripts/campaign.py run image_generation/ddpm --seconds 540 --state STATE/ddpm --data-dir DATA
+    python scripts/campaign.py next --budget 780 --root STATE --data-dir DATA
+    python scripts/campaign.py list
+
+`run` trains one task's preset (default `full`) for at most `--seconds` of wall clock. Its training loop stops
+at a step boundary early enough to write its checkpoint (see common/slicing.py), everything a resume needs
+goes into the state folder (`checkpoints/`: weights, optimiser, schedule, EMA, data order, random streams, the
+run's clock; `state.json`: the slices so far), it prints "stopped at step k of K, resume with the same command"
+and exits 0. The same command with the same state folder resumes. The slice in which the run finishes also
+evaluates, and its run record gets the list of slices (device, steps, train seconds, wall seconds) and is
+copied into `results/<task>/`. `train_seconds` stays what the notebook's clock measured: the sum of the
+slices' optimisation steps, since the clock travels in the checkpoint.
+
+A slice that may finish the training (judged from the earlier slices' pace, or for the first slice from the
+campaign's estimate) must leave time for what runs after the training loop (evaluation, sampling): `--tail`
+seconds (default: the task's `tail_minutes` in scripts/campaign.toml) are kept free; the training stops that
+early, and if it did not finish, the next slice finishes it. A slice that cannot finish trains until just before
+its end. If a slice is killed at `--seconds` anyway, the next one resumes from the run's last periodic
+checkpoint, and the steps it had checkpointed count in the next slice's accounting. Like
+scripts/gpu_check.py it needs no Jupyter: the notebook's code cells run as one Python script, with
+`common.slicing.exit_if_slice_over()` between cells.
+
+`next` spends a budget of `--budget` seconds: it first resumes any unfinished run under `--root`, then starts
+the cheapest task (by scripts/campaign.toml's estimate) that has no `full` record for its current notebook code,
+and never starts a task whose shortest useful slice (`min_slice_minutes`) does not fit in what is left.
+`list` prints the campaign file with each task's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_check  # noqa: E402  (notebook discovery and the notebook-to-script conversion)
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+REPO_ROOT = gpu_check.REPO_ROOT
+CAMPAIGN = Path(__file__).resolve().parent / "campaign.toml"
+BETWEEN_CELLS = "import common.slicing as _slicing; _slicing.exit_if_slice_over()"
+RESUME_FALSE, RESUME_TRUE = "resume: bool = False", "resume: bool = True"
+END_MARGIN = 20  # seconds kept after the training loop's deadline: the rest of its cell and the process's exit
+
+
+def campaign(path: Path = CAMPAIGN) -> dict[str, dict[str, Any]]:
+    """Task folder -> its entry in the campaign file."""
+    return tomllib.loads(path.read_text())["task"]
+
+
+def notebook_code_sha256(path: Path) -> str:
+    """The SHA-256 of a notebook's code cells, as common.record.code_version computes it for the run record."""
+    cells = json.loads(path.read_text()).get("cells", [])
+    code = "\n\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+                       for c in cells if c.get("cell_type") == "code")
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def slice_script(path: Path, resume: bool) -> str:
+    """The notebook as a script that exits after the cell in which a slice stopped; `resume` edits the Config."""
+    script = gpu_check.notebook_to_script(path, between=BETWEEN_CELLS)
+    if script.count(RESUME_FALSE) != 1:
+        raise SystemExit(f"{path}: the Config needs exactly one `{RESUME_FALSE}` field to resume slices")
+    return script.replace(RESUME_FALSE, RESUME_TRUE) if resume else script
+
+
+def may_finish(slices: list[dict[str, Any]], seconds: float, entry: dict[str, Any]) -> bool:
+    """Whether the run might finish its training in a slice of `seconds`: from the earlier slices' pace (steps per
+    train second, and the start-up each slice costs), else from the campaign's estimate (a task without an entry,
+    such as the template, counts as one that may finish). Only a slice that may finish keeps the tail free: the
+    others train until just before their end, since their tail would go unused."""
+    done = [s for s in slices if s.get("to_step") is not None and s["train_seconds"] > 0]
+    if not done:
+        return 60 * entry.get("estimate_minutes", 0) <= seconds
+    pace = sum(s["to_step"] - s["from_step"] for s in done) / sum(s["train_seconds"] for s in done)
+    start_up = max(s["wall_seconds"] - s["train_seconds"] for s in done)
+    remaining = (done[-1]["of_steps"] - done[-1]["to_step"]) / max(pace, 1e-9)
+    return remaining + start_up + END_MARGIN < seconds
+
+
+def folder_mib(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def load_state(state_dir: Path, task: str, preset: str, code: str) -> dict[str, Any]:
+    path = state_dir / "state.json"
+    if not path.is_file():
+        return {"task": task, "preset": preset, "notebook_code_sha256": code, "slices": [], "finished": False}
+    state = json.loads(path.read_text())
+    if (state["task"], state["preset"]) != (task, preset):
+        raise SystemExit(f"{state_dir} holds a {state['preset']} run of {state['task']}, not {preset} of {task}")
+    if state["notebook_code_sha256"] != code:
+        raise SystemExit(f"{task}'s notebook code changed since this run's first slice: its checkpoint is of other "
+                         f"code; start again in an empty state folder")
+    return state
+
+
+def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset: str = "full",
+              device: str = "cuda", tail: float | None = None, slice_steps: int = 0, save: bool = True) -> int:
+    """One slice of `task`'s `preset` run; returns 0 when it stopped or finished cleanly, 1 otherwise."""
+    path = gpu_check.notebooks()[task]
+    code = notebook_code_sha256(path)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = load_state(state_dir, task, preset, code)
+    if state["finished"]:
+        print(f"{task}: finished already ({len(state['slices'])} slices); record {state.get('record')}")
+        return 0
+    entry = campaign().get(task, {})
+    tail = 60 * entry.get("tail_minutes", 0) if tail is None else tail
+    reserve = END_MARGIN + (tail if may_finish(state["slices"], seconds, entry) else 0)
+    script = state_dir / "notebook.py"
+    script.write_text(slice_script(path, resume=bool(state["slices"])))
+    marker, runs = state_dir / "marker.json", state_dir / "runs"
+    marker.unlink(missing_ok=True)
+    runs.mkdir(exist_ok=True)
+    before = {p.name for p in runs.glob("*.json")}
+    start = time.time()
+    env = {**os.environ, "DL_PRESET": preset, "DL_DATA_DIR": str(data_dir), "DL_DEVICE": device,
+           "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "DL_CHECKPOINT_DIR": str(state_dir / "checkpoints"),
+           "DL_RUNS_DIR": str(runs), "DL_SLICE_MARKER": str(marker), "DL_SLICE_DEADLINE": str(start + seconds - reserve),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    if slice_steps:
+        env["DL_SLICE_STEPS"] = str(slice_steps)
+    log = state_dir / f"slice_{len(state['slices']) + 1}.log"
+    with open(log, "w") as f:
+        try:
+            rc = subprocess.run([sys.executable, str(script)], cwd=state_dir, env=env, stdout=f,
+                                stderr=subprocess.STDOUT, timeout=seconds).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    wall = time.time() - start
+    done_train = sum(s["train_seconds"] for s in state["slices"])
+    from_step = state["slices"][-1]["to_step"] if state["slices"] else 0
+    entry: dict[str, Any] = {"from_step": from_step, "wall_seconds": round(wall, 2),
+                             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if rc is None or rc != 0:
+        print(f"{task}: the slice {'ran past its ' + str(seconds) + ' s' if rc is None else 'failed (exit ' + str(rc) + ')'}; "
+              f"log {log}:\n  " + "\n  ".join(log.read_text().splitlines()[-15:]))
+        return 1
+    if marker.is_file():
+        stop = json.loads(marker.read_text())
+        entry.update(device=stop["device"], to_step=stop["step"], of_steps=stop["of"],
+                     train_seconds=round(stop["train_seconds"] - done_train, 4))
+        state["slices"].append(entry)
+        (state_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+        print(f"{task}: stopped at step {stop['step']} of {stop['of']}, resume with the same command "
+              f"(slice {len(state['slices'])}: {wall:.0f} s wall, {entry['train_seconds']:.1f} s of steps on "
+              f"{stop['device']}; state folder {folder_mib(state_dir):.1f} MiB)")
+        return 0
+    new = sorted(p for p in runs.glob("*.json") if p.name not in before)
+    if not new:
+        print(f"{task}: the notebook ended without a stop and without a run record; log {log}")
+        return 1
+    record = json.loads(new[-1].read_text())
+    of_steps = state["slices"][-1]["of_steps"] if state["slices"] else None
+    entry.update(device=record["device"], to_step=of_steps, of_steps=of_steps,
+                 train_seconds=round(record["train_seconds"] - done_train, 4))
+    state["slices"].append(entry)
+    record["slices"] = state["slices"]
+    new[-1].write_text(json.dumps(record, indent=2) + "\n")
+    state.update(finished=True, record=new[-1].name)
+    if save:
+        target = REPO_ROOT / "results" / task / new[-1].name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(new[-1], target)
+        state["record"] = str(target.relative_to(REPO_ROOT))
+    (state_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    devices = sorted({s["device"] for s in state["slices"]})
+    print(f"{task}: finished in {len(state['slices'])} slice(s) on {', '.join(devices)}: {record['train_seconds']:.1f} s "
+          f"of steps; record {state['record']}")
+    return 0
+
+
+def has_full_record(task: str, code: str, preset: str = "full") -> bool:
+    """Whether results/<task>/ holds a record of `preset` whose notebook code is `code`."""
+    for path in (REPO_ROOT / "results" / task).glob(f"*__{preset}__*.json"):
+        record = json.loads(path.read_text())
+        if record.get("preset") == preset and (record.get("code") or {}).get("notebook_code_sha256") == code:
+            return True
+    return False
+
+
+def plan(tasks: dict[str, dict[str, Any]], root: Path, budget: float) -> list[tuple[str, str]]:
+    """What `next` would do, in order: (task, why) for the unfinished runs under `root` first, then the tasks
+    without a record for their current code, cheapest first, each only if its shortest useful slice fits."""
+    available = gpu_check.notebooks()
+    order: list[tuple[str, str]] = []
+    for task in tasks:
+        state = root / task.replace("/", "__") / "state.json"
+        if state.is_file() and not json.loads(state.read_text())["finished"]:
+            order.append((task, "resume"))
+    fresh = [t for t in tasks if t in available and (t, "resume") not in order
+             and not (root / t.replace("/", "__") / "state.json").is_file()
+             and not has_full_record(t, notebook_code_sha256(available[t]))]
+    for task in sorted(fresh, key=lambda t: tasks[t]["estimate_minutes"]):
+        if 60 * tasks[task]["min_slice_minutes"] <= budget:
+            order.append((task, "start"))
+    return order
+
+
+def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: bool) -> int:
+    """Spend `budget` seconds: resume unfinished runs, then start new ones, while a useful slice still fits."""
+    tasks, end, failed = campaign(), time.time() + budget, 0
+    while True:
+        left = end - time.time()
+        order = plan(tasks, root, left)
+        if not order:
+            print(f"campaign: nothing more fits in the {left:.0f} s left")
+            return 1 if failed else 0
+        task, why = order[0]
+        if why == "resume" and 60 * tasks[task]["min_slice_minutes"] > left:
+            print(f"campaign: {task} is unfinished, but its shortest useful slice "
+                  f"({tasks[task]['min_slice_minutes']} min) does not fit in the {left:.0f} s left")
+            return 1 if failed else 0
+        print(f"campaign: {why} {task} with {left:.0f} s left")
+        rc = run_slice(task, left, root / task.replace("/", "__"), data_dir, device=device, save=save)
+        failed += rc != 0
+        state = json.loads((root / task.replace("/", "__") / "state.json").read_text()) \
+            if (root / task.replace("/", "__") / "state.json").is_file() else {"finished": False}
+        if rc != 0 or not state["finished"]:
+            return 1 if failed else 0  # a slice that stopped used the budget; a failure needs a look
+
+
+def list_campaign(root: Path | None) -> None:
+    available = gpu_check.notebooks()
+    for task, entry in sorted(campaign().items(), key=lambda kv: kv[1]["estimate_minutes"]):
+        code = notebook_code_sha256(available[task]) if task in available else None
+        status = "record for this code" if code and has_full_record(task, code) else "no record for this code"
+        state = root / task.replace("/", "__") / "state.json" if root else None
+        if state and state.is_file():
+            s = json.loads(state.read_text())
+            status += f"; {len(s['slices'])} slice(s){', finished' if s['finished'] else ''}"
+        print(f"{task:<40} ~{entry['estimate_minutes']:>5} min  data {', '.join(entry['data'])}  [{status}]")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("run", help="one slice of one task's run")
+    one.add_argument("task", help="a task folder, e.g. image_generation/ddpm")
+    one.add_argument("--seconds", type=float, required=True, help="the slice's wall-clock budget")
+    one.add_argument("--state", type=Path, required=True, help="the state folder (keep it between slices)")
+    one.add_argument("--preset", default="full", choices=("smoke", "quick", "full"))
+    one.add_argument("--tail", type=float, default=None,
+                     help="seconds kept free after training (default: the task's tail_minutes in campaign.toml)")
+    one.add_argument("--slice-steps", type=int, default=0, help="at most this many steps per slice (tests)")
+    nxt = sub.add_parser("next", help="spend a budget on the campaign")
+    nxt.add_argument("--budget", type=float, required=True, help="seconds to spend")
+    nxt.add_argument("--root", type=Path, required=True, help="the folder holding one state folder per task")
+    lst = sub.add_parser("list", help="the campaign file and each task's state")
+    lst.add_argument("--root", type=Path, default=None)
+    for p in (one, nxt):
+        p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DL_DATA_DIR") or REPO_ROOT / "data"))
+        p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+        p.add_argument("--no-save", action="store_true", help="do not copy the finished record into results/")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.command == "list":
+        list_campaign(args.root)
+        return 0
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            print("no CUDA device here: pass --device cpu to run the same path on the CPU")
+            return gpu_check.NO_CUDA
+    data_dir = args.data_dir.expanduser().resolve()
+    if args.command == "run":
+        return run_slice(args.task, args.seconds, args.state.resolve(), data_dir, args.preset, args.device,
+                         args.tail, args.slice_steps, not args.no_save)
+    return run_campaign(args.budget, args.root.resolve(), data_dir, args.device, not args.no_save)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

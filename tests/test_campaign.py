@@ -1,0 +1,139 @@
+"""Slices (common/slicing.py) and the campaign (scripts/campaign.py, scripts/campaign.toml), tested on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common import slicing
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "scripts" / "campaign.py"
+spec = importlib.util.spec_from_file_location("campaign", SCRIPT)
+campaign = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(campaign)
+
+
+class FakeClock:
+    device = "cpu"
+
+    def __getitem__(self, name: str) -> float:
+        return 12.5
+
+
+@pytest.fixture
+def fresh_slice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A process that has not stopped a slice yet, with the marker file in a temporary folder."""
+    slicing._reset()
+    for name in (slicing.DEADLINE_ENV, slicing.STEPS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(slicing.MARKER_ENV, str(tmp_path / "marker.json"))
+    yield tmp_path / "marker.json"
+    slicing._reset()
+
+
+def test_without_the_runner_nothing_stops(fresh_slice: Path) -> None:
+    assert not any(slicing.slice_time_up(FakeClock(), k, 100, 0) for k in range(1, 100))
+    assert not fresh_slice.exists()
+    slicing.exit_if_slice_over()  # returns: nothing stopped
+
+
+def test_a_step_budget_stops_after_that_many_steps_of_this_slice(fresh_slice: Path, monkeypatch) -> None:
+    monkeypatch.setenv(slicing.STEPS_ENV, "10")
+    calls = [slicing.slice_time_up(FakeClock(), k, 100, 20) for k in range(21, 40)]  # resumed at step 20
+    assert calls.index(True) == 9  # after step 30: ten steps in this slice
+    marker = json.loads(fresh_slice.read_text())
+    assert marker == {"step": 30, "of": 100, "train_seconds": 12.5, "device": marker["device"], "why": "step budget"}
+    assert all(calls[9:]), "a stopped slice stays stopped"
+    assert json.loads(fresh_slice.read_text())["step"] == 30, "later calls do not move the marker"
+    with pytest.raises(SystemExit) as exit_:
+        slicing.exit_if_slice_over()
+    assert exit_.value.code == 0
+
+
+def test_the_last_step_is_never_cut(fresh_slice: Path, monkeypatch) -> None:
+    monkeypatch.setenv(slicing.STEPS_ENV, "1")
+    assert not slicing.slice_time_up(FakeClock(), 5, 5, 4)
+    assert not fresh_slice.exists()
+
+
+def test_the_deadline_keeps_a_margin_of_three_steps_and_the_checkpoint(fresh_slice: Path, monkeypatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(slicing.time, "time", lambda: now[0])
+    deadline = 1000.0 + 100.0
+    monkeypatch.setenv(slicing.DEADLINE_ENV, str(deadline))
+    step_seconds = 2.0
+    for k in range(1, 1000):
+        stop = slicing.slice_time_up(FakeClock(), k, 1000, 0)
+        if stop:
+            break
+        now[0] += step_seconds
+    # it stops at the first step where three more steps and the checkpoint margin would pass the deadline
+    assert now[0] + 3 * step_seconds + slicing.MARGIN_SECONDS >= deadline
+    assert now[0] - step_seconds + 3 * step_seconds + slicing.MARGIN_SECONDS < deadline
+    assert json.loads(fresh_slice.read_text())["why"] == "deadline"
+
+
+def test_the_campaign_file_lists_every_task_with_what_a_bare_machine_needs() -> None:
+    tasks = campaign.campaign()
+    notebooks = {t for t in campaign.gpu_check.notebooks() if not t.startswith("templates/")}
+    assert set(tasks) == notebooks
+    for task, entry in tasks.items():
+        assert entry["estimate_minutes"] > 0 and entry["min_slice_minutes"] > 0, task
+        assert entry["tail_minutes"] >= 0 and entry["estimate_basis"], task
+        assert entry["data"] and entry["paper_result"], task
+        assert isinstance(entry["sliced"], bool), task
+
+
+def test_the_plan_resumes_first_then_the_cheapest_without_a_record(tmp_path: Path, monkeypatch) -> None:
+    tasks = {"a/cheap": {"estimate_minutes": 2, "min_slice_minutes": 1},
+             "b/dear": {"estimate_minutes": 30, "min_slice_minutes": 12},
+             "c/mid": {"estimate_minutes": 9, "min_slice_minutes": 3},
+             "d/done": {"estimate_minutes": 1, "min_slice_minutes": 1}}
+    monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {t: tmp_path / f"{t}.ipynb" for t in tasks})
+    monkeypatch.setattr(campaign, "notebook_code_sha256", lambda path: "code")
+    monkeypatch.setattr(campaign, "has_full_record", lambda task, code: task == "d/done")
+    (tmp_path / "root" / "c__mid").mkdir(parents=True)
+    (tmp_path / "root" / "c__mid" / "state.json").write_text(json.dumps({"finished": False}))
+    plan = campaign.plan(tasks, tmp_path / "root", budget=600)
+    assert plan == [("c/mid", "resume"), ("a/cheap", "start")], "b/dear's 12-minute slice does not fit in 10"
+    assert campaign.plan(tasks, tmp_path / "root", budget=900)[-1] == ("b/dear", "start")
+
+
+def run_slices(state: Path, data_dir: str, slice_steps: int) -> list[str]:
+    outputs = []
+    for _ in range(4):
+        result = subprocess.run([sys.executable, str(SCRIPT), "run", "templates/task_template", "--preset", "smoke",
+                                 "--device", "cpu", "--seconds", "300", "--tail", "0", "--state", str(state),
+                                 "--no-save", "--data-dir", data_dir, "--slice-steps", str(slice_steps)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        outputs.append(result.stdout)
+        if "finished" in result.stdout:
+            break
+    return outputs
+
+
+@pytest.mark.notebook
+def test_a_run_cut_into_three_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: Path) -> None:
+    """The template in smoke (30 steps), once whole and once as three slices of at most 10 steps: the same
+    metrics, and train_seconds is the sum of the slices'."""
+    data_dir = os.environ["DL_DATA_DIR"]  # the root conftest's sandbox; the user's data is in DL_EXTRA_DATA_DIRS
+    whole = run_slices(tmp_path / "whole", data_dir, 0)
+    sliced = run_slices(tmp_path / "sliced", data_dir, 10)
+    assert len(whole) == 1 and len(sliced) == 3
+    assert "stopped at step 10 of 30, resume with the same command" in sliced[0]
+    assert "stopped at step 20 of 30" in sliced[1] and "finished in 3 slice(s)" in sliced[2]
+    [a] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
+    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    assert a["metrics"] == b["metrics"]
+    assert [(s["from_step"], s["to_step"]) for s in b["slices"]] == [(0, 10), (10, 20), (20, 30)]
+    assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=1e-3)
+    assert all(s["device"].startswith("cpu") and s["wall_seconds"] > 0 for s in b["slices"])
+    assert len(a["slices"]) == 1 and a["slices"][0]["train_seconds"] == pytest.approx(a["train_seconds"], abs=1e-3)
