@@ -19,7 +19,7 @@ The timing policy (`TIMING_POLICY`, stored in every record as `timing`):
 - `notebook_seconds` is the wall clock from the first `import common` to the record.
 
 Memory: `peak_memory_bytes` is the whole notebook's peak (allocated GPU memory on CUDA, the process's
-peak resident set size elsewhere). On CUDA the clock also measures each span's peak, allocated and
+peak resident set size elsewhere; None where the platform cannot say: Windows has no `resource` module). On CUDA the clock also measures each span's peak, allocated and
 reserved (`peak_memory_by_span`), and `train_peak_memory` is that of the `train` and `compile` spans:
 the number a claim such as "the full preset fits a 24 GB card" rests on (reserved is what the card
 must hold).
@@ -34,7 +34,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -167,12 +166,17 @@ def _reset_peak_memory(device: torch.device) -> None:
     torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory_bytes(device: torch.device) -> int:
+def peak_memory_bytes(device: torch.device) -> int | None:
     """Peak memory of the whole process so far: allocated GPU memory on CUDA (across the clocks' resets of
-    the peak statistics), else the process's peak resident set size."""
+    the peak statistics), else the process's peak resident set size; None (unknown) where the platform has no
+    `resource` module (Windows)."""
     if device.type == "cuda":
         before = _PROCESS_PEAK.get(str(torch.device(device)), (0, 0))
         return _fold(before, _peak_since_reset(device))[0]
+    try:
+        import resource  # POSIX only: imported here so that `import common` works on Windows
+    except ImportError:
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB, macOS bytes
 
@@ -235,6 +239,10 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _peak_text(peak: int | None) -> str:
+    return "peak memory unknown" if peak is None else f"peak memory {peak / 2**20:.0f} MiB"
+
+
 def _train_peak_text(record: Mapping[str, Any]) -> str:
     peak = record.get("train_peak_memory")
     if not peak:
@@ -274,7 +282,7 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         "timing_policy": TIMING_POLICY_TEXT,
         "train_seconds": round(clock["train"], 2),
         "timings": timings,
-        "peak_memory_bytes": peak_memory_bytes(device),  # the whole notebook's peak (allocated on CUDA)
+        "peak_memory_bytes": peak_memory_bytes(device),  # the whole notebook's peak (allocated on CUDA); None: unknown
         # CUDA only (None elsewhere): the training peak, and every span's, allocated and reserved, in bytes
         "train_peak_memory": clock.train_peak_memory(),
         "peak_memory_by_span": dict(sorted(clock.peak_memory.items())) if device.type == "cuda" else None,
@@ -295,5 +303,5 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
     path.write_text(json.dumps(record, indent=2) + "\n")
     others = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k != "train")
     print(f"Run record written: {path.name} (train {record['train_seconds']:.1f} s; {others}; "
-          f"peak memory {record['peak_memory_bytes'] / 2**20:.0f} MiB{_train_peak_text(record)})")
+          f"{_peak_text(record['peak_memory_bytes'])}{_train_peak_text(record)})")
     return path

@@ -1,7 +1,10 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -334,3 +337,26 @@ def test_the_commit_named_by_the_sender_wins_over_the_copys_git(monkeypatch):
     sent = code_version("image_generation/vae")
     assert sent["git_commit"] == "0123456789abcdef0123456789abcdef01234567" and sent["git_dirty"] is None
     assert sent["notebook_code_sha256"] == own["notebook_code_sha256"]
+
+
+def test_common_imports_and_writes_a_record_without_the_resource_module(tmp_path):
+    """Windows has no `resource` module: `import common` must still work there, and a record on the CPU says the
+    process's peak memory is unknown (None) rather than failing or guessing. A fresh interpreter where importing
+    `resource` raises ImportError (as on Windows) plays that machine."""
+    script = (
+        "import sys\n"
+        "sys.modules['resource'] = None  # `import resource` now raises ImportError, as on Windows\n"
+        "import json, torch, common\n"
+        "clock = common.RunClock(torch.device('cpu'))\n"
+        "with clock.span('train'):\n"
+        "    pass\n"
+        "path = common.write_run_record('templates/task_template', 'smoke', torch.device('cpu'), clock, {}, data='none')\n"
+        "record = json.loads(path.read_text())\n"
+        "assert 'resource' not in sys.modules or sys.modules['resource'] is None\n"
+        "print('PEAK', record['peak_memory_bytes'])\n"
+    )
+    env = {**os.environ, "DL_RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(Path(common.__file__).parent.parent)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PEAK None" in result.stdout and "peak memory unknown" in result.stdout
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 1
