@@ -46,7 +46,7 @@ import torch
 from common.paths import REPO_ROOT, runs_dir
 from common.device import describe_device
 from common.fid_classifier import scored_classifiers
-from common.precision import compile_report, precision_mode
+from common.precision import compile_report, precision_ran
 
 TIMING_POLICY = "steps-only/v1"
 TIMING_POLICY_TEXT = ("train_seconds = optimisation steps only (forward, backward, optimiser, on-device batching); "
@@ -276,7 +276,8 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": cpu_model(),
         "data": data,
-        "precision": precision_mode(device),  # what the forward pass ran in: bf16, fp16 (with loss scaling) or fp32
+        # what the forward passes ran in: the dtype common.autocast ran in (bf16, fp16 with loss scaling), else fp32
+        "precision": precision_ran(),
         "compile": compile_report(),  # compiled, or fell back to eager (and why), per maybe_compile'd model
         "timing": TIMING_POLICY,
         "timing_policy": TIMING_POLICY_TEXT,

@@ -14,6 +14,7 @@ from torch import nn
 
 import common
 import common.checkpoint
+import common.precision
 from common import (CheckpointError, RunClock, checkpoint_path, load_checkpoint, plot_curves, save_checkpoint,
                     show_images, write_run_record)
 
@@ -262,6 +263,7 @@ MiB = 2**20
 
 def test_each_span_records_its_own_cuda_memory_peak(monkeypatch, runs_tmp):
     gpu = FakeCudaMemory(monkeypatch)
+    monkeypatch.setattr(common.precision, "_AUTOCAST_RAN", set())  # as in a fresh kernel: no autocast has run
     cuda = torch.device("cuda")
     gpu.use(100 * MiB)  # the model and the data, before any span
     clock = RunClock(cuda)
@@ -286,7 +288,8 @@ def test_each_span_records_its_own_cuda_memory_peak(monkeypatch, runs_tmp):
     assert record["train_peak_memory"] == {"allocated_bytes": 500 * MiB, "reserved_bytes": 500 * MiB}
     assert record["peak_memory_by_span"]["sample"]["reserved_bytes"] == 1100 * MiB
     assert record["peak_memory_bytes"] == 1100 * MiB  # the old field: the whole notebook's allocated peak
-    assert record["precision"] == "bf16" and record["gpu"] == "NVIDIA GeForce RTX 4090"
+    # the fake 4090 supports bf16, but nothing here entered common.autocast: the forward passes ran in fp32
+    assert record["precision"] == "fp32" and record["gpu"] == "NVIDIA GeForce RTX 4090"
 
 
 def test_a_second_clock_does_not_erase_the_first_ones_peak(monkeypatch):
