@@ -14,8 +14,8 @@ The timing policy (`TIMING_POLICY`, stored in every record as `timing`):
   (`eval`, `sample`, `checkpoint`, ...) and are recorded separately under `timings`: a checkpoint
   write inside the training loop is `with clock.span("checkpoint"): save_checkpoint(...)`.
 - The first step of a `torch.compile`d model (which compiles it) is timed as `compile`.
-- On CUDA the clock synchronises only where a span starts or stops, never inside a span, so timing
-  does not slow training down.
+- On CUDA and Apple MPS the clock synchronises only where a span starts or stops, never inside a span, so
+  timing does not slow training down.
 - `notebook_seconds` is the wall clock from the first `import common` to the record.
 
 Memory: `peak_memory_bytes` is the whole notebook's peak (allocated GPU memory on CUDA, the process's
@@ -84,8 +84,11 @@ class RunClock:
         return self.device is not None and torch.device(self.device).type == "cuda"
 
     def _sync(self) -> None:
+        """Wait for the device's queued work (CUDA and MPS run asynchronously), so that a span times the work."""
         if self._cuda:
             torch.cuda.synchronize(self.device)
+        elif self.device is not None and torch.device(self.device).type == "mps":
+            torch.mps.synchronize()
 
     def start(self, name: str) -> None:
         """Make `name` the running span (a no-op if it already is; otherwise stops the running one first)."""

@@ -320,6 +320,21 @@ def test_memory_tracking_is_a_no_op_on_the_cpu(monkeypatch, runs_tmp):
     assert record["peak_memory_bytes"] > 10 * MiB
 
 
+def test_the_clock_synchronises_mps_where_spans_start_and_stop(monkeypatch):
+    """MPS runs asynchronously, like CUDA: an unsynchronised clock would time kernel launches, not the work."""
+    calls = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append("mps"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: pytest.fail("a CUDA call on the MPS path"))
+    clock = RunClock(torch.device("mps"))
+    clock.start("train")
+    assert calls == ["mps"]
+    clock.start("train")  # the next step of the same span: no synchronisation inside a span
+    assert calls == ["mps"]
+    with clock.span("eval"):
+        assert calls == ["mps", "mps", "mps"]  # train stopped, eval started
+    assert calls == ["mps"] * 4 and clock.peak_memory == {}
+
+
 def test_a_checkpoint_span_keeps_checkpoint_writes_out_of_train_seconds(tmp_path):
     clock = RunClock(torch.device("cpu"))
     for step in range(3):
