@@ -8,8 +8,8 @@ with one line that says why. The last source is never abandoned for being slow (
 slow, and there is no next one): one line says it is below the floor, and its progress bar runs to the end.
 Whatever a source served is checked against the checksum; a copy that does not match is rejected with one line
 and the next source is tried. The progress bar names the source and shows its speed; the last line names the
-source that served the file. Verified files are kept in `common.paths.cache_dir()`, so
-each archive is downloaded once per machine.
+source that served the file. Verified files are kept in `common.paths.cache_dir()`, so each archive is
+downloaded once per machine.
 """
 
 from __future__ import annotations
@@ -77,8 +77,7 @@ def fetch(filename: str, sources: Sequence[Source], checksum: tuple[str, str], *
     """`folder/filename` (default folder: `cache_dir()`), downloaded from the first source that serves a copy
     matching `checksum` = (algorithm, hex digest) at `min_speed` bytes/s or faster, measured over `window` seconds
     (defaults: `MIN_SPEED`, `WINDOW`), or else from the last source at whatever speed it manages; a verified copy
-    already there is used as it is. Raises `DownloadError`
-    (one line: each source's fate) when no source does."""
+    already there is used as it is. Raises `DownloadError` (one line: each source's fate) when no source does."""
     min_speed = MIN_SPEED if min_speed is None else min_speed
     window = WINDOW if window is None else window
     folder = Path(folder) if folder is not None else cache_dir()

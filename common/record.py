@@ -19,10 +19,10 @@ The timing policy (`TIMING_POLICY`, stored in every record as `timing`):
 - `notebook_seconds` is the wall clock from the first `import common` to the record.
 
 Memory: `peak_memory_bytes` is the whole notebook's peak (allocated GPU memory on CUDA, the process's
-peak resident set size elsewhere; None where the platform cannot say: Windows has no `resource` module). On CUDA the clock also measures each span's peak, allocated and
-reserved (`peak_memory_by_span`), and `train_peak_memory` is that of the `train` and `compile` spans:
-the number a claim such as "the full preset fits a 24 GB card" rests on (reserved is what the card
-must hold).
+peak resident set size elsewhere; None where the platform cannot say: Windows has no `resource` module).
+On CUDA the clock also measures each span's peak, allocated and reserved (`peak_memory_by_span`), and
+`train_peak_memory` is that of the `train` and `compile` spans: the number a claim such as "the full
+preset fits a 24 GB card" rests on (reserved is what the card must hold).
 """
 
 from __future__ import annotations
