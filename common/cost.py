@@ -12,10 +12,12 @@ GPU the default preset is `full`, sized for an RTX 4090: this line is what tells
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
 from common.device import describe_device
+from common.precision import amp_dtype
 from common.preset import get_preset
 
 UTILIZATION = 0.4  # the fraction of the probe's matmul throughput a training loop reaches (an assumption)
@@ -23,17 +25,18 @@ OTHER_PRESETS = {"smoke": "seconds: a test", "quick": "minutes on a laptop CPU",
 
 
 def probe_flops(device: torch.device | str, seconds: float = 0.3, size: int | None = None) -> float:
-    """Floating-point operations per second of square matmuls on `device` for about `seconds`: bf16 on CUDA
-    (where the notebooks train under bf16 autocast), float32 elsewhere. `size`: the matrix side (default 4096
+    """Floating-point operations per second of square matmuls on `device` for about `seconds`, in the dtype
+    training runs in there (`amp_dtype`, the one `common.autocast` uses: bf16 from compute capability 8.0, fp16 on
+    7.x such as a T4, whose bf16 is only emulated; float32 elsewhere). `size`: the matrix side (default 4096
     on CUDA, 512 elsewhere)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     n = size or (4096 if cuda else 512)
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = amp_dtype(device) or torch.float32
     gen = torch.Generator(device=device).manual_seed(0)  # its own stream: the notebook's random numbers stay as they are
     a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = _synchronizer(device)
     a @ b  # warm-up: kernels chosen and memory allocated outside the timed part
     sync()
     count, start = 0, time.perf_counter()
@@ -43,6 +46,15 @@ def probe_flops(device: torch.device | str, seconds: float = 0.3, size: int | No
         count += 4
         sync()
     return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    """A call that waits for `device`'s queued work: CUDA and MPS run asynchronously, the CPU does not."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
 
 
 def format_duration(seconds: float) -> str:

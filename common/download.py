@@ -4,10 +4,12 @@
 
 tries each `Source` in turn. A source whose speed stays below `min_speed` bytes/s over a `window` of seconds
 (1 MB/s over 15 s by default), that sends nothing for a `window`, or that fails, is abandoned for the next one,
-with one line that says why. Whatever a source served is checked against the checksum; a copy that does not match
-is rejected with one line and the next source is tried. The progress bar names the source and shows its speed;
-the last line names the source that served the file. Verified files are kept in `common.paths.cache_dir()`, so
-each archive is downloaded once per machine.
+with one line that says why. The last source is never abandoned for being slow (on a slow link every source is
+slow, and there is no next one): one line says it is below the floor, and its progress bar runs to the end.
+Whatever a source served is checked against the checksum; a copy that does not match is rejected with one line
+and the next source is tried. The progress bar names the source and shows its speed; the last line names the
+source that served the file. Verified files are kept in `common.paths.cache_dir()`, so each archive is
+downloaded once per machine.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import sys
 import tempfile
 import time
 import urllib.error
@@ -73,8 +76,8 @@ def fetch(filename: str, sources: Sequence[Source], checksum: tuple[str, str], *
           min_speed: float | None = None, window: float | None = None, progress: bool = True) -> Download:
     """`folder/filename` (default folder: `cache_dir()`), downloaded from the first source that serves a copy
     matching `checksum` = (algorithm, hex digest) at `min_speed` bytes/s or faster, measured over `window` seconds
-    (defaults: `MIN_SPEED`, `WINDOW`); a verified copy already there is used as it is. Raises `DownloadError`
-    (one line: each source's fate) when no source does."""
+    (defaults: `MIN_SPEED`, `WINDOW`), or else from the last source at whatever speed it manages; a verified copy
+    already there is used as it is. Raises `DownloadError` (one line: each source's fate) when no source does."""
     min_speed = MIN_SPEED if min_speed is None else min_speed
     window = WINDOW if window is None else window
     folder = Path(folder) if folder is not None else cache_dir()
@@ -89,7 +92,8 @@ def fetch(filename: str, sources: Sequence[Source], checksum: tuple[str, str], *
     failures = []
     for source in sources:
         try:
-            tmp, size, seconds = _download(source, folder, filename, min_speed, window, progress)
+            last = source is sources[-1]
+            tmp, size, seconds = _download(source, folder, filename, min_speed, window, progress, abandon_slow=not last)
         except _TooSlow as e:
             failures.append(f"{source.name}: {e}")
         except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as e:
@@ -110,9 +114,10 @@ def fetch(filename: str, sources: Sequence[Source], checksum: tuple[str, str], *
 
 
 def _download(source: Source, folder: Path, filename: str, min_speed: float, window: float,
-              progress: bool) -> tuple[Path, int, float]:
+              progress: bool, abandon_slow: bool = True) -> tuple[Path, int, float]:
     """Download `source` to a temporary file in `folder`: (its path, bytes, seconds). Raises `_TooSlow` when a
-    whole `window` passes below `min_speed`; the socket times out when nothing arrives for a `window`."""
+    whole `window` passes below `min_speed` and `abandon_slow` (else says so once and goes on); the socket times
+    out when nothing arrives for a `window`."""
     fd, name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
     tmp = Path(name)
     try:
@@ -120,7 +125,7 @@ def _download(source: Source, folder: Path, filename: str, min_speed: float, win
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=window) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             read = getattr(response, "read1", response.read)  # read1: whatever has arrived, without waiting
-            size, start = 0, time.monotonic()
+            size, start, said_slow = 0, time.monotonic(), False
             window_start, window_bytes = start, 0
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=f"{filename} from {source.name}",
                       disable=not progress, mininterval=0.5) as bar:
@@ -133,8 +138,14 @@ def _download(source: Source, folder: Path, filename: str, min_speed: float, win
                     if now - window_start >= window:
                         speed = window_bytes / (now - window_start)
                         if speed < min_speed:
-                            raise _TooSlow(f"{speed / 1e6:.3g} MB/s over {now - window_start:.3g} s, below the "
-                                           f"floor of {min_speed / 1e6:.3g} MB/s")
+                            slow = (f"{speed / 1e6:.3g} MB/s over {now - window_start:.3g} s, below the floor of "
+                                    f"{min_speed / 1e6:.3g} MB/s")
+                            if abandon_slow:
+                                raise _TooSlow(slow)
+                            if not said_slow:
+                                bar.write(f"{filename}: {source.name}: {slow}; it is the last source, so the "
+                                          f"download goes on", file=sys.stdout)
+                                said_slow = True
                         window_start, window_bytes = now, 0
             if total is not None and size != total:
                 raise ValueError(f"the connection closed after {size:,} of {total:,} bytes")

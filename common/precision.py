@@ -11,8 +11,11 @@
   made; autocast is simply disabled and the scaler passes everything through.
 
 A notebook that trains under `autocast(device)` always creates `scaler = grad_scaler(device)` and calls
-`scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`: that is correct in every mode. The run
-record stores the mode as `precision`.
+`scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`: that is correct in every mode.
+
+The run record's `precision` is what the forward passes actually ran in, not what the device supports:
+the dtype(s) `autocast` was entered with in this process ('bf16', 'fp16', or 'bf16+fp16' if both), else 'fp32'
+(a notebook that never enters `autocast`, or runs where it is disabled). See `precision_ran()`.
 """
 
 from __future__ import annotations
@@ -50,10 +53,46 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision_mode(device)]
 
 
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+_AUTOCAST_RAN: set[str] = set()  # the dtypes (bf16, fp16) `autocast` really ran in during this process
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether torch's autocast is on for `device_type` right now (torch disables a CUDA one without CUDA)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))  # torch >= 2.4
+    except TypeError:  # torch 2.3: no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+class _Autocast(AbstractContextManager):
+    """`torch.autocast` in `amp_dtype(device)` (disabled when None) that notes, on entry, the dtype it ran in."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.dtype = amp_dtype(device)
+        self.device_type = device.type
+        self.inner = torch.autocast(device_type=device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def __enter__(self) -> "_Autocast":
+        self.inner.__enter__()
+        if self.dtype is not None and _autocast_enabled(self.device_type):
+            _AUTOCAST_RAN.add(_DTYPE_NAMES[self.dtype])
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self.inner.__exit__(*exc)
+
+
 def autocast(device: torch.device) -> AbstractContextManager:
-    """A context manager for the forward pass and loss: `with autocast(device): loss = ...`."""
-    dtype = amp_dtype(device)
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+    """A context manager for the forward pass and loss: `with autocast(device): loss = ...`. Runs in
+    `amp_dtype(device)` (full precision where that is None); the run record's `precision` says what it ran in."""
+    return _Autocast(torch.device(device))
+
+
+def precision_ran() -> str:
+    """What the forward passes of this process ran in, for the run record's `precision`: the dtype(s) `autocast`
+    was entered with and torch kept enabled ('bf16', 'fp16', or 'bf16+fp16'), else 'fp32'."""
+    return "+".join(sorted(_AUTOCAST_RAN)) or "fp32"
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:

@@ -14,15 +14,15 @@ The timing policy (`TIMING_POLICY`, stored in every record as `timing`):
   (`eval`, `sample`, `checkpoint`, ...) and are recorded separately under `timings`: a checkpoint
   write inside the training loop is `with clock.span("checkpoint"): save_checkpoint(...)`.
 - The first step of a `torch.compile`d model (which compiles it) is timed as `compile`.
-- On CUDA the clock synchronises only where a span starts or stops, never inside a span, so timing
-  does not slow training down.
+- On CUDA and Apple MPS the clock synchronises only where a span starts or stops, never inside a span, so
+  timing does not slow training down.
 - `notebook_seconds` is the wall clock from the first `import common` to the record.
 
 Memory: `peak_memory_bytes` is the whole notebook's peak (allocated GPU memory on CUDA, the process's
-peak resident set size elsewhere). On CUDA the clock also measures each span's peak, allocated and
-reserved (`peak_memory_by_span`), and `train_peak_memory` is that of the `train` and `compile` spans:
-the number a claim such as "the full preset fits a 24 GB card" rests on (reserved is what the card
-must hold).
+peak resident set size elsewhere; None where the platform cannot say: Windows has no `resource` module).
+On CUDA the clock also measures each span's peak, allocated and reserved (`peak_memory_by_span`), and
+`train_peak_memory` is that of the `train` and `compile` spans: the number a claim such as "the full
+preset fits a 24 GB card" rests on (reserved is what the card must hold).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ import torch
 from common.paths import REPO_ROOT, runs_dir
 from common.device import describe_device
 from common.fid_classifier import scored_classifiers
-from common.precision import compile_report, precision_mode
+from common.precision import compile_report, precision_ran
 
 TIMING_POLICY = "steps-only/v1"
 TIMING_POLICY_TEXT = ("train_seconds = optimisation steps only (forward, backward, optimiser, on-device batching); "
@@ -85,8 +84,11 @@ class RunClock:
         return self.device is not None and torch.device(self.device).type == "cuda"
 
     def _sync(self) -> None:
+        """Wait for the device's queued work (CUDA and MPS run asynchronously), so that a span times the work."""
         if self._cuda:
             torch.cuda.synchronize(self.device)
+        elif self.device is not None and torch.device(self.device).type == "mps":
+            torch.mps.synchronize()
 
     def start(self, name: str) -> None:
         """Make `name` the running span (a no-op if it already is; otherwise stops the running one first)."""
@@ -167,12 +169,17 @@ def _reset_peak_memory(device: torch.device) -> None:
     torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory_bytes(device: torch.device) -> int:
+def peak_memory_bytes(device: torch.device) -> int | None:
     """Peak memory of the whole process so far: allocated GPU memory on CUDA (across the clocks' resets of
-    the peak statistics), else the process's peak resident set size."""
+    the peak statistics), else the process's peak resident set size; None (unknown) where the platform has no
+    `resource` module (Windows)."""
     if device.type == "cuda":
         before = _PROCESS_PEAK.get(str(torch.device(device)), (0, 0))
         return _fold(before, _peak_since_reset(device))[0]
+    try:
+        import resource  # POSIX only: imported here so that `import common` works on Windows
+    except ImportError:
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB, macOS bytes
 
@@ -235,6 +242,10 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _peak_text(peak: int | None) -> str:
+    return "peak memory unknown" if peak is None else f"peak memory {peak / 2**20:.0f} MiB"
+
+
 def _train_peak_text(record: Mapping[str, Any]) -> str:
     peak = record.get("train_peak_memory")
     if not peak:
@@ -268,13 +279,14 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": cpu_model(),
         "data": data,
-        "precision": precision_mode(device),  # what the forward pass ran in: bf16, fp16 (with loss scaling) or fp32
+        # what the forward passes ran in: the dtype common.autocast ran in (bf16, fp16 with loss scaling), else fp32
+        "precision": precision_ran(),
         "compile": compile_report(),  # compiled, or fell back to eager (and why), per maybe_compile'd model
         "timing": TIMING_POLICY,
         "timing_policy": TIMING_POLICY_TEXT,
         "train_seconds": round(clock["train"], 2),
         "timings": timings,
-        "peak_memory_bytes": peak_memory_bytes(device),  # the whole notebook's peak (allocated on CUDA)
+        "peak_memory_bytes": peak_memory_bytes(device),  # the whole notebook's peak (allocated on CUDA); None: unknown
         # CUDA only (None elsewhere): the training peak, and every span's, allocated and reserved, in bytes
         "train_peak_memory": clock.train_peak_memory(),
         "peak_memory_by_span": dict(sorted(clock.peak_memory.items())) if device.type == "cuda" else None,
@@ -295,5 +307,5 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
     path.write_text(json.dumps(record, indent=2) + "\n")
     others = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k != "train")
     print(f"Run record written: {path.name} (train {record['train_seconds']:.1f} s; {others}; "
-          f"peak memory {record['peak_memory_bytes'] / 2**20:.0f} MiB{_train_peak_text(record)})")
+          f"{_peak_text(record['peak_memory_bytes'])}{_train_peak_text(record)})")
     return path

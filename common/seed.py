@@ -30,19 +30,20 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """The state of every global random generator (Python, NumPy, torch's CPU one and each CUDA device's), in
-    types a `weights_only` checkpoint accepts. Save it with a checkpoint, so that a resumed run draws the same
+    """The state of every global random generator (Python, NumPy, torch's CPU one, each CUDA device's and Apple
+    MPS's, where there is one), in types a `weights_only` checkpoint accepts. Save it with a checkpoint, so that a resumed run draws the same
     dropout masks and noise as the uninterrupted run would have; `set_rng_state` puts it back."""
     kind, key, pos, has_gauss, cached = np.random.get_state()
     return {"python": random.getstate(),
             "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []}
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+            "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators saved by `rng_state` (CUDA's only if the state has them: a checkpoint written on
-    the CPU resumes on a GPU with the GPU's streams as they are)."""
+    """Restore the generators saved by `rng_state` (CUDA's and MPS's only if the state has them and the device is
+    here: a checkpoint written on the CPU resumes on a GPU with the GPU's streams as they are)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, key, pos, has_gauss, cached = state["numpy"]
@@ -50,3 +51,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"]:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if state.get("mps") is not None and torch.backends.mps.is_available():  # absent from older checkpoints
+        torch.mps.set_rng_state(state["mps"].cpu())

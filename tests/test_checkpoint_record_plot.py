@@ -1,7 +1,10 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,6 +14,7 @@ from torch import nn
 
 import common
 import common.checkpoint
+import common.precision
 from common import (CheckpointError, RunClock, checkpoint_path, load_checkpoint, plot_curves, save_checkpoint,
                     show_images, write_run_record)
 
@@ -259,6 +263,7 @@ MiB = 2**20
 
 def test_each_span_records_its_own_cuda_memory_peak(monkeypatch, runs_tmp):
     gpu = FakeCudaMemory(monkeypatch)
+    monkeypatch.setattr(common.precision, "_AUTOCAST_RAN", set())  # as in a fresh kernel: no autocast has run
     cuda = torch.device("cuda")
     gpu.use(100 * MiB)  # the model and the data, before any span
     clock = RunClock(cuda)
@@ -283,7 +288,8 @@ def test_each_span_records_its_own_cuda_memory_peak(monkeypatch, runs_tmp):
     assert record["train_peak_memory"] == {"allocated_bytes": 500 * MiB, "reserved_bytes": 500 * MiB}
     assert record["peak_memory_by_span"]["sample"]["reserved_bytes"] == 1100 * MiB
     assert record["peak_memory_bytes"] == 1100 * MiB  # the old field: the whole notebook's allocated peak
-    assert record["precision"] == "bf16" and record["gpu"] == "NVIDIA GeForce RTX 4090"
+    # the fake 4090 supports bf16, but nothing here entered common.autocast: the forward passes ran in fp32
+    assert record["precision"] == "fp32" and record["gpu"] == "NVIDIA GeForce RTX 4090"
 
 
 def test_a_second_clock_does_not_erase_the_first_ones_peak(monkeypatch):
@@ -314,6 +320,21 @@ def test_memory_tracking_is_a_no_op_on_the_cpu(monkeypatch, runs_tmp):
     assert record["peak_memory_bytes"] > 10 * MiB
 
 
+def test_the_clock_synchronises_mps_where_spans_start_and_stop(monkeypatch):
+    """MPS runs asynchronously, like CUDA: an unsynchronised clock would time kernel launches, not the work."""
+    calls = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append("mps"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: pytest.fail("a CUDA call on the MPS path"))
+    clock = RunClock(torch.device("mps"))
+    clock.start("train")
+    assert calls == ["mps"]
+    clock.start("train")  # the next step of the same span: no synchronisation inside a span
+    assert calls == ["mps"]
+    with clock.span("eval"):
+        assert calls == ["mps", "mps", "mps"]  # train stopped, eval started
+    assert calls == ["mps"] * 4 and clock.peak_memory == {}
+
+
 def test_a_checkpoint_span_keeps_checkpoint_writes_out_of_train_seconds(tmp_path):
     clock = RunClock(torch.device("cpu"))
     for step in range(3):
@@ -334,3 +355,27 @@ def test_the_commit_named_by_the_sender_wins_over_the_copys_git(monkeypatch):
     sent = code_version("image_generation/vae")
     assert sent["git_commit"] == "0123456789abcdef0123456789abcdef01234567" and sent["git_dirty"] is None
     assert sent["notebook_code_sha256"] == own["notebook_code_sha256"]
+
+
+def test_common_imports_and_writes_a_record_without_the_resource_module(tmp_path):
+    """Windows has no `resource` module: `import common` must still work there, and a record on the CPU says the
+    process's peak memory is unknown (None) rather than failing or guessing. A fresh interpreter where importing
+    `resource` raises ImportError (as on Windows) plays that machine."""
+    script = (
+        "import sys\n"
+        "sys.modules['resource'] = None  # `import resource` now raises ImportError, as on Windows\n"
+        "import json, torch, common\n"
+        "clock = common.RunClock(torch.device('cpu'))\n"
+        "with clock.span('train'):\n"
+        "    pass\n"
+        "path = common.write_run_record('templates/task_template', 'smoke', torch.device('cpu'), clock, {},\n"
+        "                               data='none')\n"
+        "record = json.loads(path.read_text())\n"
+        "assert 'resource' not in sys.modules or sys.modules['resource'] is None\n"
+        "print('PEAK', record['peak_memory_bytes'])\n"
+    )
+    env = {**os.environ, "DL_RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(Path(common.__file__).parent.parent)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PEAK None" in result.stdout and "peak memory unknown" in result.stdout
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 1

@@ -51,3 +51,47 @@ def test_the_probe_leaves_the_notebooks_random_numbers_alone():
     torch.manual_seed(0)
     cost.probe_flops("cpu", seconds=0.01, size=16)
     assert torch.equal(torch.rand(3), expected)
+
+
+class ProbeSpy:
+    """Runs `probe_flops` for a fake accelerator on the CPU: the matrices it draws are made on the CPU in the
+    dtype asked for (recorded), and the accelerator's synchronisations are counted."""
+
+    def __init__(self, monkeypatch, sync_name: str):
+        self.dtypes: list[torch.dtype] = []
+        self.syncs = 0
+        real_randn, real_generator = torch.randn, torch.Generator
+
+        def randn(*size, device=None, dtype=None, generator=None):
+            self.dtypes.append(dtype)
+            return real_randn(*size, dtype=dtype)
+
+        def sync(*args, **kwargs):
+            self.syncs += 1
+
+        monkeypatch.setattr(torch, "randn", randn)
+        monkeypatch.setattr(torch, "Generator", lambda device=None: real_generator())
+        backend = torch.cuda if sync_name == "cuda" else torch.mps
+        monkeypatch.setattr(backend, "synchronize", sync)
+
+
+@pytest.mark.parametrize("capability, dtype", [
+    ((7, 5), torch.float16),  # T4: is_bf16_supported() says True, bf16 is emulated; training runs fp16
+    ((8, 9), torch.bfloat16),  # RTX 4090: training runs bf16
+    ((6, 1), torch.float32),  # GTX 10xx: no autocast
+])
+def test_the_probe_runs_in_the_dtype_training_uses(monkeypatch, capability, dtype):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    spy = ProbeSpy(monkeypatch, "cuda")
+    assert cost.probe_flops("cuda", seconds=0.01, size=8) > 0
+    assert spy.dtypes == [dtype, dtype] and spy.syncs >= 2
+
+
+def test_the_probe_synchronises_mps(monkeypatch):
+    """MPS runs asynchronously like CUDA: without a synchronisation the probe would time kernel launches only."""
+    spy = ProbeSpy(monkeypatch, "mps")
+    assert cost.probe_flops("mps", seconds=0.01, size=8) > 0
+    assert spy.dtypes == [torch.float32, torch.float32]  # MPS trains in fp32 (no autocast there)
+    assert spy.syncs >= 2  # after the warm-up and after each timed batch

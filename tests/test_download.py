@@ -99,6 +99,31 @@ def test_a_slow_source_is_abandoned_for_the_next_and_the_copy_is_verified(tmp_pa
     assert again.source is None and capsys.readouterr().out == ""  # verified copy reused, nothing downloaded
 
 
+def test_the_last_source_keeps_going_when_slow_with_progress(tmp_path, fast_floor, capsys):
+    """On a slow link every source is slow: abandoning the last one too would mean the file never downloads. An
+    earlier slow source is still abandoned (a faster one may follow); the last one finishes, its bar showing."""
+    body = np.random.default_rng(2).bytes(20_000)  # 1 s at the slow server's 20 kB/s: several windows below the floor
+    with slow(body) as first_url, slow(body) as last_url:
+        result = fetch("archive.tar.gz", [Source("slow-official", first_url), Source("slow-mirror", last_url)],
+                       ("md5", md5(body)), folder=tmp_path)
+    assert result.source == "slow-mirror" and result.path.read_bytes() == body
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert any(line.startswith("archive.tar.gz: slow-official:") and "below the floor" in line for line in lines)
+    kept = [line for line in lines if line.startswith("archive.tar.gz: slow-mirror") and "last source" in line]
+    assert len(kept) == 1 and "below the floor" in kept[0], lines  # said once, not once per window
+    assert lines[-1].startswith("archive.tar.gz: served by slow-mirror") and "MD5 verified" in lines[-1]
+    assert "archive.tar.gz from slow-mirror" in out.err and "20.0k/20.0k" in out.err  # its bar, to the end
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar.gz"]
+
+
+def test_a_single_slow_source_is_not_abandoned(tmp_path, fast_floor):
+    body = b"z" * 15_000  # 0.75 s at 20 kB/s: more than two windows below the floor
+    with slow(body) as url:
+        result = fetch("a.bin", [Source("only-host", url)], ("md5", md5(body)), folder=tmp_path, progress=False)
+    assert result.source == "only-host" and result.path.read_bytes() == body
+
+
 def test_a_corrupt_copy_is_rejected_in_one_line_and_the_next_source_serves(tmp_path, fast_floor, capsys):
     body = b"the real archive" * 1000
     with serve(body[:-1] + b"X") as corrupt_url, serve(body) as good_url:

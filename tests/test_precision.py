@@ -142,9 +142,54 @@ def test_precision_follows_the_compute_capability(monkeypatch, capability, mode,
     assert precision_mode(CPU) == "fp32" and not grad_scaler(CPU).is_enabled()
 
 
-def test_the_run_record_says_which_precision_ran(monkeypatch, runs_tmp):
-    path = write_run_record("templates/task_template", "smoke", CPU, RunClock(), {"loss": 1.0}, data="none")
-    assert json.loads(path.read_text())["precision"] == "fp32"
+def record_precision(device: torch.device = CPU) -> str:
+    path = write_run_record("templates/task_template", "smoke", device, RunClock(), {"loss": 1.0}, data="none")
+    return json.loads(path.read_text())["precision"]
+
+
+@pytest.fixture
+def fresh_precision_log(monkeypatch):
+    """An empty log of the dtypes `common.autocast` ran in, as in a new notebook kernel."""
+    monkeypatch.setattr(precision, "_AUTOCAST_RAN", set())
+
+
+def test_the_run_record_says_which_precision_ran(monkeypatch, runs_tmp, fresh_precision_log):
+    assert record_precision() == "fp32"
+
+
+def test_the_record_says_fp32_on_a_bf16_gpu_when_autocast_never_ran(monkeypatch, runs_tmp, fresh_precision_log):
+    """The device supports bf16 (a 4090), but the notebook never entered `common.autocast` (the MLP notebook):
+    the forward pass ran in fp32, and the record must say so, not what the device could have done."""
+    fake_gpu(monkeypatch, (8, 9))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4090")
+    for name in ("max_memory_allocated", "max_memory_reserved"):
+        monkeypatch.setattr(torch.cuda, name, lambda device=None: 0)
+    assert precision_mode(CUDA) == "bf16"
+    assert record_precision(CUDA) == "fp32"
+
+
+@pytest.mark.parametrize("mode, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_the_record_says_the_dtype_autocast_ran_in(monkeypatch, runs_tmp, fresh_precision_log, mode, dtype):
+    """A run that entered `common.autocast` records its dtype. The CPU's real autocast plays a GPU's here: the
+    precision chosen for the CPU is made `mode`, so autocast really runs (a layer's output comes out in `dtype`)."""
+    monkeypatch.setattr(precision, "precision_mode", lambda device: mode)
+    layer = nn.Linear(4, 3)
+    assert record_precision() == "fp32"  # chosen, not yet run
+    with autocast(CPU):
+        assert layer(torch.randn(2, 4)).dtype == dtype
+    assert record_precision() == mode
+
+
+def test_an_autocast_that_torch_disables_is_not_recorded(monkeypatch, runs_tmp, fresh_precision_log):
+    """Where CUDA is not usable torch disables a CUDA autocast (with a warning): nothing ran in fp16, although the
+    precision chosen for the (fake) T4 is fp16. This machine has no usable CUDA (the test is skipped where it has)."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA works here: torch would not disable its autocast")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert precision_mode(CUDA) == "fp16"
+    with pytest.warns(UserWarning), autocast(CUDA):
+        pass
+    assert record_precision() == "fp32"
 
 
 # ---------------------------------------------------------------- torch.compile: a fallback that covers the whole step

@@ -134,3 +134,43 @@ def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
     assert _draws() == expected
     seed_everything(123)
     assert _draws() != expected
+
+
+class FakeMpsGenerator:
+    """Apple MPS's random generator, for a machine without one: a state tensor that each draw advances."""
+
+    def __init__(self, monkeypatch):
+        self.state = torch.arange(8, dtype=torch.uint8)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+        monkeypatch.setattr(torch.mps, "get_rng_state", lambda *args, **kwargs: self.state.clone())
+        monkeypatch.setattr(torch.mps, "set_rng_state", self.set_rng_state)
+
+    def set_rng_state(self, state, *args, **kwargs):
+        assert state.device.type == "cpu" and state.dtype == torch.uint8
+        self.state = state.clone()
+
+    def draw(self):
+        self.state = self.state + 1
+
+
+def test_the_mps_generator_round_trips_through_a_checkpoint(tmp_path, monkeypatch):
+    """On Apple silicon dropout masks and noise drawn on the device come from MPS's own generator: a resumed run
+    draws the same ones only if its state is saved with the checkpoint and put back."""
+    mps = FakeMpsGenerator(monkeypatch)
+    mps.draw()
+    saved = mps.state.clone()
+    path = save_checkpoint(tmp_path / "rng.pt", {"rng": rng_state()})
+    mps.draw(), mps.draw()
+    assert not torch.equal(mps.state, saved)
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert torch.equal(mps.state, saved)
+
+
+def test_an_rng_state_without_mps_leaves_the_mps_generator_alone(monkeypatch):
+    """A checkpoint written on the CPU (or before MPS states were saved) resumes on a Mac with MPS's stream as it is."""
+    state = rng_state()  # no MPS here
+    state.pop("mps", None)  # as in a checkpoint written before MPS states were saved
+    mps = FakeMpsGenerator(monkeypatch)
+    before = mps.state.clone()
+    set_rng_state(state)
+    assert torch.equal(mps.state, before)

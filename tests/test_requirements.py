@@ -163,3 +163,37 @@ def test_upper_bounds_live_only_in_the_constraints_file() -> None:
     for name, cap in caps.items():  # a cap never excludes the lower bound it caps
         low = [s.version for s in ROOT_REQUIREMENTS[name].specifier if s.operator == ">="]
         assert all(cap.specifier.contains(v) for v in low), (name, low, cap)
+
+
+def readme_start_commands() -> list[str]:
+    """The shell commands of the README's "Start" section, in order (the lines of its ```bash blocks)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.split("\n## Start\n", 1)[1].split("\n## ", 1)[0]
+    blocks = start.split("```bash\n")[1:]
+    return [line.split("#", 1)[0].strip() for block in blocks for line in block.split("```", 1)[0].splitlines()
+            if line.split("#", 1)[0].strip()]
+
+
+def test_the_readme_start_uses_a_venv_and_offers_the_cpu_build_within_the_constraints() -> None:
+    """A system Python refuses `pip install` (PEP 668), so a virtual environment comes before any install; on a
+    Linux machine without an NVIDIA GPU, PyPI's torch is the CUDA build (several GB), so the start offers PyTorch's
+    CPU-only build first, within constraints.txt (as CI installs it), so that the requirements keep it."""
+    commands = readme_start_commands()
+    installs = [i for i, c in enumerate(commands) if "pip install" in c]
+    venv = [i for i, c in enumerate(commands) if "-m venv .venv" in c and ". .venv/bin/activate" in c]
+    assert installs and venv and venv[0] < installs[0], commands
+    cpu = [c for c in commands if "https://download.pytorch.org/whl/cpu" in c]
+    assert len(cpu) == 1, commands
+    requirements = [i for i, c in enumerate(commands) if "pip install -r requirements.txt" in c]
+    assert requirements and commands.index(cpu[0]) < requirements[0]  # the CPU build first, then the rest
+    words = cpu[0].split()
+    assert words[:2] == ["pip", "install"] and {"torch", "torchvision"} <= set(words)
+    assert "-c constraints.txt" in cpu[0] and "--index-url https://download.pytorch.org/whl/cpu" in cpu[0]
+    ci = (REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    ci_cpu = [line.split("run:", 1)[1].split() for line in ci.splitlines()
+              if "run:" in line and "download.pytorch.org/whl/cpu" in line]
+    assert len(ci_cpu) == 1 and sorted(ci_cpu[0][ci_cpu[0].index("install") + 1:]) == sorted(words[2:])
+    caps = read_requirements(REPO_ROOT / "constraints.txt")
+    for name in ("torch", "torchvision"):  # the CPU build's local version (2.14.1+cpu) is within its cap
+        top = next(s.version for s in caps[name].specifier if s.operator == "<=")
+        assert caps[name].specifier.contains(f"{top}+cpu") and ROOT_REQUIREMENTS[name].specifier.contains(f"{top}+cpu")
