@@ -2,8 +2,9 @@
 
 Inception FID needs weights from the internet and an ImageNet network that was never meant
 for 28x28 grayscale digits. Instead, a small CNN trained on the training split of the dataset
-itself (MNIST or Fashion-MNIST) is the feature extractor: `common/fid_classifier.py` defines,
-trains (on the CPU, once, with a fixed seed) and caches it. This module is the metric: the
+itself (MNIST or Fashion-MNIST) is the feature extractor: `common/fid_classifier.py` defines it
+and loads its committed weights (the same network on every machine; `scripts/train_fid_classifier.py`
+trained them). This module is the metric: the
 128-d penultimate-layer features of generated samples are compared with those of the real test
 split (or, to choose settings, of held-out training images passed as `reference`):
 
@@ -19,12 +20,9 @@ float64). See `common/FID.md` for what the numbers mean.
     result = fid(samples, dataset="mnist", device=device)  # samples: (N, 1, 28, 28) in [0, 1]
     result["fid"], result["class_histogram"], result["precision"], result["recall"]
 
-The classifier's quality follows the preset: `smoke` uses a tiny-budget classifier cached
-under its own file name (`fid_classifier_<dataset>_smoke.pt`), so numbers from a smoke run
-are only a test of the plumbing; `quick` and `full` share one well-trained classifier
-(`fid_classifier_<dataset>.pt`). Compare numbers only for the same dataset, classifier
-file (its SHA-256 is in every run record that reports fid, as `fid_classifier_sha256`) and
-sample count.
+Every preset uses the one committed classifier of the dataset (`common/fid_weights/
+fid_classifier_<dataset>.pt`). Compare numbers only for the same dataset, classifier file (its
+SHA-256 is in every run record that reports fid, as `fid_classifier_sha256`) and sample count.
 """
 
 from __future__ import annotations
@@ -35,11 +33,10 @@ import torch
 
 from common.data import ImageData, data_dir, load_image_dataset
 # Re-exported: the classifier lived here before it got its own module.
-from common.fid_classifier import (BATCH, BUDGETS, FEATURE_DIM, FORMAT_VERSION, SEED, SUPPORTED_DATASETS,  # noqa: F401
-                                   WIDTHS, FIDClassifier, TrainBudget, _random_shift, check_dataset,
-                                   classifier_accuracy, classifier_path, exact_fp32, extract_features,
-                                   get_classifier, level_of, load_classifier, note_scored, recipe,
-                                   scored_classifiers, to_unit_float)
+from common.fid_classifier import (BATCH, FEATURE_DIM, FORMAT_VERSION, SEED, SUPPORTED_DATASETS,  # noqa: F401
+                                   WIDTHS, FIDClassifier, FIDClassifierError, check_dataset, classifier_accuracy,
+                                   classifier_path, exact_fp32, extract_features, get_classifier, load_classifier,
+                                   note_scored, scored_classifiers, to_unit_float)
 
 PR_K = 3  # k of the k-NN manifold estimate (Kynkäänniemi et al. 2019 use k = 3)
 _exact_fp32 = exact_fp32
@@ -127,20 +124,15 @@ _REFERENCE: dict[tuple[str, ...], tuple[FIDClassifier, torch.Tensor, torch.Tenso
 _DATA: dict[tuple[str, str], ImageData] = {}
 
 
-def _reference(dataset: str, preset: str | None, device: torch.device) -> tuple[FIDClassifier, torch.Tensor,
-                                                                                  torch.Tensor, torch.Tensor]:
-    """(classifier on `device`, real test features, their mean, their covariance), computed once per process.
-
-    The dataset is loaded once per process and shared by the classifier's cache check (or training) and the
-    real features.
-    """
-    key = (str(data_dir()), dataset, level_of(preset), str(device))
+def _reference(dataset: str, device: torch.device) -> tuple[FIDClassifier, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(classifier on `device`, real test features, their mean, their covariance), computed once per process."""
+    key = (str(data_dir()), dataset, str(device))
     if key not in _REFERENCE:
         data_key = (str(data_dir()), dataset)
         if data_key not in _DATA:
             _DATA[data_key] = load_image_dataset(dataset)
         data = _DATA[data_key]
-        model = load_classifier(dataset, preset, data=data).to(device)
+        model = load_classifier(dataset).to(device)
         real_images, _ = data.tensors("test")
         real_feats, _ = extract_features(model, real_images, device)
         _REFERENCE[key] = (model, real_feats, *feature_stats(real_feats))
@@ -148,15 +140,14 @@ def _reference(dataset: str, preset: str | None, device: torch.device) -> tuple[
 
 
 def fid(samples: torch.Tensor, dataset: str = "mnist", device: torch.device | str | None = None,
-        preset: str | None = None, reference: torch.Tensor | None = None) -> dict[str, Any]:
+        reference: torch.Tensor | None = None) -> dict[str, Any]:
     """Fréchet distance of `samples` to the real test split (or to `reference`), in the FID classifier's feature space.
 
     Args:
         samples: (N, 1, 28, 28) float in [0, 1] (clipped) or uint8 in [0, 255], N >= 2.
         dataset: 'mnist' or 'fashion_mnist' (the data the generator was trained on).
-        device: where the classifier runs (default: the device of `samples`).
-        preset: classifier quality level (default: the active preset; 'smoke' = tiny classifier).
-            The classifier is trained on the CPU whatever `device` is (see common/fid_classifier.py).
+        device: where the classifier runs (default: the device of `samples`). The classifier is the committed
+            one whatever `device` is (see common/fid_classifier.py).
         reference: real images to compare with instead of the test split, in the format of `samples`, at least 2:
             held-out training images (a validation split) for choosing settings, so that the test split is
             scored once, for the chosen setting. Default None: the test split.
@@ -175,7 +166,7 @@ def fid(samples: torch.Tensor, dataset: str = "mnist", device: torch.device | st
     if len(samples) < 2:
         raise ValueError(f"fid needs at least 2 samples (a covariance), got {len(samples)}")
     device = torch.device(device) if device is not None else samples.device
-    model, real_feats, real_mu, real_sigma = _reference(dataset, preset, device)
+    model, real_feats, real_mu, real_sigma = _reference(dataset, device)
     if reference is not None:
         reference = torch.as_tensor(reference)
         if len(reference) < 2:
@@ -188,6 +179,6 @@ def fid(samples: torch.Tensor, dataset: str = "mnist", device: torch.device | st
     m = min(len(fake_feats), len(real_feats))
     precision, recall = precision_recall(_subset(real_feats, m).float().to(device),
                                          _subset(fake_feats, m).float().to(device))
-    note_scored(model, dataset, preset)  # the record names the classifier: `fid_classifier_sha256`
+    note_scored(model, dataset)  # the record names the classifier: `fid_classifier_sha256`
     return {"fid": distance, "class_histogram": histogram.tolist(), "precision": precision, "recall": recall,
             "n_samples": len(fake_feats), "n_real": len(real_feats), "reference": "test" if reference is None else "given"}

@@ -1,25 +1,30 @@
-"""Tests of common/fid.py: the linear algebra exactly, the metric on real and corrupted MNIST.
+"""Tests of common/fid.py: the linear algebra exactly, the metric on real and corrupted MNIST, the committed
+classifier (pinned SHA-256, one clear error for a changed file) and the script that trains it.
 
-The data-dependent tests use the smoke classifier (trained in seconds on first use and
-cached as `fid_classifier_mnist_smoke.pt` in DL_DATA_DIR); they are skipped when the MNIST
-file is not available.
+The data-dependent tests use the committed MNIST classifier (nothing is trained, except by the script's test, on a
+tiny budget); they are skipped when the MNIST file is not available.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import math
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+import common.fid_classifier as classifier_module
 from common.data import DatasetError, ImageData, data_dir, load_image_dataset
 from common.fid import (
-    FORMAT_VERSION,
+    SUPPORTED_DATASETS,
     FIDClassifier,
-    _random_shift,
+    FIDClassifierError,
     classifier_path,
     extract_features,
     feature_stats,
@@ -29,6 +34,22 @@ from common.fid import (
     precision_recall,
     sqrtm_psd,
 )
+from common.fid_classifier import WEIGHTS_DIR, pinned_sha256, read_classifier
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_script(name: str):
+    """scripts/<name>.py as a module (scripts are not a package)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+train_script = _load_script("train_fid_classifier")
 
 
 def _random_spd(d: int, seed: int, rank: int | None = None) -> torch.Tensor:
@@ -41,13 +62,13 @@ def _random_spd(d: int, seed: int, rank: int | None = None) -> torch.Tensor:
 def test_random_shift_moves_content_by_up_to_pad_and_fills_with_zeros() -> None:
     image = torch.zeros(256, 1, 8, 8)
     image[:, 0, 3, 3] = 1.0
-    x = _random_shift(image, 2, torch.Generator().manual_seed(0))
+    x = train_script.random_shift(image, 2, torch.Generator().manual_seed(0))
     assert x.shape == (256, 1, 8, 8)
     positions = {tuple(torch.nonzero(img[0])[0].tolist()) for img in x}
     assert positions == {(r, c) for r in range(1, 6) for c in range(1, 6)}  # -2..2 in each direction
     assert torch.all(x.sum(dim=(1, 2, 3)) == 1.0)  # never lost: the pixel is 3 px from every edge
     edge = torch.ones(64, 1, 4, 4)
-    assert (_random_shift(edge, 1, torch.Generator().manual_seed(1)) == 0).any()  # zeros shift in at the borders
+    assert (train_script.random_shift(edge, 1, torch.Generator().manual_seed(1)) == 0).any()  # zeros shift in at the borders
 
 # ---------------------------------------------------------------- linear algebra
 
@@ -124,7 +145,7 @@ def mnist() -> ImageData:
 
 @pytest.fixture(scope="module")
 def model(mnist: ImageData) -> FIDClassifier:
-    return get_classifier("mnist", device="cpu", preset="smoke")
+    return get_classifier("mnist", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -151,14 +172,52 @@ def _distance(model: FIDClassifier, a: torch.Tensor, b: torch.Tensor) -> float:
     return frechet_distance(*feature_stats(fa), *feature_stats(fb))
 
 
-def test_classifier_cache_files_and_accuracy(model: FIDClassifier) -> None:
-    smoke, quick, full = (classifier_path("mnist", p) for p in ("smoke", "quick", "full"))
-    assert smoke.name == "fid_classifier_mnist_smoke.pt" and quick == full != smoke
-    entry = load_checkpoint(smoke)
-    assert entry is not None and entry["format_version"] == FORMAT_VERSION
-    assert entry["test_accuracy"] == model.test_accuracy
-    assert 0.5 < model.test_accuracy <= 1.0  # even the smoke classifier must have learnt something
-    assert not model.training and not any(p.requires_grad for p in model.parameters())
+def test_every_dataset_has_a_committed_classifier_under_a_megabyte_with_its_pinned_sha256() -> None:
+    pins = pinned_sha256()
+    assert WEIGHTS_DIR.parent == Path(classifier_module.__file__).parent  # inside the package: installed with it
+    for dataset in SUPPORTED_DATASETS:
+        path = classifier_path(dataset)
+        assert path.parent == WEIGHTS_DIR and path.stat().st_size < 2**20, path
+        model = get_classifier(dataset, device="cpu", verbose=False)
+        assert model.sha256 == pins[path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert model.test_accuracy > {"mnist": 0.99, "fashion_mnist": 0.90}[dataset], (dataset, model.test_accuracy)
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert set(pins) == {classifier_path(d).name for d in SUPPORTED_DATASETS}
+
+
+def test_the_package_data_ships_the_committed_classifiers() -> None:
+    """`pip install git+...` must install the weights: pyproject.toml's package data names every committed file."""
+    import fnmatch
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    globs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["common"]
+    shipped = sorted(p.relative_to(WEIGHTS_DIR.parent).as_posix() for p in WEIGHTS_DIR.iterdir())
+    assert shipped and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in shipped), (shipped, globs)
+
+
+def test_a_changed_or_corrupt_classifier_file_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "fid_weights"
+    shutil.copytree(WEIGHTS_DIR, copy)
+    monkeypatch.setattr(classifier_module, "WEIGHTS_DIR", copy)
+    path = classifier_path("mnist")
+    assert path.parent == copy
+    good = path.read_bytes()
+    assert classifier_module.load_classifier("mnist", verbose=False).sha256 == pinned_sha256()[path.name]  # control
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x01  # one bit of one weight
+    for payload in (bytes(flipped), good[:len(good) // 2], b""):
+        path.write_bytes(payload)
+        with pytest.raises(FIDClassifierError, match=r"not the pinned .* changed or is corrupt"):
+            classifier_module.load_classifier("mnist")
+    path.unlink()
+    with pytest.raises(FIDClassifierError, match="missing"):
+        classifier_module.load_classifier("mnist")
+    path.write_bytes(good)
+    (copy / "SHA256SUMS").write_text("")  # a file nobody pinned is refused as well
+    with pytest.raises(FIDClassifierError, match="pins no SHA-256"):
+        classifier_module.load_classifier("mnist")
 
 
 def test_fid_ordering_on_corrupted_images(model: FIDClassifier, test_images: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -180,33 +239,33 @@ def test_single_class_is_far_and_concentrated(model: FIDClassifier, test_images:
     same_size_real = images[:len(ones)]  # all classes, as many images
     b = images[half:]
     assert _distance(model, ones, b) > 5 * _distance(model, same_size_real, b)
-    result = fid(ones, dataset="mnist", device="cpu", preset="smoke")
+    result = fid(ones, dataset="mnist", device="cpu")
     assert max(result["class_histogram"]) == result["class_histogram"][1] > 0.8
     assert result["recall"] < 0.3 < result["precision"]
 
 
 def test_fid_api_contract(model: FIDClassifier, test_images: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, _ = test_images
-    result = fid(images[:300], dataset="mnist", device="cpu", preset="smoke")
+    result = fid(images[:300], dataset="mnist", device="cpu")
     assert set(result) == {"fid", "class_histogram", "precision", "recall", "n_samples", "n_real", "reference"}
     assert result["reference"] == "test"
     assert isinstance(result["fid"], float) and result["fid"] >= 0
     assert len(result["class_histogram"]) == 10 and sum(result["class_histogram"]) == pytest.approx(1.0)
     assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
     assert result["n_samples"] == 300 and result["n_real"] == len(images)
-    as_float = fid(images[:300].float() / 255, dataset="mnist", device="cpu", preset="smoke")
+    as_float = fid(images[:300].float() / 255, dataset="mnist", device="cpu")
     assert as_float["fid"] == pytest.approx(result["fid"], rel=1e-6)
-    assert fid(images[:300, 0], dataset="mnist", device="cpu", preset="smoke")["fid"] == pytest.approx(result["fid"], rel=1e-6)
-    assert math.isfinite(fid(images[:2], dataset="mnist", device="cpu", preset="smoke")["fid"])
+    assert fid(images[:300, 0], dataset="mnist", device="cpu")["fid"] == pytest.approx(result["fid"], rel=1e-6)
+    assert math.isfinite(fid(images[:2], dataset="mnist", device="cpu")["fid"])
     with pytest.raises(ValueError):
-        fid(images[:1], dataset="mnist", device="cpu", preset="smoke")
+        fid(images[:1], dataset="mnist", device="cpu")
     with pytest.raises(ValueError):
-        fid(torch.full((4, 1, 28, 28), float("nan")), dataset="mnist", device="cpu", preset="smoke")
+        fid(torch.full((4, 1, 28, 28), float("nan")), dataset="mnist", device="cpu")
 
 
 def test_fid_of_the_test_split_itself_is_zero(model: FIDClassifier, test_images: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, labels = test_images
-    result = fid(images, dataset="mnist", device="cpu", preset="smoke")
+    result = fid(images, dataset="mnist", device="cpu")
     assert result["fid"] < 1e-6
     assert result["precision"] == result["recall"] == 1.0
     true_histogram = torch.bincount(labels, minlength=10).double() / len(labels)
@@ -220,13 +279,13 @@ def test_a_given_reference_replaces_the_test_split(model: FIDClassifier,
     images, _ = test_images
     half = len(images) // 2
     held_out, samples = images[:half], _blur(images[half:], 1.0)
-    itself = fid(held_out, dataset="mnist", device="cpu", preset="smoke", reference=held_out)
+    itself = fid(held_out, dataset="mnist", device="cpu", reference=held_out)
     assert itself["fid"] < 1e-6 and itself["reference"] == "given" and itself["n_real"] == half
-    given = fid(samples, dataset="mnist", device="cpu", preset="smoke", reference=held_out)
+    given = fid(samples, dataset="mnist", device="cpu", reference=held_out)
     assert given["fid"] == pytest.approx(_distance(model, samples, held_out), rel=1e-9)
-    assert given["fid"] != pytest.approx(fid(samples, dataset="mnist", device="cpu", preset="smoke")["fid"], rel=1e-3)
+    assert given["fid"] != pytest.approx(fid(samples, dataset="mnist", device="cpu")["fid"], rel=1e-3)
     with pytest.raises(ValueError):
-        fid(samples, dataset="mnist", device="cpu", preset="smoke", reference=held_out[:1])
+        fid(samples, dataset="mnist", device="cpu", reference=held_out[:1])
 
 
 def test_real_halves_have_high_precision_and_recall(model: FIDClassifier,
@@ -241,20 +300,22 @@ def test_real_halves_have_high_precision_and_recall(model: FIDClassifier,
     assert precision_recall(fb, noise)[0] < 0.05
 
 
-def test_missing_or_stale_cache_is_retrained_without_touching_global_rng(
+def test_fid_loads_the_committed_classifier_and_never_trains_or_writes_it(
         mnist: ImageData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "mnist.npz").symlink_to(data_dir() / "mnist.npz")
-    monkeypatch.setenv("DL_DATA_DIR", str(tmp_path))
-    path = classifier_path("mnist", "smoke")
-    assert not path.exists()
+    """Nothing is trained at fid time (no backward pass, no optimizer) and nothing is written into the data folder;
+    the global random state is left alone. (The earlier code trained the classifier there on first use.)"""
+    _fresh_fid_state(monkeypatch, tmp_path / "data")  # the writable data folder; the datasets' folders stay read-only
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fid trained something")
+
+    monkeypatch.setattr(torch.Tensor, "backward", refuse)
+    monkeypatch.setattr(torch.optim, "AdamW", refuse)
     rng_before = torch.get_rng_state()
-    get_classifier("mnist", device="cpu", preset="smoke")
+    result = fid(mnist.tensors("test")[0][:300], dataset="mnist", device="cpu")
     assert torch.equal(torch.get_rng_state(), rng_before)
-    entry = load_checkpoint(path)
-    assert entry is not None
-    save_checkpoint(path, {**entry, "format_version": -1})
-    get_classifier("mnist", device="cpu", preset="smoke")
-    assert load_checkpoint(path)["format_version"] == FORMAT_VERSION
+    assert result["fid"] >= 0 and sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mnist.npz"]
+    assert classifier_module.scored_classifiers() == {"fid_classifier_mnist.pt": pinned_sha256()["fid_classifier_mnist.pt"]}
 
 
 # ---------------------------------------------------------------- no float64 on the device (Apple MPS has none)
@@ -325,9 +386,9 @@ def test_the_fake_mps_device_refuses_float64_and_keeps_float32() -> None:
 
 def test_fid_puts_no_float64_on_the_device(model: FIDClassifier, test_images: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, _ = test_images
-    on_cpu = fid(images[:300], dataset="mnist", device="cpu", preset="smoke")
+    on_cpu = fid(images[:300], dataset="mnist", device="cpu")
     with _FakeMPS():
-        on_mps = fid(images[:300], dataset="mnist", device=torch.device("mps"), preset="smoke")
+        on_mps = fid(images[:300], dataset="mnist", device=torch.device("mps"))
     assert on_mps == on_cpu
 
 
@@ -363,48 +424,55 @@ def _fresh_fid_state(monkeypatch: pytest.MonkeyPatch, folder: Path) -> list[str]
     return loads
 
 
-def test_the_classifier_is_trained_on_the_cpu_whatever_the_device_and_named_in_the_record(
+def test_the_same_committed_classifier_scores_on_every_device_and_is_named_in_the_record(
         mnist: ImageData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runs_tmp: Path) -> None:
-    import hashlib
-    import json
-
     from common import RunClock, write_run_record
     samples = mnist.tensors("test")[0][:300]
     loads = _fresh_fid_state(monkeypatch, tmp_path / "a")
-    on_cpu = fid(samples, dataset="mnist", device="cpu", preset="smoke")
-    assert loads == ["mnist"]  # training, the cache check and the real features share one load
-    cpu_file = (tmp_path / "a" / "fid_classifier_mnist_smoke.pt").read_bytes()
-
+    on_cpu = fid(samples, dataset="mnist", device="cpu")
+    assert loads == ["mnist"]  # the real features need the data once; the classifier needs none
     loads = _fresh_fid_state(monkeypatch, tmp_path / "b")
-    with _FakeMPS():  # the caller's device is "mps": the classifier must still be trained on the CPU
-        on_mps = fid(samples, dataset="mnist", device=torch.device("mps"), preset="smoke")
-    assert loads == ["mnist"]
-    mps_file = (tmp_path / "b" / "fid_classifier_mnist_smoke.pt").read_bytes()
-    assert mps_file == cpu_file and on_mps == on_cpu  # byte-identical classifier, identical numbers
-
+    with _FakeMPS():  # the caller's device is "mps": the same network, the same numbers
+        on_mps = fid(samples, dataset="mnist", device=torch.device("mps"))
+    assert loads == ["mnist"] and on_mps == on_cpu
     path = write_run_record("image_generation/vae", "smoke", torch.device("cpu"), RunClock(), {"fid": on_mps["fid"]},
                             data=mnist.describe())
-    assert json.loads(path.read_text())["fid_classifier_sha256"] == hashlib.sha256(mps_file).hexdigest()
+    committed = hashlib.sha256(classifier_path("mnist").read_bytes()).hexdigest()
+    assert json.loads(path.read_text())["fid_classifier_sha256"] == committed == pinned_sha256()["fid_classifier_mnist.pt"]
 
 
-def test_an_earlier_cache_layout_is_kept_if_trained_on_the_cpu_and_retrained_if_not(
-        mnist: ImageData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from common.fid_classifier import load_classifier
-    _fresh_fid_state(monkeypatch, tmp_path / "c")
-    canonical = load_classifier("mnist", "smoke", verbose=False).sha256
-    path = classifier_path("mnist", "smoke")
-    entry = torch.load(path, weights_only=True)
-    assert canonical == hashlib_of(path)
-    for trained_on, retrained in (("cpu (2 threads, x86_64)", False), ("NVIDIA GeForce RTX 4090", True)):
-        legacy = {**entry, "train_seconds": 3.4, "trained_on": trained_on}  # what the earlier code wrote
-        torch.save(legacy, path)
-        capsys.readouterr()
-        model = load_classifier("mnist", "smoke")
-        out = capsys.readouterr().out
-        assert ("trained in" in out) == retrained and (("NVIDIA" in out) == retrained), out
-        assert model.sha256 == canonical == hashlib_of(path)  # same network, same file, same SHA-256
+# ---------------------------------------------------------------- retraining: an explicit command
 
 
-def hashlib_of(path: Path) -> str:
-    import hashlib
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _tiny(out: Path, *extra: str) -> list[str]:
+    return ["--dataset", "mnist", "--steps", "6", "--train-images", "256", "--out", str(out), *extra]
+
+
+def test_the_script_trains_a_classifier_reproducibly_into_the_folder_it_is_given(
+        mnist: ImageData, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    committed = {p.name: p.read_bytes() for p in WEIGHTS_DIR.iterdir()}
+    rng_before = torch.get_rng_state()
+    assert train_script.main(_tiny(tmp_path / "a")) == 0
+    assert train_script.main(_tiny(tmp_path / "b")) == 0
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    name = "fid_classifier_mnist.pt"
+    first, second = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
+    assert first == second  # byte for byte: the SHA-256 names the network
+    pins = pinned_sha256(tmp_path / "a")
+    assert pins == {name: hashlib.sha256(first).hexdigest()} != {name: pinned_sha256()[name]}  # a tiny budget: another net
+    model = read_classifier(tmp_path / "a" / name, pins[name])
+    assert model.sha256 == pins[name] and 0 <= model.test_accuracy <= 1
+    entry = torch.load(tmp_path / "a" / name, weights_only=True)
+    assert entry["train_steps"] == 6 and entry["level"] == "custom" and "train_images=256" in entry["recipe"]
+    capsys.readouterr()
+    assert train_script.main(_tiny(tmp_path / "c", "--check")) == 1  # not the committed network: --check fails
+    assert "NOT the committed one" in capsys.readouterr().out and not (tmp_path / "c").exists()
+    assert {p.name: p.read_bytes() for p in WEIGHTS_DIR.iterdir()} == committed  # the package was not touched
+
+
+def test_the_script_keeps_the_recipe_of_the_committed_files() -> None:
+    """The committed files were trained with the 'trained' budget: the recipe string they store is the script's."""
+    for dataset in SUPPORTED_DATASETS:
+        entry = torch.load(classifier_path(dataset), weights_only=True)
+        assert entry["recipe"] == train_script.recipe(train_script.BUDGETS["trained"]) and entry["level"] == "trained"
+        assert entry["train_steps"] == train_script.BUDGETS["trained"].steps and entry["dataset"] == dataset

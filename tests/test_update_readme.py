@@ -40,12 +40,12 @@ def test_fid_headlines_name_their_classifier_and_a_mix_is_flagged(tmp_path: Path
     add_task(tmp_path, "gan", "fid", [{"fid_classifier_sha256": SHA_A}])
     add_task(tmp_path, "vae", "fid", [{"fid_classifier_sha256": SHA_A}])
     add_task(tmp_path, "nll", "nelbo", [{"fid_classifier_sha256": SHA_B}])  # not a fid headline: never compared
-    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert "fid: 50 (quick, CPU; MNIST subset; classifier aaaaaaaa)" in table
     assert "classifier bbbbbbbb" not in table and "Not comparable" not in table  # one classifier: nothing to flag
 
     add_task(tmp_path, "ddpm", "fid_unconditional", [{"fid_classifier_sha256": SHA_B}])
-    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     flags = [line for line in table.splitlines() if "Not comparable" in line]
     assert len(flags) == 1 and "MNIST subset" in flags[0]
     assert "aaaaaaaa: GAN, VAE" in flags[0] and "bbbbbbbb: DDPM" in flags[0] and "NLL" not in flags[0]
@@ -54,11 +54,44 @@ def test_fid_headlines_name_their_classifier_and_a_mix_is_flagged(tmp_path: Path
 def test_a_record_without_its_classifier_is_flagged_only_beside_one_that_has_it(tmp_path: Path) -> None:
     add_task(tmp_path, "gan", "fid", [{}])
     add_task(tmp_path, "vae", "fid", [{}])
-    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
-    assert "Not comparable" not in table and "classifier" not in table  # earlier records: the table as before
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "Not comparable" not in table and "classifier" not in table  # no classifier committed: nothing to mark
     add_task(tmp_path, "ddpm", "fid", [{"fid_classifier_sha256": {"fid_classifier_mnist.pt": SHA_A}}])
-    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert "not recorded: GAN, VAE" in table and "aaaaaaaa: DDPM" in table
+
+
+def commit_classifiers(root: Path, *shas: str) -> None:
+    """`root`'s common/fid_weights/SHA256SUMS pins `shas` (the committed FID classifiers)."""
+    folder = root / "common" / "fid_weights"
+    folder.mkdir(parents=True)
+    (folder / "SHA256SUMS").write_text("".join(f"{sha}  fid_classifier_{i}.pt\n" for i, sha in enumerate(shas)))
+
+
+def test_a_fid_headline_measured_with_another_classifier_than_the_committed_one_is_marked(tmp_path: Path) -> None:
+    commit_classifiers(tmp_path, SHA_A, "c" * 64)
+    add_task(tmp_path, "gan", "fid", [{"fid_classifier_sha256": SHA_A}])
+    add_task(tmp_path, "nll", "nelbo", [{"fid_classifier_sha256": SHA_B}])  # not a fid headline: never marked
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "fid: 50 (quick, CPU; MNIST subset; classifier aaaaaaaa)" in table  # the committed one: no mark
+    assert "†" not in table
+    add_task(tmp_path, "vae", "fid", [{"fid_classifier_sha256": SHA_B}])
+    add_task(tmp_path, "ddpm", "fid", [{"fid_classifier_sha256": {"fid_classifier_mnist.pt": SHA_A,
+                                                                   "fid_classifier_fashion_mnist.pt": SHA_B}}])
+    add_task(tmp_path, "flow", "fid", [{}])  # a record that does not name its classifier
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "fid: 50 (quick, CPU; MNIST subset; classifier aaaaaaaa)" in table
+    assert "classifier bbbbbbbb†)" in table and "classifier aaaaaaaa+bbbbbbbb†)" in table
+    assert "classifier not recorded†)" in table
+    notes = [line for line in table.splitlines() if line.startswith("† ")]
+    assert len(notes) == 1 and "other than the committed one" in notes[0]
+    assert all(title in notes[0] for title in ("VAE", "DDPM", "FLOW")) and "GAN" not in notes[0] and "NLL" not in notes[0]
+
+
+def test_the_real_readme_is_checked_against_the_committed_classifiers() -> None:
+    """The repository's own table uses the pinned SHA-256 of common/fid_weights (not an empty set)."""
+    from common.fid_classifier import pinned_sha256
+    assert update_readme.committed_classifiers() == set(pinned_sha256().values()) != set()
 
 
 def gpu_record(name: str) -> dict:
@@ -81,7 +114,7 @@ def test_a_laptop_4090_run_is_named_apart_and_not_summed_into_n(tmp_path: Path) 
               "timing": "steps-only/v1", "metrics": {"fid": 20.0}, "finished_at": "2026-02-01",
               **gpu_record("NVIDIA GeForce RTX 4090 Laptop GPU")}
     (results / "laptop.json").write_text(json.dumps(laptop))
-    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert "N = not yet measured**: 0 of 1 tasks" in table
     assert "NVIDIA GeForce RTX 4090 Laptop GPU: 1.00 hours over 1 of 1 tasks" in table
 
@@ -95,11 +128,11 @@ def test_a_gpu_time_that_ran_eagerly_after_a_compile_fallback_says_so(tmp_path: 
                                                              "reason": "InductorError in the first training step"}]},
               **gpu_record("NVIDIA GeForce RTX 4090")}
     (results / "rtx.json").write_text(json.dumps(record))
-    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert "10.0 min (NVIDIA GeForce RTX 4090), eager: torch.compile fell back" in table
     record["compile"]["models"][0]["status"] = record["compile"]["status"] = "compiled"
     (results / "rtx.json").write_text(json.dumps(record))
-    assert "eager" not in update_readme.render_table(update_readme.load_tasks(tmp_path))
+    assert "eager" not in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
 
 
 def test_a_run_in_slices_on_two_gpus_is_listed_under_each_and_never_as_a_4090(tmp_path: Path) -> None:
@@ -108,7 +141,7 @@ def test_a_run_in_slices_on_two_gpus_is_listed_under_each_and_never_as_a_4090(tm
     full = {"preset": "full", "device": "NVIDIA H100 80GB HBM3", "gpu": "NVIDIA H100 80GB HBM3", "device_type": "cuda",
             "train_seconds": 360.0, "slices": slices}
     add_task(tmp_path, "gan", "fid", [full])
-    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert "NVIDIA GeForce RTX 4090 + NVIDIA H100 80GB HBM3" in table
     assert "0 of 1 tasks have a `full` run measured on an RTX 4090" in table
     other = next(line for line in table.splitlines() if line.startswith("Measured on other GPUs"))
@@ -117,5 +150,5 @@ def test_a_run_in_slices_on_two_gpus_is_listed_under_each_and_never_as_a_4090(tm
     one_gpu = {**full, "slices": [{**s, "device": "NVIDIA GeForce RTX 4090"} for s in slices],
                "device": "NVIDIA GeForce RTX 4090", "gpu": "NVIDIA GeForce RTX 4090", "finished_at": "2026-02-01"}
     add_task(tmp_path, "vae", "fid", [one_gpu])
-    table = update_readme.render_table(update_readme.load_tasks(tmp_path))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert "1 of 2 tasks have a `full` run measured on an RTX 4090" in table
