@@ -41,7 +41,7 @@ def test_cora_has_the_standard_split_and_is_cached_as_one_npz(raw_copy: Path) ->
     assert (len(graph.train_idx), len(graph.val_idx), len(graph.test_idx)) == (140, 500, 1000)
     assert np.bincount(graph.y[graph.train_idx], minlength=7).tolist() == [20] * 7
     assert graph.train_idx.tolist() == list(range(140)) and graph.val_idx.tolist() == list(range(140, 640))
-    assert graph.test_idx.tolist() == list(range(1708, 2708))  # Cora's test nodes, sorted (the file lists them shuffled)
+    assert graph.test_idx.tolist() == list(range(1708, 2708))  # sorted (the index file lists them shuffled)
     splits = [set(graph.train_idx), set(graph.val_idx), set(graph.test_idx)]
     assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
     assert set(np.unique(graph.x)) == {0.0, 1.0} and graph.y.min() == 0  # binary words; every node labelled
