@@ -17,6 +17,7 @@ from common.data import (
 )
 from common.device import DeviceError, describe_device, get_device, parse_device
 from common.fid import fid, get_classifier
+from common.planetoid import Graph, load_planetoid
 from common.plot import plot_curves, show_images
 from common.precision import (amp_dtype, autocast, compile_report, compile_unavailable_reason, enable_tf32, fp32_exact,
                               grad_scaler, guarded_step, is_compile_error, maybe_compile, precision_mode,
@@ -35,6 +36,7 @@ __all__ = [
     "DatasetError",
     "DeviceError",
     "DeviceImageLoader",
+    "Graph",
     "ImageData",
     "PRESETS",
     "RunClock",
@@ -60,6 +62,7 @@ __all__ = [
     "is_compile_error",
     "load_checkpoint",
     "load_image_dataset",
+    "load_planetoid",
     "load_tinyshakespeare",
     "load_tinystories",
     "maybe_compile",
