@@ -222,3 +222,33 @@ def test_a_notebook_without_stop_after_steps_fails_the_resume_test(tmp_path: Pat
     with pytest.raises(AssertionError, match="stop_after_steps"):
         mid_run_stop(without)
     assert mid_run_stop(with_field) == 3
+
+
+def test_the_resume_comparison_sees_any_tensor_or_metric_that_differs(tmp_path: Path) -> None:
+    """The controls of the comparisons above: a resumed run that lost one optimiser moment, one random generator's
+    state or one metric (but a listed clock reading) is caught; identical checkpoints and records pass."""
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(), "seconds": 1.5}
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        torch.save(state, tmp_path / folder / "run.pt")
+    same = checkpoint_hashes(tmp_path / "a")
+    assert same == checkpoint_hashes(tmp_path / "b") and "/opt/state/0/exp_avg" in same["run.pt"]
+    assert checkpoint_differences(same, checkpoint_hashes(tmp_path / "b")) == []
+    torch.save({**state, "seconds": 9.0}, tmp_path / "b" / "run.pt")  # a clock entry is not a tensor
+    assert checkpoint_differences(same, checkpoint_hashes(tmp_path / "b")) == []
+    opt.state[model.weight]["exp_avg"].zero_()  # a moment lost on resume
+    torch.save({**state, "opt": opt.state_dict(), "rng": torch.manual_seed(1).get_state()}, tmp_path / "b" / "run.pt")
+    torch.save(state, tmp_path / "b" / "extra.pt")
+    assert checkpoint_differences(same, checkpoint_hashes(tmp_path / "b")) == [
+        "extra.pt: only in the second run", "run.pt/opt/state/0/exp_avg", "run.pt/rng"]
+    first = {"loss": 0.5, "fid": float("nan"), "by_step": {"1": 2.0}, "seconds": 3.0}
+    assert metric_differences(first, dict(first), []) == []  # NaN equals NaN
+    assert metric_differences(first, {**first, "seconds": 4.0}, ["seconds"]) == []
+    assert metric_differences(first, {**first, "seconds": 4.0, "by_step": {"1": 2.5}}, []) == ["by_step", "seconds"]
+    assert metric_differences(first, {k: v for k, v in first.items() if k != "loss"}, []) == ["loss"]
