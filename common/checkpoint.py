@@ -86,8 +86,14 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu",
     path = Path(path)
     if not path.exists():
         return None
+    # torch.load knows the CPU only as "cpu": the float64 guard's training CPU (`cpu:0`, common/float64_guard.py)
+    # is loaded onto "cpu", then moved to it, which marks the tensors as being on the training device.
+    onto = torch.device(map_location) if isinstance(map_location, (str, torch.device)) else None
+    indexed_cpu = onto is not None and onto.type == "cpu" and onto.index is not None
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu" if indexed_cpu else map_location, weights_only=True)
+        if indexed_cpu:
+            state = _to_device(state, onto)
     except Exception as e:  # any failure: garbage bytes can surface as IndexError or KeyError from the unpickler
         raise CheckpointError(load_failure(path, e, map_location)) from None  # torch's text is not chained: see below
     if not isinstance(state, dict):
@@ -99,6 +105,17 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu",
             raise CheckpointError(f"{path} was written by a different configuration ({'; '.join(differing)}). "
                                   f"Restore those Config fields, or set resume=False to start afresh.")
     return state
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """`value` with every tensor in it (in dicts, lists and tuples) moved to `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return type(value)((k, _to_device(v, device)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
 
 
 def load_failure(path: Path, error: BaseException, map_location: object = "cpu") -> str:

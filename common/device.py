@@ -8,6 +8,8 @@ import re
 
 import torch
 
+from common import float64_guard
+
 ALLOWED_DEVICES = "cpu, cuda, cuda:N, mps"
 
 
@@ -49,13 +51,9 @@ def parse_device(value: str) -> torch.device:
     return torch.device(text)
 
 
-def get_device(verbose: bool = True) -> torch.device:
-    """Return CUDA if available, else MPS, else CPU, and print one line saying which.
-
-    `DL_DEVICE` (cpu, cuda, cuda:N or mps) overrides the choice, which is handy for comparing devices; it is
-    validated here, once, so a wrong value stops the notebook at its Setup cell with one clear line
-    (`DeviceError`) instead of a raw torch error or a failure later on.
-    """
+def choose_device() -> torch.device:
+    """The device `get_device` returns, without printing or installing anything: `DL_DEVICE` if set, else CUDA if
+    available, else MPS, else the CPU."""
     forced = os.environ.get("DL_DEVICE", "").strip()
     if forced:
         device = parse_device(forced)
@@ -65,7 +63,24 @@ def get_device(verbose: bool = True) -> torch.device:
         device = torch.device("mps")
     else:
         device = torch.device("cpu")
+    return device
+
+
+def get_device(verbose: bool = True) -> torch.device:
+    """Return CUDA if available, else MPS, else CPU, and print one line saying which.
+
+    `DL_DEVICE` (cpu, cuda, cuda:N or mps) overrides the choice, which is handy for comparing devices; it is
+    validated here, once, so a wrong value stops the notebook at its Setup cell with one clear line
+    (`DeviceError`) instead of a raw torch error or a failure later on.
+
+    With `DL_FORBID_DEVICE_FLOAT64=1` (the notebook tests set it) it also installs `common.float64_guard`, under
+    which float64 on the returned device raises, as on Apple's MPS; the CPU is then returned as `cpu:0`.
+    """
+    device = choose_device()
+    if float64_guard.enabled():
+        device = float64_guard.install(device)
     if verbose:
         name = describe_device(device)  # the CPU's description already starts with "cpu"
-        print(f"Using device: {name}" if device.type == "cpu" else f"Using device: {device.type} ({name})")
+        guard = f" (no float64 on it: {float64_guard.ENV} is set)" if float64_guard.enabled() else ""
+        print((f"Using device: {name}" if device.type == "cpu" else f"Using device: {device.type} ({name})") + guard)
     return device

@@ -8,16 +8,17 @@ Three parts, each rewritten in place (running it twice changes nothing; outputs 
 
 1. an "Open in Colab" badge, the first line of the first markdown cell;
 2. the setup cell, the first code cell of the Setup section (cell id and tag `colab-setup`): opened on its own
-   (e.g. in Colab), it installs the repository's `common` package, pinned to the release tag `v<version>` of
-   pyproject.toml, and the requirements of the task's requirements.txt (written into the cell), and says so in
-   one line. It never installs torch (or torchvision, torchaudio) where it is already importable: Colab's own
-   build is kept, pinned by a constraint. Where this repository's `common` is importable (a clone, the tests)
-   it does nothing and prints nothing; where another package named `common` is, it stops with one line;
+   (e.g. in Colab), it installs the repository's `common` package from the branch the Colab badge opens, and the
+   requirements of the task's requirements.txt (written into the cell); then it prints the commit it installed,
+   the preset that will run and why, and how to keep checkpoints on Google Drive. It never installs torch (or
+   torchvision, torchaudio) where it is already importable: Colab's own build is kept, pinned by a constraint.
+   Where this repository's `common` is importable (a clone, the tests) it does nothing and prints nothing; where
+   another package named `common` is, it stops with one line;
 3. a "**Next:**" line at the end of the Takeaways cell, from `next` (and `coming`) in the task's task.toml.
 
-Every address comes from `[project.urls] Repository` in pyproject.toml (see scripts/update_readme.py). The pinned
-release comes from `[project] version` there: to refresh it, bump the version, run `--all`, commit, and tag that
-commit `v<version>` (CONTRIBUTING.md, "Releasing").
+Every address comes from `[project.urls] Repository` in pyproject.toml and the branch from `[tool.dl-4090-hours]
+branch` there (see scripts/update_readme.py): a badge and the setup cell below it always name the same repository
+and branch, so the notebook Colab opens runs with the `common` of the same branch (CONTRIBUTING.md, "Releasing").
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ PACKAGE_ID = "dl-4090-hours-common"  # common.PACKAGE_ID: tells this repository'
 KEPT = ("torch", "torchvision", "torchaudio")  # never reinstalled where importable (Colab ships its own CUDA build)
 
 
-def release_ref(root: Path = REPO_ROOT) -> str:
-    """The git tag the setup cells pin `common` to: `v` + `[project] version` of pyproject.toml."""
-    return "v" + update_readme.tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+def install_ref(root: Path = REPO_ROOT) -> str:
+    """The git ref the setup cells install `common` from: the branch the Colab badges open."""
+    return update_readme.branch(root)
 
 
 def task_requirements(folder: str, root: Path = REPO_ROOT) -> list[str]:
@@ -66,18 +67,19 @@ def setup_cell_source(folder: str) -> str:
     repo = update_readme.repository_url()[len("https://github.com/"):]  # owner/name
     needs = ", ".join(f'"{r}"' for r in task_requirements(folder))
     kept = ", ".join(f'"{name}"' for name in KEPT)
-    return f'''# Opened on its own (e.g. in Colab)? This cell installs the repository's `common` package, at the release this
-# notebook belongs to, and this task's requirements; it keeps an installed torch (Colab's) as it is. Where this
-# repository's `common` is already installed (a clone, the tests) it does nothing.
+    return f'''# Opened on its own (e.g. in Colab)? This cell installs the repository's `common` package from the branch the
+# "Open in Colab" badge opens, and this task's requirements; it keeps an installed torch (Colab's) as it is. Where
+# this repository's `common` is already installed (a clone, the tests) it does nothing.
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
 
-REPO, REF = "{repo}", "{release_ref()}"  # on GitHub: the repository and the release tag
+REPO, REF = "{repo}", "{install_ref()}"  # on GitHub; REF: the branch the badge opens
 NEEDS = [{needs}]  # {folder}/requirements.txt
 if importlib.util.find_spec("common") is None:
     kept = [name for name in ({kept}) if importlib.util.find_spec(name) is not None]
@@ -92,6 +94,19 @@ if importlib.util.find_spec("common") is None:
     if pip.returncode != 0:
         raise RuntimeError(f"pip could not install them:\\n{{pip.stderr[-2000:]}}")
     importlib.invalidate_caches()
+    try:  # pip records the commit it cloned in the installed distribution's direct_url.json
+        vcs = json.loads(importlib.metadata.distribution("{PACKAGE_ID}").read_text("direct_url.json") or "{{}}")
+        commit = vcs.get("vcs_info", {{}}).get("commit_id") or "unknown"
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        commit = "unknown"
+    from common.checkpoint import checkpoint_dir
+    from common.preset import announce_preset
+    print(f"Installed `common` at commit {{commit}} of {{REF}}.")
+    announce_preset()  # the preset that will run, and why
+    print(f"Checkpoints go to {{checkpoint_dir()}} (DL_CHECKPOINT_DIR); in Colab, /content vanishes with the runtime. "
+          "To keep them, mount Google Drive (from google.colab import drive; drive.mount('/content/drive')) and set "
+          "os.environ['DL_CHECKPOINT_DIR'] = '/content/drive/MyDrive/dl-4090-hours/checkpoints' before the Config "
+          "cell: a run with resume=True then continues from the checkpoint it finds there.")
 else:
     import common
     if getattr(common, "PACKAGE_ID", None) != "{PACKAGE_ID}":

@@ -42,7 +42,6 @@ TASK_KEYS = ("title", "category", "paper", "paper_url", "notebook", "metric", "m
 NOT_MEASURED = "not yet measured"
 FID_CHECKSUMS = "common/fid_weights/SHA256SUMS"  # the committed FID classifiers' pinned SHA-256 (`sha256sum` format)
 OTHER_CLASSIFIER = "†"  # marks a fid headline measured with another FID classifier than the committed one
-DEFAULT_BRANCH = "main"  # the branch the Colab links open
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
@@ -54,9 +53,18 @@ def repository_url(root: Path = REPO_ROOT) -> str:
     return url
 
 
+def branch(root: Path = REPO_ROOT) -> str:
+    """The branch the Colab links open and the notebooks' setup cells install `common` from, written once:
+    `[tool.dl-4090-hours] branch` in pyproject.toml, next to the repository's address."""
+    name = tomllib.loads((root / "pyproject.toml").read_text()).get("tool", {}).get("dl-4090-hours", {}).get("branch")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._/-]+", name) or ".." in name:
+        raise ValueError(f"pyproject.toml: [tool.dl-4090-hours] needs branch = \"<a git branch>\", not {name!r}")
+    return name
+
+
 def colab_url(path: str) -> str:
-    """The Colab address that opens `path` (a notebook, relative to the repository root) on the default branch."""
-    return f"https://colab.research.google.com/github/{repository_url()[len('https://github.com/'):]}/blob/{DEFAULT_BRANCH}/{path}"
+    """The Colab address that opens `path` (a notebook, relative to the repository root) on `branch()`."""
+    return f"https://colab.research.google.com/github/{repository_url()[len('https://github.com/'):]}/blob/{branch()}/{path}"
 
 
 def colab_badge(path: str) -> str:

@@ -1,7 +1,8 @@
 """The generated notebook header (scripts/notebook_header.py): Colab badge, setup cell, "Next" line.
 
 The setup cell must do nothing and print nothing where `common` is importable (a clone, these tests), and, where
-it is not (Colab), install `common` and the task's requirements.txt from the repository's one address.
+it is not (Colab), install `common` and the task's requirements.txt from the repository's one address, at the branch
+the Colab badge opens, and say which commit it installed.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import copy
 import importlib.metadata
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
@@ -20,6 +23,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import notebook_header  # noqa: E402
+
+from common import preset  # noqa: E402
 
 update_readme = notebook_header.update_readme
 NOTEBOOKS = notebook_header.task_notebooks()
@@ -112,24 +117,86 @@ def installed(cmd: list[str]) -> list[str]:
     return [a for i, a in enumerate(args) if not a.startswith("-") and not (i and args[i - 1] in ("-c", "-r"))]
 
 
-def test_the_setup_cell_installs_common_at_the_release_and_the_task_requirements_where_common_is_missing(
+def test_the_setup_cell_installs_common_from_the_badges_branch_and_the_task_requirements_where_common_is_missing(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     folder = "image_generation/vae"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    direct_url = json.dumps({"url": "https://github.com/x/y", "vcs_info": {"vcs": "git", "commit_id": commit}})
+    real = importlib.metadata.distribution
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: SimpleNamespace(
+        read_text=lambda file: direct_url if file == "direct_url.json" else None)
+        if name == notebook_header.PACKAGE_ID else real(name))
+    monkeypatch.setattr(preset, "_announced", False)
+    monkeypatch.setenv("DL_PRESET", "quick")
+    monkeypatch.setenv("DL_CHECKPOINT_DIR", "/content/checkpoints")
     calls = run_without_common(notebook_header.setup_cell_source(folder), monkeypatch, hidden=notebook_header.KEPT)
     printed = capsys.readouterr()
-    repo = update_readme.repository_url()
-    version = update_readme.tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert notebook_header.release_ref() == f"v{version}"
-    assert printed.err == "" and printed.out.count("\n") == 1 and f"at v{version}" in printed.out
+    repo, ref = update_readme.repository_url(), update_readme.branch()
+    assert ref == "main" and notebook_header.install_ref() == ref  # the branch the badges open, not a tag
+    lines = printed.out.splitlines()
+    assert printed.err == "" and len(lines) == 4 and f"at {ref}," in lines[0], printed.out
+    assert lines[1] == f"Installed `common` at commit {commit} of {ref}."  # pip's record of what it installed
+    assert lines[2] == "Preset: quick (DL_PRESET is set)."  # which preset will run, and why
+    assert "/content/checkpoints" in lines[3] and "drive.mount('/content/drive')" in lines[3]
+    assert "os.environ['DL_CHECKPOINT_DIR'] = '/content/drive/" in lines[3] and "resume=True" in lines[3]
     assert len(calls) == 1
     cmd, constraints = calls[0]
     assert cmd[:4] == [sys.executable, "-m", "pip", "install"]
-    assert f"git+{repo}@v{version}" in cmd  # pinned: the release this notebook belongs to, not the branch's head
+    assert f"git+{repo}@{ref}" in cmd
     requirements = notebook_header.task_requirements(folder)
     assert requirements and "torch>=2.3" in requirements  # nothing importable here: torch is installed too
-    assert installed(cmd) == [f"git+{repo}@v{version}", *requirements] and constraints == ""
+    assert installed(cmd) == [f"git+{repo}@{ref}", *requirements] and constraints == ""
     with pytest.raises(RuntimeError, match="No matching distribution"):  # a failed install says why
         run_without_common(notebook_header.setup_cell_source(folder), monkeypatch, returncode=1)
+
+
+def test_the_setup_cell_says_when_pip_recorded_no_commit(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    real = importlib.metadata.distribution
+
+    def missing(name):
+        if name == notebook_header.PACKAGE_ID:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(preset, "_announced", True)
+    run_without_common(notebook_header.setup_cell_source("image_generation/vae"), monkeypatch)
+    assert f"Installed `common` at commit unknown of {update_readme.branch()}." in capsys.readouterr().out
+
+
+BADGE_LINK = re.compile(r"\(https://colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/([^/]+)/([^)]+\.ipynb)\)")
+SETUP_REF = re.compile(r'^REPO, REF = "([^"]+)", "([^"]+)"', re.M)
+
+
+def test_every_badge_and_setup_cell_name_the_same_repository_and_branch() -> None:
+    """What Colab opens (the badges, in the notebooks and the README) and what the cells install: one repository,
+    one ref, the ones pyproject.toml names."""
+    expected = (update_readme.repository_url()[len("https://github.com/"):], update_readme.branch())
+    seen = []
+    for notebook in NOTEBOOKS:
+        nb = nbformat.read(notebook, as_version=4)
+        badges = BADGE_LINK.findall(nb.cells[0].source.splitlines()[0])
+        cells = [SETUP_REF.findall(c.source) for c in nb.cells
+                 if c.get("id") == notebook_header.SETUP_ID or notebook_header.SETUP_ID in c.metadata.get("tags", [])]
+        assert len(badges) == 1 and len(cells) == 1 and len(cells[0]) == 1, notebook
+        assert badges[0][2] == notebook.relative_to(REPO_ROOT).as_posix()
+        seen += [badges[0][:2], cells[0][0]]
+        for c in nb.cells:  # every other Colab link in the notebook (the "Next" line) too
+            seen += [link[:2] for link in BADGE_LINK.findall(c.source)]
+    readme_links = BADGE_LINK.findall((REPO_ROOT / "README.md").read_text())
+    assert readme_links
+    seen += [link[:2] for link in readme_links]
+    assert set(seen) == {expected}, sorted(set(seen))
+
+
+def test_the_branch_is_read_from_pyproject(tmp_path: Path) -> None:
+    text = (REPO_ROOT / "pyproject.toml").read_text()
+    (tmp_path / "pyproject.toml").write_text(text.replace('branch = "main"', 'branch = "dev"'))
+    assert update_readme.branch(tmp_path) == "dev" and notebook_header.install_ref(tmp_path) == "dev"
+    (tmp_path / "pyproject.toml").write_text(text.replace('branch = "main"', ""))
+    with pytest.raises(ValueError, match="branch"):
+        update_readme.branch(tmp_path)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=IDS)
@@ -197,12 +264,14 @@ def test_apply_header_is_idempotent_keeps_outputs_and_the_skeleton(monkeypatch: 
     next_line = nb.cells[-1].source.splitlines()[-1]
     assert next_line.startswith("**Next:** [Two](../two/two.ipynb)") and "DDPM" in next_line
 
-    # A new address (a fork) and a new `next` replace the badge, the cell and the line: nothing is duplicated.
+    # A new address and branch (a fork) and a new `next` replace the badge, the cell and the line: nothing is duplicated.
     monkeypatch.setattr(update_readme, "repository_url", lambda root=None: "https://github.com/fork/repo")
+    monkeypatch.setattr(update_readme, "branch", lambda root=None: "dev")
     metas["image_generation/demo"]["next"] = []
     assert notebook_header.apply_header(nb, "image_generation/demo", metas["image_generation/demo"], metas.__getitem__)
-    assert nb.cells[0].source.count("Open In Colab") == 1 and "github/fork/repo/blob" in nb.cells[0].source
-    assert sum(c.get("id") == notebook_header.SETUP_ID for c in nb.cells) == 1 and "fork/repo" in nb.cells[3].source
+    assert nb.cells[0].source.count("Open In Colab") == 1 and "github/fork/repo/blob/dev/" in nb.cells[0].source
+    assert sum(c.get("id") == notebook_header.SETUP_ID for c in nb.cells) == 1
+    assert 'REPO, REF = "fork/repo", "dev"' in nb.cells[3].source
     assert nb.cells[-1].source.count("**Next:**") == 1 and "../two" not in nb.cells[-1].source
 
 

@@ -5,9 +5,16 @@ without error; a failing cell is reported with its source and traceback), then r
 
 Every notebook's Config has a `stop_after_steps: int = 0` field: its cells are run again up to the training cell
 with `stop_after_steps` set to the task.toml's `resume_test_stop`, which stops the training there with a
-checkpoint; then the whole notebook runs with `resume = True` and must end with exactly the uninterrupted run's
-metric (the task.toml's `resume_test_metric`, else its `metric`; on the CPU). A notebook without that field fails:
-resuming only from the end of training would never run the training loop after a resume.
+checkpoint; then the whole notebook runs with `resume = True` and must end exactly as the uninterrupted run did:
+every metric of its run record equal (but those the task.toml lists in `resume_test_timing_metrics`: clock readings,
+which differ between any two runs), and every tensor of every checkpoint it leaves bit-identical to the uninterrupted
+run's (the model, optimiser and EMA weights, the random generators' states; the checkpoints' other entries, such as
+the clock, are not tensors). The runs use the CPU (`DL_DEVICE=cpu`): on a GPU a bit-exact resume is not guaranteed,
+and the GPU path has its own check (scripts/gpu_check.py). A notebook without that field fails: resuming only from
+the end of training would never run the training loop after a resume.
+
+Every run forbids float64 on the training device (`DL_FORBID_DEVICE_FLOAT64=1`, common/float64_guard.py), as Apple's
+MPS does, so a notebook that would crash on a Mac fails here too, at no extra run.
 
 Nothing else executes the notebooks (nbval, which would run each again, is used only when asked:
 `pytest --nbval-lax <notebook>`). Notebooks are found by globbing, so a new task is covered without editing this
@@ -16,7 +23,9 @@ file.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,6 +54,8 @@ def smoke_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DL_PRESET", "smoke")
     monkeypatch.setenv("DL_RUNS_DIR", str(runs))
     monkeypatch.setenv("DL_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("DL_DEVICE", "cpu")  # a bit-exact resume is a CPU property; GPUs: scripts/gpu_check.py
+    monkeypatch.setenv("DL_FORBID_DEVICE_FLOAT64", "1")  # as on Apple's MPS (common/float64_guard.py)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # a killed kernel leaves its temporary files here
@@ -111,11 +122,48 @@ def check_record(record: dict, path: Path, fresh: bool) -> None:
     assert len(record["code"]["notebook_code_sha256"]) == 64
 
 
+def tensor_hashes(value, prefix: str = "") -> dict[str, str]:
+    """Every tensor in a loaded checkpoint (in dicts, lists and tuples), by its path: the SHA-256 of its dtype,
+    shape and bytes. Other entries (numbers, strings, the clock's seconds) are left out."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()  # bf16 too: numpy sees bytes
+        digest = hashlib.sha256(f"{t.dtype} {tuple(t.shape)} ".encode() + raw).hexdigest()
+        return {prefix or ".": digest}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    return {k: v for key, item in items for k, v in tensor_hashes(item, f"{prefix}/{key}").items()}
+
+
+def checkpoint_hashes(folder: Path) -> dict[str, dict[str, str]]:
+    """file name -> tensor path -> hash, for every checkpoint in `folder`."""
+    import torch
+
+    return {p.name: tensor_hashes(torch.load(p, map_location="cpu", weights_only=True)) for p in sorted(folder.glob("*.pt"))}
+
+
+def checkpoint_differences(first: dict[str, dict[str, str]], second: dict[str, dict[str, str]]) -> list[str]:
+    """The checkpoint files and tensors that differ between two `checkpoint_hashes`."""
+    out = [f"{name}: only in {'the first' if name in first else 'the second'} run" for name in sorted(set(first) ^ set(second))]
+    for name in sorted(set(first) & set(second)):
+        out += [f"{name}{key}" for key in sorted(set(first[name]) | set(second[name]))
+                if first[name].get(key) != second[name].get(key)]
+    return out
+
+
+def metric_differences(first: dict, second: dict, timing: list[str]) -> list[str]:
+    """The metrics (but the `timing` ones) whose values differ between two run records' `metrics`."""
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN here
+    return [k for k in sorted(set(first) | set(second))
+            if k not in timing and (k not in first or k not in second or not same(first[k], second[k]))]
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_writes_a_record_and_resumes_from_its_checkpoint(path: Path, tmp_path: Path, smoke_env: Path) -> None:
-    """Run once in smoke, stop a second run part-way through the training, resume it: the final metric must equal
-    the uninterrupted run's."""
+    """Run once in smoke, stop a second run part-way through the training, resume it: every metric (but clock
+    readings) and every checkpoint tensor must equal the uninterrupted run's."""
     first = execute(with_resume(path, False), tmp_path)
     records = [json.loads(p.read_text()) for p in smoke_env.glob("*.json")]
     assert len(records) == 1, f"expected one run record, found {len(records)}"
@@ -123,6 +171,8 @@ def test_notebook_writes_a_record_and_resumes_from_its_checkpoint(path: Path, tm
     assert "resumed" not in first.lower()
     assert any((tmp_path / "checkpoints").iterdir()), "no checkpoint was written to DL_CHECKPOINT_DIR"
     assert not list(tmp_path.glob("*.pt")) and not (tmp_path / "checkpoints").samefile(tmp_path)
+    first_checkpoints = checkpoint_hashes(tmp_path / "checkpoints")
+    shutil.rmtree(tmp_path / "checkpoints")  # the resumed run may rely only on the interrupted run's checkpoints
 
     stop = mid_run_stop(path)
     stopped = execute_through_training(with_resume(path, False, stop_after=stop), tmp_path)
@@ -134,9 +184,33 @@ def test_notebook_writes_a_record_and_resumes_from_its_checkpoint(path: Path, tm
     check_record(records[1], path, fresh=False)
     assert f"at step {stop}" in second, "the resumed run did not start from the interrupted step"
     meta = tomllib.loads((path.parent / "task.toml").read_text())
-    metric = meta.get("resume_test_metric", meta["metric"])  # the metric the training decides
-    assert records[1]["metrics"][metric] == records[0]["metrics"][metric], \
-        f"resumed part-way, the run ended with a different {metric} than the uninterrupted run"
+    timing = meta.get("resume_test_timing_metrics", [])
+    assert set(timing) <= set(records[0]["metrics"]), "resume_test_timing_metrics names metrics the record lacks"
+    assert meta["metric"] not in timing, "the README's metric is compared, always"
+    differing = metric_differences(records[0]["metrics"], records[1]["metrics"], timing)
+    assert not differing, f"resumed part-way, the run ended with other metrics than the uninterrupted run: {differing}"
+    assert first_checkpoints, "the uninterrupted run left no checkpoint tensors"
+    differing = checkpoint_differences(first_checkpoints, checkpoint_hashes(tmp_path / "checkpoints"))
+    assert not differing, f"resumed part-way, the run ended with other checkpoint tensors: {differing[:20]}"
+
+
+@pytest.mark.notebook
+def test_the_notebook_runs_forbid_float64_on_the_device(tmp_path: Path, smoke_env: Path) -> None:
+    """The control of the guard the notebook runs use: under the same settings, a notebook whose check runs in float64
+    on the training device (as mlp_backprop's gradient check once did) fails, naming the cause, while float64 on
+    the CPU runs, as on Apple's MPS."""
+    from nbclient.exceptions import CellExecutionError
+
+    cells = ["import torch\nfrom common import get_device\n\ndevice = get_device()\n"
+             "params = [torch.ones(3, device=device), torch.zeros(2).to(device)]\n"
+             "print(sum(p.cpu().double().sum().item() for p in params))  # float64 on the CPU: fine",
+             "check_params = [p.double() for p in params]  # float64 on the device: MPS would refuse"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    with pytest.raises(CellExecutionError, match="DeviceFloat64Error") as err:
+        execute(nb, tmp_path)
+    assert "float64 on the training device, from double" in str(err.value)
+    printed = " ".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert "3.0" in printed and "DL_FORBID_DEVICE_FLOAT64 is set" in printed
 
 
 def test_a_notebook_without_stop_after_steps_fails_the_resume_test(tmp_path: Path) -> None:
@@ -148,3 +222,33 @@ def test_a_notebook_without_stop_after_steps_fails_the_resume_test(tmp_path: Pat
     with pytest.raises(AssertionError, match="stop_after_steps"):
         mid_run_stop(without)
     assert mid_run_stop(with_field) == 3
+
+
+def test_the_resume_comparison_sees_any_tensor_or_metric_that_differs(tmp_path: Path) -> None:
+    """The controls of the comparisons above: a resumed run that lost one optimiser moment, one random generator's
+    state or one metric (but a listed clock reading) is caught; identical checkpoints and records pass."""
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(), "seconds": 1.5}
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        torch.save(state, tmp_path / folder / "run.pt")
+    same = checkpoint_hashes(tmp_path / "a")
+    assert same == checkpoint_hashes(tmp_path / "b") and "/opt/state/0/exp_avg" in same["run.pt"]
+    assert checkpoint_differences(same, checkpoint_hashes(tmp_path / "b")) == []
+    torch.save({**state, "seconds": 9.0}, tmp_path / "b" / "run.pt")  # a clock entry is not a tensor
+    assert checkpoint_differences(same, checkpoint_hashes(tmp_path / "b")) == []
+    opt.state[model.weight]["exp_avg"].zero_()  # a moment lost on resume
+    torch.save({**state, "opt": opt.state_dict(), "rng": torch.manual_seed(1).get_state()}, tmp_path / "b" / "run.pt")
+    torch.save(state, tmp_path / "b" / "extra.pt")
+    assert checkpoint_differences(same, checkpoint_hashes(tmp_path / "b")) == [
+        "extra.pt: only in the second run", "run.pt/opt/state/0/exp_avg", "run.pt/rng"]
+    first = {"loss": 0.5, "fid": float("nan"), "by_step": {"1": 2.0}, "seconds": 3.0}
+    assert metric_differences(first, dict(first), []) == []  # NaN equals NaN
+    assert metric_differences(first, {**first, "seconds": 4.0}, ["seconds"]) == []
+    assert metric_differences(first, {**first, "seconds": 4.0, "by_step": {"1": 2.5}}, []) == ["by_step", "seconds"]
+    assert metric_differences(first, {k: v for k, v in first.items() if k != "loss"}, []) == ["loss"]

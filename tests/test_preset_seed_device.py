@@ -1,6 +1,7 @@
 import random
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ import torch
 
 from common import get_device, get_preset, load_checkpoint, pick, rng_state, save_checkpoint, seed_everything, set_rng_state
 from common.device import DeviceError, parse_device
-from common.preset import PresetError
+from common import preset as preset_module
+from common.preset import PresetError, announce_preset, default_preset, preset_and_reason
 
 
 @pytest.mark.parametrize("value", ["smoke", "quick", "full", "QUICK", " full "])
@@ -17,9 +19,51 @@ def test_preset_reads_env(monkeypatch, value):
     assert get_preset() == value.strip().lower()
 
 
-def test_preset_default_depends_on_cuda(monkeypatch):
+def fake_gpu(monkeypatch, capability: tuple[int, int], gib: float, name: str = "Fake GPU") -> None:
+    """Pretend this machine has one CUDA GPU with this compute capability and memory."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: types.SimpleNamespace(total_memory=int(gib * 2**30)))
+
+
+@pytest.mark.parametrize("capability, gib, dl_device, expected, why", [
+    ((8, 9), 24.0, "", "full", "native bf16 and 24 GiB"),  # an RTX 4090
+    ((9, 0), 80.0, "cuda:0", "full", "native bf16 and 80 GiB"),  # an H100, named
+    ((7, 5), 15.0, "", "quick", "compute capability 7.5) has no native bf16"),  # Colab's T4
+    ((8, 6), 12.0, "", "quick", "12 GiB, under the 20 GiB"),  # a laptop's RTX 3080
+    ((8, 9), 24.0, "cpu", "quick", "the device is cpu"),  # a 4090 is here, but DL_DEVICE=cpu chose the CPU
+])
+def test_the_default_preset_follows_the_chosen_device(monkeypatch, capsys, capability, gib, dl_device, expected, why):
+    fake_gpu(monkeypatch, capability, gib)
+    monkeypatch.setattr(preset_module, "_announced", False)
     monkeypatch.delenv("DL_PRESET", raising=False)
-    assert get_preset() == ("full" if torch.cuda.is_available() else "quick")
+    monkeypatch.setenv("DL_DEVICE", dl_device)
+    preset, reason = default_preset()
+    assert (preset, "\n" in reason) == (expected, False) and why in reason and "DL_PRESET" in reason, reason
+    assert get_preset() == expected and pick(1, 2, 3) == {"quick": 2, "full": 3}[expected]
+    assert capsys.readouterr().out == f"Preset: {expected} ({reason}).\n"  # said once, at the first use
+    monkeypatch.setenv("DL_PRESET", "smoke")  # DL_PRESET still decides
+    assert get_preset() == "smoke" and preset_and_reason() == ("smoke", "DL_PRESET is set")
+
+
+def test_the_default_preset_without_cuda_is_quick(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(preset_module, "_announced", True)
+    monkeypatch.delenv("DL_PRESET", raising=False)
+    monkeypatch.delenv("DL_DEVICE", raising=False)
+    assert get_preset() == "quick" and default_preset(torch.device("cpu"))[0] == "quick"
+    fake_gpu(monkeypatch, (8, 9), 24.0)
+    assert default_preset(torch.device("cpu"))[0] == "quick" and default_preset(torch.device("cuda"))[0] == "full"
+
+
+def test_announce_preset_prints_once(monkeypatch, capsys):
+    monkeypatch.setattr(preset_module, "_announced", False)
+    monkeypatch.setenv("DL_PRESET", "quick")
+    assert announce_preset() == "quick" and announce_preset() == "quick"
+    assert capsys.readouterr().out == "Preset: quick (DL_PRESET is set).\n"
 
 
 def test_bogus_preset_is_a_one_line_actionable_error(monkeypatch):
