@@ -215,11 +215,17 @@ def code_version(task: str) -> dict[str, Any]:
             pass
     notebooks = sorted((REPO_ROOT / task).glob("*.ipynb"))
     if len(notebooks) == 1:
-        cells = json.loads(notebooks[0].read_text()).get("cells", [])
-        code = "\n\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-                           for c in cells if c.get("cell_type") == "code")
-        info["notebook_code_sha256"] = hashlib.sha256(code.encode()).hexdigest()
+        info["notebook_code_sha256"] = notebook_code_sha256(notebooks[0])
     return info
+
+
+def notebook_code_sha256(path: Path) -> str:
+    """The SHA-256 of a notebook's code cells joined by blank lines (outputs and markdown excluded): what the run
+    record names as `notebook_code_sha256`, and what scripts/campaign.py compares against it."""
+    cells = json.loads(path.read_text()).get("cells", [])
+    code = "\n\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+                       for c in cells if c.get("cell_type") == "code")
+    return hashlib.sha256(code.encode()).hexdigest()
 
 
 def device_slug(device: torch.device) -> str:

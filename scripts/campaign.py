@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -63,11 +62,11 @@ def campaign(path: Path = CAMPAIGN) -> dict[str, dict[str, Any]]:
 
 
 def notebook_code_sha256(path: Path) -> str:
-    """The SHA-256 of a notebook's code cells, as common.record.code_version computes it for the run record."""
-    cells = json.loads(path.read_text()).get("cells", [])
-    code = "\n\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-                       for c in cells if c.get("cell_type") == "code")
-    return hashlib.sha256(code.encode()).hexdigest()
+    """The SHA-256 of a notebook's code cells, as its run record names it (common.record; imported here, late, so
+    that `--help` needs no torch)."""
+    from common.record import notebook_code_sha256 as code_sha256
+
+    return code_sha256(path)
 
 
 def slice_script(path: Path, resume: bool) -> str:
