@@ -8,7 +8,10 @@ them every function here returns at once and does nothing, so a notebook run by 
 - `DL_SLICE_DEADLINE`: a Unix time in seconds by which the training loop must have stopped and checkpointed.
 - `DL_SLICE_STEPS`: at most this many optimisation steps in one slice (a deterministic cut, for tests).
 - `DL_SLICE_MARKER`: the JSON file written when a slice stops part-way: `{"step", "of", "train_seconds",
-  "device"}`, which the runner reads to account for the slice.
+  "loop_seconds", "device", "why"}`, which the runner reads to account for the slice. `train_seconds` is the
+  clock's `train` span (the record's `train_seconds`: the headline model's steps); `loop_seconds` adds every span
+  named `compile` or `*_train`, since a sliced loop may train several models in turn (the GAN trains its
+  baseline before its headline, and a slice that stops inside the baseline has 0 s of `train`).
 
 A notebook's headline training loop asks, at the end of every step (after its checkpointing decision is
 made, before the checkpoint is written):
@@ -84,11 +87,16 @@ def slice_time_up(clock: Any, done: int, total: int, start: int) -> bool:
 def _stop(clock: Any, done: int, total: int, why: str) -> None:
     device = getattr(clock, "device", None)
     train = float(clock["train"]) if clock is not None else None
+    loop = None
+    if clock is not None:
+        names = set(getattr(clock, "seconds", {})) | {"train", "compile"}
+        loop = sum(float(clock[n]) for n in names if n in ("train", "compile") or n.endswith("_train"))
     name = None
     if device is not None:
         from common.device import describe_device  # late: keeps this module's import light
         name = describe_device(torch.device(device))
-    _state["stopped"] = {"step": done, "of": total, "train_seconds": train, "device": name, "why": why}
+    _state["stopped"] = {"step": done, "of": total, "train_seconds": train, "loop_seconds": loop,
+                        "device": name, "why": why}
     marker = os.environ.get(MARKER_ENV)
     if marker:
         Path(marker).parent.mkdir(parents=True, exist_ok=True)

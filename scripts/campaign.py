@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # `common`, also where the repo is not pip-installed
 import gpu_check  # noqa: E402  (notebook discovery and the notebook-to-script conversion)
 
 try:
@@ -82,13 +83,25 @@ def may_finish(slices: list[dict[str, Any]], seconds: float, entry: dict[str, An
     train second, and the start-up each slice costs), else from the campaign's estimate (a task without an entry,
     such as the template, counts as one that may finish). Only a slice that may finish keeps the tail free: the
     others train until just before their end, since their tail would go unused."""
-    done = [s for s in slices if s.get("to_step") is not None and s["train_seconds"] > 0]
+    done = [s for s in slices if s.get("to_step") is not None and loop_seconds(s) > 0]
     if not done:
         return 60 * entry.get("estimate_minutes", 0) <= seconds
-    pace = sum(s["to_step"] - s["from_step"] for s in done) / sum(s["train_seconds"] for s in done)
-    start_up = max(s["wall_seconds"] - s["train_seconds"] for s in done)
+    pace = sum(s["to_step"] - s["from_step"] for s in done) / sum(loop_seconds(s) for s in done)
+    start_up = max(s["wall_seconds"] - loop_seconds(s) for s in done)
     remaining = (done[-1]["of_steps"] - done[-1]["to_step"]) / max(pace, 1e-9)
     return remaining + start_up + END_MARGIN < seconds
+
+
+def loop_seconds(entry: dict[str, Any]) -> float:
+    """A slice's seconds in its sliced loop's training spans (every model it trains; see common/slicing.py), or
+    its `train_seconds` for a slice recorded before `loop_seconds` existed."""
+    value = entry.get("loop_seconds")
+    return float(entry["train_seconds"] if value is None else value)
+
+
+def timing_loop_seconds(timings: dict[str, float]) -> float:
+    """The training spans of a run record's `timings`, summed as common.slicing sums them for its marker."""
+    return sum(v for k, v in timings.items() if k in ("train", "compile") or k.endswith("_train"))
 
 
 def folder_mib(path: Path) -> float:
@@ -143,6 +156,7 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
             rc = None
     wall = time.time() - start
     done_train = sum(s["train_seconds"] for s in state["slices"])
+    done_loop = sum(loop_seconds(s) for s in state["slices"])
     from_step = state["slices"][-1]["to_step"] if state["slices"] else 0
     entry: dict[str, Any] = {"from_step": from_step, "wall_seconds": round(wall, 2),
                              "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -154,10 +168,12 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
         stop = json.loads(marker.read_text())
         entry.update(device=stop["device"], to_step=stop["step"], of_steps=stop["of"],
                      train_seconds=round(stop["train_seconds"] - done_train, 4))
+        if stop.get("loop_seconds") is not None:
+            entry["loop_seconds"] = round(stop["loop_seconds"] - done_loop, 4)
         state["slices"].append(entry)
         (state_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n")
         print(f"{task}: stopped at step {stop['step']} of {stop['of']}, resume with the same command "
-              f"(slice {len(state['slices'])}: {wall:.0f} s wall, {entry['train_seconds']:.1f} s of steps on "
+              f"(slice {len(state['slices'])}: {wall:.0f} s wall, {loop_seconds(entry):.1f} s of steps on "
               f"{stop['device']}; state folder {folder_mib(state_dir):.1f} MiB)")
         return 0
     new = sorted(p for p in runs.glob("*.json") if p.name not in before)
@@ -167,7 +183,8 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     record = json.loads(new[-1].read_text())
     of_steps = state["slices"][-1]["of_steps"] if state["slices"] else None
     entry.update(device=record["device"], to_step=of_steps, of_steps=of_steps,
-                 train_seconds=round(record["train_seconds"] - done_train, 4))
+                 train_seconds=round(record["train_seconds"] - done_train, 4),
+                 loop_seconds=round(timing_loop_seconds(record.get("timings", {})) - done_loop, 4))
     state["slices"].append(entry)
     record["slices"] = state["slices"]
     new[-1].write_text(json.dumps(record, indent=2) + "\n")

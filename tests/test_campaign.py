@@ -49,12 +49,34 @@ def test_a_step_budget_stops_after_that_many_steps_of_this_slice(fresh_slice: Pa
     calls = [slicing.slice_time_up(FakeClock(), k, 100, 20) for k in range(21, 40)]  # resumed at step 20
     assert calls.index(True) == 9  # after step 30: ten steps in this slice
     marker = json.loads(fresh_slice.read_text())
-    assert marker == {"step": 30, "of": 100, "train_seconds": 12.5, "device": marker["device"], "why": "step budget"}
+    assert marker == {"step": 30, "of": 100, "train_seconds": 12.5, "loop_seconds": 25.0, "device": marker["device"],
+                      "why": "step budget"}  # loop: FakeClock's train + compile
     assert all(calls[9:]), "a stopped slice stays stopped"
     assert json.loads(fresh_slice.read_text())["step"] == 30, "later calls do not move the marker"
     with pytest.raises(SystemExit) as exit_:
         slicing.exit_if_slice_over()
     assert exit_.value.code == 0
+
+
+def test_the_marker_counts_every_model_the_sliced_loop_trains(fresh_slice: Path, monkeypatch) -> None:
+    """A loop that trains a baseline before its headline (the GAN) and stops inside the baseline has 0 s of
+    `train`: the marker's `loop_seconds` still holds the baseline's steps, and the campaign's pace reads it. The
+    control, a slice with `train_seconds` alone, gives the runner no pace at all (it falls back to the estimate)."""
+    from common.record import RunClock
+
+    clock = RunClock(None)
+    clock.seconds = {"baseline_train": 185.0, "compile": 5.0, "eval": 40.0}
+    monkeypatch.setenv(slicing.STEPS_ENV, "1")
+    assert slicing.slice_time_up(clock, 14_170, 40_000, 14_169)
+    marker = json.loads(fresh_slice.read_text())
+    assert marker["train_seconds"] == 0.0 and marker["loop_seconds"] == 190.0, "eval is not a training span"
+    entry = {"estimate_minutes": 60}  # an estimate that says "cannot finish in 20 minutes"
+    slices = [{"from_step": 0, "to_step": 14_170, "of_steps": 40_000, "wall_seconds": 227.0,
+               "train_seconds": 0.0, "loop_seconds": 190.0}]
+    # 25,830 steps left at 74.6 steps/s: 346 s, plus 37 s of start-up and the end margin: fits in 600 s, not 350
+    assert campaign.may_finish(slices, 600, entry) and not campaign.may_finish(slices, 350, entry)
+    control = [{k: v for k, v in slices[0].items() if k != "loop_seconds"}]
+    assert not campaign.may_finish(control, 600, entry), "without loop_seconds the pace is unknown"
 
 
 def test_the_last_step_is_never_cut(fresh_slice: Path, monkeypatch) -> None:
