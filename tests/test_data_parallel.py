@@ -3,9 +3,10 @@
 The training script lives in text_generation/data_parallel/data_parallel.ipynb as the parts of a dict `SCRIPT`
 (`SCRIPT["name"] = r'''...'''`), which the notebook writes to a file and launches. This test extracts the same
 parts, writes the script into a temporary folder, launches its `checks` mode on two ranks with a tiny model, and
-asserts what the notebook claims: the manual all-reduce, DDP, gradient accumulation and FSDP reach the parameters
-of one process with the whole batch within the notebook's stated `param_tol`, while the control without an
-all-reduce does not, so the check can tell the difference.
+asserts what the notebook claims: the manual all-reduce, DDP (also accumulating with and without `no_sync`),
+gradient accumulation and FSDP reach the first-step gradient and the parameters of one process with the whole batch
+within the notebook's stated `grad_tol` and `param_tol`, while the controls (no all-reduce; a sum instead of a mean)
+fail the gradient check, so the checks can tell the difference.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def script_parts(nb: nbformat.NotebookNode) -> list[str]:
     return parts
 
 
-def stated_tolerance(nb: nbformat.NotebookNode) -> float:
-    """The `param_tol` default of the notebook's Config."""
+def stated_tolerance(nb: nbformat.NotebookNode, name: str = "param_tol") -> float:
+    """The default of the notebook's Config field `name` (a tolerance)."""
     source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    found = re.findall(r"^\s*param_tol: float = ([0-9.eE+-]+)", source, re.M)
-    assert len(found) == 1, "the Config should state `param_tol: float = <number>` once"
+    found = re.findall(rf"^\s*{name}: float = ([0-9.eE+-]+)", source, re.M)
+    assert len(found) == 1, f"the Config should state `{name}: float = <number>` once"
     return float(found[0])
 
 
@@ -74,11 +75,37 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, float]:
     return json.loads((work / "out.json").read_text())["checks"], stated_tolerance(nb)
 
 
-@pytest.mark.parametrize("variant", ["manual", "ddp", "accumulation", "fsdp"])
+@pytest.mark.parametrize("variant", ["manual", "ddp", "accumulation", "fsdp", "ddp_no_sync", "ddp_sync_every"])
 def test_two_ranks_match_one_process_with_the_whole_batch(checks: tuple[dict, float], variant: str) -> None:
     result, tol = checks
     assert result["world_size"] == 2
     assert result["max_param_diff"][variant] <= tol, f"{variant}: {result['max_param_diff'][variant]:.2e} > {tol:.0e}"
+    grad_tol = stated_tolerance(nbformat.read(NOTEBOOK, as_version=4), "grad_tol")
+    assert result["max_grad_rel_diff"][variant] <= grad_tol, (variant, result["max_grad_rel_diff"][variant])
+
+
+def test_the_gradient_check_sees_a_sum_that_the_parameter_check_misses(checks: tuple[dict, float]) -> None:
+    """Summing instead of averaging doubles the gradient (relative difference 1 for N = 2): the gradient check
+    fails it; AdamW (nearly blind to the gradient's scale) and clipping hide it from the parameter check."""
+    result, tol = checks
+    assert result["max_grad_rel_diff"]["sum_not_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert result["max_param_diff"]["sum_not_mean"] < result["max_param_diff"]["no_allreduce"]
+
+
+def test_halving_is_exact_so_two_ranks_agree_bit_for_bit(checks: tuple[dict, float]) -> None:
+    """With two ranks, (g1 + g2) / 2 (by hand), g1 / 2 + g2 / 2 (accumulation) and DDP's divide-then-sum round alike."""
+    equal = checks[0]["bitwise_equal_to_manual"]
+    assert equal["accumulation"] and equal["ddp"], equal
+    assert not equal["ddp_no_sync"], "half-shards are other matrix shapes: equal within round-off, not bit for bit"
+
+
+def test_no_sync_all_reduces_once_per_step_and_accumulating_without_it_twice(checks: tuple[dict, float]) -> None:
+    buckets = checks[0]["ddp_bucket_bytes_by_step"]
+    for step in range(len(buckets["ddp"])):
+        assert buckets["ddp_no_sync"][step] == buckets["ddp"][step]
+        assert buckets["ddp_sync_every"][step] == buckets["ddp"][step] * 2
+    n_params = checks[0]["n_params"]
+    assert sum(buckets["ddp"][0]) == 4 * n_params, "every float32 gradient in exactly one bucket"
 
 
 def test_the_check_fails_without_the_all_reduce(checks: tuple[dict, float]) -> None:

@@ -15,6 +15,7 @@ import nbformat
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -68,14 +69,43 @@ def read_requirements(path: Path) -> dict[str, Requirement]:
 ROOT_REQUIREMENTS = read_requirements(REPO_ROOT / "requirements.txt")
 
 
+NEWER_APIS = {  # an import that needs a newer version than the root's floor -> (distribution, the first version with it)
+    "from torch.distributed.fsdp import fully_shard": ("torch", "2.6"),  # FSDP2 public from 2.6 (2.4-2.5: _composable)
+}
+
+
+def lower_bound(req: Requirement) -> Version | None:
+    """The version of a requirement's `>=` bound, if that is its only bound."""
+    specs = list(req.specifier)
+    return Version(specs[0].version) if len(specs) == 1 and specs[0].operator == ">=" else None
+
+
 def bound_problems(reqs: dict[str, Requirement], root: dict[str, Requirement], where: str) -> list[str]:
-    """Every requirement must be in the root file, with the same version bounds and markers."""
+    """Every requirement must be in the root file, with the same version bounds and markers, except that a task may
+    raise a `>=` floor (a newer API its code needs: NEWER_APIS)."""
     problems = []
     for name, req in sorted(reqs.items()):
         if name not in root:
             problems.append(f"{where} lists {name}, which the root requirements.txt lacks")
-        elif (req.specifier, str(req.marker or "")) != (root[name].specifier, str(root[name].marker or "")):
+            continue
+        same = (req.specifier, str(req.marker or "")) == (root[name].specifier, str(root[name].marker or ""))
+        floor, root_floor = lower_bound(req), lower_bound(root[name])
+        raised = (floor is not None and root_floor is not None and floor > root_floor
+                  and str(req.marker or "") == str(root[name].marker or ""))
+        if not (same or raised):
             problems.append(f"{where}: {req} differs from the root requirements.txt's {root[name]}")
+    return problems
+
+
+def api_problems(nb, reqs: dict[str, Requirement]) -> list[str]:
+    """An import listed in NEWER_APIS needs a floor at least as new as the version that introduced it."""
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    problems = []
+    for line, (dist, version) in NEWER_APIS.items():
+        req = reqs.get(canonicalize_name(dist))
+        floor = lower_bound(req) if req is not None else None
+        if line in code and (floor is None or floor < Version(version)):
+            problems.append(f"the notebook has `{line}`, which needs {dist}>={version}; requirements.txt says {req}")
     return problems
 
 
@@ -92,7 +122,7 @@ def requirement_problems(nb, reqs: dict[str, Requirement], root: dict[str, Requi
             problems.append(f"the notebook imports {module}, but requirements.txt lacks {dist}")
     problems += [f"requirements.txt lists {name}, which the notebook does not import" for name in sorted(reqs)
                  if name not in needed]
-    return problems + bound_problems(reqs, root, "requirements.txt")
+    return problems + bound_problems(reqs, root, "requirements.txt") + api_problems(nb, reqs)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.parent.relative_to(REPO_ROOT).as_posix() for p in NOTEBOOKS])
@@ -197,3 +227,15 @@ def test_the_readme_start_uses_a_venv_and_offers_the_cpu_build_within_the_constr
     for name in ("torch", "torchvision"):  # the CPU build's local version (2.14.1+cpu) is within its cap
         top = next(s.version for s in caps[name].specifier if s.operator == "<=")
         assert caps[name].specifier.contains(f"{top}+cpu") and ROOT_REQUIREMENTS[name].specifier.contains(f"{top}+cpu")
+
+
+def test_a_newer_api_needs_a_raised_floor_and_only_a_raised_floor_may_differ() -> None:
+    """The data-parallel notebook imports FSDP2 from its public path (torch 2.6): a torch>=2.3 bound must fail, the
+    raised torch>=2.6 must pass, and a lowered or capped bound still differs from the root's."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import torch\nfrom torch.distributed.fsdp import fully_shard")])
+    root = parse_requirements(["torch>=2.3"])
+    old = requirement_problems(nb, parse_requirements(["torch>=2.3"]), root)
+    assert len(old) == 1 and "needs torch>=2.6" in old[0], old
+    assert requirement_problems(nb, parse_requirements(["torch>=2.6"]), root) == []
+    assert bound_problems(parse_requirements(["torch>=2.2"]), root, "r") != []
+    assert bound_problems(parse_requirements(["torch>=2.6,<3"]), root, "r") != []
