@@ -120,3 +120,13 @@ def test_fsdp_holds_about_half_of_ddp_per_rank_on_two_ranks(checks: tuple[dict, 
     for part in ("params", "grads"):
         assert 0.45 <= memory["fsdp"][part] / memory["ddp"][part] <= 0.6, (part, memory)
     assert memory["fsdp"]["optimizer"] < 0.6 * memory["ddp"]["optimizer"]
+
+
+def test_the_script_beside_the_notebook_is_the_notebooks_script() -> None:
+    """data_parallel.ipynb saves its finished script as dp_train.py beside itself, for the shell commands it shows;
+    the committed copy must be what the notebook's SCRIPT parts make now (rerun the notebook after editing them)."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    expected = "\n\n\n".join(part.strip("\n") for part in script_parts(nb)) + "\n"
+    committed = NOTEBOOK.parent / "dp_train.py"
+    assert committed.is_file(), "dp_train.py is missing beside the notebook: run the notebook in its folder"
+    assert committed.read_text() == expected, "dp_train.py is stale: rerun the notebook (scripts/run_notebook.py)"
