@@ -59,9 +59,9 @@ def test_the_notebooks_gradient_checks_pass_on_the_correct_backward(ns: dict) ->
         params, x, y = problem(ns, seed)
         autograd_errors = ns["check_against_autograd"](params, x, y)
         assert list(autograd_errors) == ["W1", "b1", "W2", "b2", "W3", "b3"]
-        assert max(autograd_errors.values()) < 1e-8  # the issue's bound, float64
+        assert ns["all_below"](autograd_errors, 1e-8)  # the issue's bound, float64
         fd_errors = ns["check_against_finite_differences"](params, x, y, 6, 1e-6, torch.Generator().manual_seed(seed))
-        assert max(fd_errors.values()) < 1e-6
+        assert ns["all_below"](fd_errors, 1e-6)
 
 
 def _relu_without_mask(ns: dict):
@@ -108,9 +108,17 @@ def test_the_gradient_checks_catch_a_broken_backward(ns: dict, name: str, bug, m
     params, x, y = problem(ns)
     monkeypatch.setitem(ns, name, bug(ns))  # the notebook's functions look each other up in this namespace
     autograd_errors = ns["check_against_autograd"](params, x, y)
-    assert max(autograd_errors.values()) > 1e-3, f"the check missed the bug: {autograd_errors}"
+    assert not ns["all_below"](autograd_errors, 1e-3), f"the check missed the bug: {autograd_errors}"
     fd_errors = ns["check_against_finite_differences"](params, x, y, 40, 1e-6, torch.Generator().manual_seed(0))
-    assert max(fd_errors.values()) > 1e-3, f"the finite-difference check missed the bug: {fd_errors}"
+    assert not ns["all_below"](fd_errors, 1e-3), f"the finite-difference check missed the bug: {fd_errors}"
+
+
+def test_a_nan_error_fails_the_check_wherever_it_is(ns: dict) -> None:
+    """The control is the old check, max(...) < tol, which a NaN after the first parameter passes."""
+    for errors in ({"W1": math.nan, "b1": 1e-12}, {"W1": 1e-12, "b1": math.nan}, {"W1": 1e-12, "b1": math.inf}):
+        assert not ns["all_below"](errors, 1e-8), errors
+    assert max({"W1": 1e-12, "b1": math.nan}.values()) < 1e-8, "the control: max() skips the NaN"
+    assert ns["all_below"]({"W1": 1e-12, "b1": 1e-9}, 1e-8)
 
 
 def test_the_scalar_engine_matches_autograd(ns: dict) -> None:
