@@ -24,6 +24,9 @@ prepare)
   cp /usr/share/datasets/fashion-mnist/*.gz .loan/fashion-mnist/ 2>/dev/null \
     || echo "no Fashion-MNIST (apt-get install dataset-fashion-mnist): the MLP, VAE and training-deep-nets runs need it"
   if [ "${LOAN_CIFAR:-0}" = 1 ]; then cp "$src/cifar10-jpeg.tar.gz" "$src/build_cifar10_full.py" .loan/data/; fi
+  # Python packages the machine lacks (it has torch, numpy, matplotlib, tqdm; no internet): the seq2seq notebook's
+  # num2words (pure Python; its docopt is needed by its command-line tool only)
+  python3 -m pip download -q --no-deps -d .loan/wheels "num2words==0.5.14" || echo "warning: no num2words wheel"
   git rev-parse HEAD >.loan/commit
   [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "warning: uncommitted changes travel but the records name $(cat .loan/commit)"
   du -sh .loan; echo "carry [\".loan\"]; command: bash scripts/loan.sh run 540 [TASK ...]  (LOAN_CIFAR=1 adds CIFAR-10, 20 MB)"
@@ -32,6 +35,10 @@ run)
   budget=${2:?seconds}; shift 2
   end=$(( $(date +%s) + budget ))
   export DL_GIT_COMMIT=$(cat .loan/commit) PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+  if ls .loan/wheels/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/loan_site .loan/wheels/*.whl \
+      && export PYTHONPATH=$PWD:/tmp/loan_site
+  fi
   out=${OUT:-/tmp/loan_out}; mkdir -p "$out" /tmp/loan_state
   data=/tmp/loan_data; mkdir -p $data && cp -r .loan/data/. $data/
   if ls .loan/fashion-mnist/*.gz >/dev/null 2>&1; then
