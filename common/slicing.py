@@ -32,12 +32,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["DEADLINE_ENV", "MARGIN_SECONDS", "MARKER_ENV", "STEPS_ENV", "exit_if_slice_over", "slice_time_up"]
+__all__ = ["DEADLINE_ENV", "MARGIN_SECONDS", "MARKER_ENV", "STEPS_ENV", "exit_if_slice_over", "slice_time_up",
+           "training_span_seconds"]
 
 DEADLINE_ENV = "DL_SLICE_DEADLINE"
 STEPS_ENV = "DL_SLICE_STEPS"
@@ -84,13 +86,18 @@ def slice_time_up(clock: Any, done: int, total: int, start: int) -> bool:
     return True
 
 
+def training_span_seconds(seconds: Mapping[str, float]) -> float:
+    """The seconds of the spans in which a sliced loop trains: `train`, `compile` and every `*_train` (a loop may
+    train several models in turn). The marker's `loop_seconds`; scripts/campaign.py sums a record's timings alike."""
+    return sum(float(v) for k, v in seconds.items() if k in ("train", "compile") or k.endswith("_train"))
+
+
 def _stop(clock: Any, done: int, total: int, why: str) -> None:
     device = getattr(clock, "device", None)
     train = float(clock["train"]) if clock is not None else None
     loop = None
-    if clock is not None:
-        names = set(getattr(clock, "seconds", {})) | {"train", "compile"}
-        loop = sum(float(clock[n]) for n in names if n in ("train", "compile") or n.endswith("_train"))
+    if clock is not None:  # clock[name] includes a span still running
+        loop = training_span_seconds({n: clock[n] for n in set(getattr(clock, "seconds", {})) | {"train", "compile"}})
     name = None
     if device is not None:
         from common.device import describe_device  # late: keeps this module's import light

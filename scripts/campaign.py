@@ -99,11 +99,6 @@ def loop_seconds(entry: dict[str, Any]) -> float:
     return float(entry["train_seconds"] if value is None else value)
 
 
-def timing_loop_seconds(timings: dict[str, float]) -> float:
-    """The training spans of a run record's `timings`, summed as common.slicing sums them for its marker."""
-    return sum(v for k, v in timings.items() if k in ("train", "compile") or k.endswith("_train"))
-
-
 def folder_mib(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
@@ -124,6 +119,8 @@ def load_state(state_dir: Path, task: str, preset: str, code: str) -> dict[str, 
 def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset: str = "full",
               device: str = "cuda", tail: float | None = None, slice_steps: int = 0, save: bool = True) -> int:
     """One slice of `task`'s `preset` run; returns 0 when it stopped or finished cleanly, 1 otherwise."""
+    from common.slicing import training_span_seconds  # late, as notebook_code_sha256: `--help` needs no torch
+
     path = gpu_check.notebooks()[task]
     code = notebook_code_sha256(path)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +181,7 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     of_steps = state["slices"][-1]["of_steps"] if state["slices"] else None
     entry.update(device=record["device"], to_step=of_steps, of_steps=of_steps,
                  train_seconds=round(record["train_seconds"] - done_train, 4),
-                 loop_seconds=round(timing_loop_seconds(record.get("timings", {})) - done_loop, 4))
+                 loop_seconds=round(training_span_seconds(record.get("timings", {})) - done_loop, 4))
     state["slices"].append(entry)
     record["slices"] = state["slices"]
     new[-1].write_text(json.dumps(record, indent=2) + "\n")

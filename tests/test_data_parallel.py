@@ -84,9 +84,10 @@ def test_two_ranks_match_one_process_with_the_whole_batch(checks: tuple[dict, fl
     assert result["max_grad_rel_diff"][variant] <= grad_tol, (variant, result["max_grad_rel_diff"][variant])
 
 
-def test_the_gradient_check_sees_a_sum_that_the_parameter_check_misses(checks: tuple[dict, float]) -> None:
-    """Summing instead of averaging doubles the gradient (relative difference 1 for N = 2): the gradient check
-    fails it; AdamW (nearly blind to the gradient's scale) and clipping hide it from the parameter check."""
+def test_the_gradient_check_sees_a_sum_in_place_of_the_mean_exactly(checks: tuple[dict, float]) -> None:
+    """Summing instead of averaging doubles the gradient: relative difference exactly 1 for N = 2 in the gradient
+    check. The parameter check sees it only through what breaks AdamW's blindness to a constant scale, less than it
+    sees a missing all-reduce."""
     result, tol = checks
     assert result["max_grad_rel_diff"]["sum_not_mean"] == pytest.approx(1.0, abs=1e-4)
     assert result["max_param_diff"]["sum_not_mean"] < result["max_param_diff"]["no_allreduce"]
