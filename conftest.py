@@ -115,10 +115,42 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(sandbox, ignore_errors=True)
 
 
+SPREAD_FILES = ("test_notebooks.py",)  # under `pytest -n N` their tests go to any worker, one at a time
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The working-tree check runs after every other test, notebooks included."""
+    """The working-tree check runs after every other test, notebooks included.
+
+    Under the README's `pytest -n 2 --dist loadgroup --no-loadscope-reorder` (pytest-xdist, two processes): the
+    notebook runs, the longest tests, come first and each goes to whichever worker is free; every other test file
+    stays whole on one worker (its `xdist_group`), so that a module-scoped fixture (a torchrun launch, code extracted
+    from a notebook) is built once, not once per worker; `--no-loadscope-reorder` keeps this order (by default xdist
+    would start with the files that hold the most tests)."""
+    first = [item for item in items if item.path.name in SPREAD_FILES]
     last = [item for item in items if item.name == LAST_TEST]
-    items[:] = [item for item in items if item.name != LAST_TEST] + last
+    rest = [item for item in items if item not in first and item not in last]
+    for item in rest + last:
+        item.add_marker(pytest.mark.xdist_group(item.path.name))
+    items[:] = first + rest + last
+
+
+def runs_tests_in_workers(config: pytest.Config) -> bool:
+    """True in the process that hands tests to pytest-xdist's workers (`pytest -n 2`) and runs none itself."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under `pytest -n N` the working-tree test runs in one worker, perhaps while another still runs a notebook:
+    the process that started the workers checks the checkout again once every worker has finished."""
+    if not runs_tests_in_workers(session.config):
+        return
+    before, after = session.config.stash[SNAPSHOT], tree_snapshot()
+    if before is None or after is None:
+        return
+    changed = sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))
+    if changed:
+        print(f"\nthe tests created, changed or deleted files in the repository: {changed[:20]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
