@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("graph_learning", "image_classification", "image_generation", "representation_learning", "text_generation", "templates")
+FOLDERS = ("graph_learning", "image_classification", "image_generation", "reinforcement_learning", "representation_learning", "text_generation", "templates")
 NO_CUDA = 3
 
 

@@ -41,7 +41,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("graph_learning", "image_classification", "image_generation", "representation_learning", "text_generation", "templates")
+FOLDERS = ("graph_learning", "image_classification", "image_generation", "reinforcement_learning", "representation_learning", "text_generation", "templates")
 NOTEBOOKS = sorted(p for folder in FOLDERS for p in (REPO_ROOT / folder).glob("**/*.ipynb")
                    if ".ipynb_checkpoints" not in p.parts)
 IDS = [p.parent.relative_to(REPO_ROOT).as_posix() for p in NOTEBOOKS]

@@ -28,7 +28,7 @@ IMPORT_TO_DIST = {  # import name -> distribution name on PyPI; add a line when 
     "torch": "torch", "torchvision": "torchvision", "torchaudio": "torchaudio", "numpy": "numpy",
     "matplotlib": "matplotlib", "tqdm": "tqdm", "scipy": "scipy", "sklearn": "scikit-learn", "PIL": "pillow",
     "pandas": "pandas", "einops": "einops", "yaml": "pyyaml", "cv2": "opencv-python", "skimage": "scikit-image",
-    "tomli": "tomli", "packaging": "packaging", "num2words": "num2words",
+    "tomli": "tomli", "packaging": "packaging", "num2words": "num2words", "gymnasium": "gymnasium",
 }
 NOTEBOOKS = notebook_header.task_notebooks()
 
