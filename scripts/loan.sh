@@ -27,9 +27,16 @@ prepare)
   # Python packages the machine lacks (it has torch, numpy, matplotlib, tqdm; no internet): the seq2seq notebook's
   # num2words (pure Python; its docopt is needed by its command-line tool only)
   python3 -m pip download -q --no-deps -d .loan/wheels "num2words==0.5.14" || echo "warning: no num2words wheel"
+  if [ "${LOAN_RL:-0}" = 1 ]; then  # reinforcement_learning/dqn_ppo: gymnasium and its pure-Python dependencies, and
+    # pygame (its renderer; a binary wheel for the machine's Python, 3.12 at the last loan: LOAN_PY to change it)
+    python3 -m pip download -q --no-deps -d .loan/wheels "gymnasium==1.4.0" cloudpickle farama-notifications \
+      || echo "warning: no gymnasium wheels"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${LOAN_PY:-3.12}" \
+      --platform manylinux2014_x86_64 -d .loan/wheels pygame || echo "warning: no pygame wheel"
+  fi
   git rev-parse HEAD >.loan/commit
   [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "warning: uncommitted changes travel but the records name $(cat .loan/commit)"
-  du -sh .loan; echo "carry [\".loan\"]; command: bash scripts/loan.sh run 540 [TASK ...]  (LOAN_CIFAR=1 adds CIFAR-10, 20 MB)"
+  du -sh .loan; echo "carry [\".loan\"]; command: bash scripts/loan.sh run 540 [TASK ...]  (LOAN_CIFAR=1 adds CIFAR-10, 20 MB; LOAN_RL=1 the gymnasium and pygame wheels)"
   ;;
 run)
   budget=${2:?seconds}; shift 2
