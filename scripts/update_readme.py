@@ -143,6 +143,13 @@ def policy_note(record: dict) -> str:
     return note + (", eager: torch.compile fell back" if eager else "")
 
 
+def wait_note(record: dict) -> str:
+    """What a learner waits for beside the training time: the whole notebook's wall clock, where the record has it
+    (sweeps, comparisons, evaluation and sampling are not in `train_seconds`)."""
+    seconds = (record.get("timings") or {}).get("notebook")
+    return f"; whole notebook {fmt_minutes(seconds)}" if seconds else ""
+
+
 def fmt_minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
@@ -206,8 +213,8 @@ def row(task: Task, committed: set[str] = frozenset()) -> str:
 
     headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} "
                            f"({where or 'full, ' + gpu_name(r)}; {r['data']}{yardstick(r)})" for r in shown) or NOT_MEASURED
-    gpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({gpu_name(r)}){policy_note(r)}" for r in gpu) or NOT_MEASURED
-    cpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({r['device']}){policy_note(r)}" for r in cpu) or NOT_MEASURED
+    gpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({gpu_name(r)}{wait_note(r)}){policy_note(r)}" for r in gpu) or NOT_MEASURED
+    cpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({r['device']}{wait_note(r)}){policy_note(r)}" for r in cpu) or NOT_MEASURED
     path = f"{task.folder}/{m['notebook']}"
     link = f"[{m['notebook']}]({path}) {colab_badge(path)}"
     return f"| {m['category']}: {m['title']} | [{m['paper']}]({m['paper_url']}) | {link} | {headline} | {gpu_cost} | {cpu_cost} |"

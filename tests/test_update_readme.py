@@ -152,3 +152,12 @@ def test_a_run_in_slices_on_two_gpus_is_listed_under_each_and_never_as_a_4090(tm
     add_task(tmp_path, "vae", "fid", [one_gpu])
     table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert "1 of 2 tasks have a `full` run measured on an RTX 4090" in table
+
+
+def test_a_time_names_the_whole_notebooks_wall_clock_when_the_record_has_it(tmp_path: Path) -> None:
+    """A notebook whose sweep runs outside `train_seconds` (the BPE vocabulary sweep) must not look cheaper than it is."""
+    add_task(tmp_path, "vae", "nelbo", [{"timings": {"train": 60.0, "notebook": 1944.0}}])
+    add_task(tmp_path, "gan", "nelbo", [{}])  # a record without the notebook's time: nothing is made up
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "1.0 min (cpu; whole notebook 32.4 min)" in table
+    assert "whole notebook" not in next(line for line in table.splitlines() if "gan.ipynb" in line)
