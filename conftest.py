@@ -81,6 +81,11 @@ def user_data_dir() -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:  # `pytest -n N`: share the cores, don't oversubscribe
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))  # the notebook kernels inherit it
+        import torch
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     sandbox = Path(tempfile.mkdtemp(prefix="dl_tests_"))
     config.stash[SANDBOX] = sandbox
     config.stash[SNAPSHOT] = tree_snapshot()
