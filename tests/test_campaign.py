@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from common import slicing
+from scripts_module import load_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "campaign.py"
-spec = importlib.util.spec_from_file_location("campaign", SCRIPT)
-campaign = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(campaign)
+campaign = load_script("campaign")
 
 
 class FakeClock:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from scripts_module import load_script
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("update_readme", REPO_ROOT / "scripts" / "update_readme.py")
-update_readme = importlib.util.module_from_spec(spec)
-sys.modules["update_readme"] = update_readme  # dataclasses look their module up there
-spec.loader.exec_module(update_readme)
+update_readme = load_script("update_readme")
 
 TASK_DIRS = sorted(p for c in update_readme.CATEGORIES for p in (REPO_ROOT / c).iterdir() if p.is_dir()
                    and not p.name.startswith((".", "_")))

@@ -8,7 +8,6 @@ tiny budget); they are skipped when the MNIST file is not available.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import shutil
@@ -36,20 +35,12 @@ from common.fid import (
 )
 from common.fid_classifier import WEIGHTS_DIR, pinned_sha256, read_classifier
 
+from scripts_module import load_script
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_script(name: str):
-    """scripts/<name>.py as a module (scripts are not a package)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-train_script = _load_script("train_fid_classifier")
+train_script = load_script("train_fid_classifier")
 
 
 def _random_spd(d: int, seed: int, rank: int | None = None) -> torch.Tensor:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from scripts_module import load_script
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("run_notebook", REPO_ROOT / "scripts" / "run_notebook.py")
-run_notebook = importlib.util.module_from_spec(spec)
-sys.modules["run_notebook"] = run_notebook
-spec.loader.exec_module(run_notebook)
+run_notebook = load_script("run_notebook")
 
 
 @pytest.mark.notebook

@@ -6,9 +6,10 @@ instead. Each new category (reinforcement_learning was the last) has to be added
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+import test_notebooks
+from scripts_module import load_script
 
 try:
     import tomllib
@@ -16,16 +17,6 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script(name: str):
-    """A module of scripts/ (or the one already loaded under that name)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def task_categories(root: Path) -> set[str]:
@@ -40,11 +31,6 @@ def unlisted(categories: set[str], lists: dict[str, tuple[str, ...] | list[str]]
 
 
 def finders() -> dict[str, tuple[str, ...] | list[str]]:
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    try:
-        import test_notebooks
-    finally:
-        sys.path.remove(str(REPO_ROOT / "tests"))
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     return {"tests/test_notebooks.py FOLDERS": test_notebooks.FOLDERS,
             "scripts/gpu_check.py FOLDERS": load_script("gpu_check").FOLDERS,

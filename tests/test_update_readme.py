@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
+from scripts_module import load_script
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if "update_readme" not in sys.modules:
-    spec = importlib.util.spec_from_file_location("update_readme", REPO_ROOT / "scripts" / "update_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["update_readme"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-update_readme = sys.modules["update_readme"]
+update_readme = load_script("update_readme")
 
 
 def add_task(root: Path, name: str, metric: str, records: list[dict]) -> None:
