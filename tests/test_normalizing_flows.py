@@ -47,6 +47,18 @@ def perturbed(layer: nn.Module, seed: int = 0, scale: float = 0.3) -> nn.Module:
     return layer
 
 
+def small_flow(ns: dict, glow: bool, seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 2-scale flow on two random 8x8 images in float64, ActNorm initialised on them, parameters perturbed; in
+    evaluation mode: (flow, y, z, log_det)."""
+    torch.manual_seed(seed)
+    flow = perturbed(ns["MultiScaleFlow"]((1, 8, 8), 2, 1, 8, 1, glow, ALPHA), scale=0.05)
+    y = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    flow.train()(y)
+    flow.eval()
+    z, log_det = flow(y)
+    return flow, y, z, log_det
+
+
 def brute_force_log_det(forward, x: torch.Tensor) -> torch.Tensor:
     """log |det J| of `forward` (a batch -> its output) at each example of x, from the full Jacobian (autograd)."""
     out = []
@@ -159,12 +171,7 @@ def test_wrong_log_dets_fail_the_brute_force_check(ns: dict) -> None:
 
 @pytest.mark.parametrize("glow", [False, True])
 def test_the_whole_flow_log_det_equals_the_brute_force_jacobian(ns: dict, glow: bool) -> None:
-    torch.manual_seed(2)
-    flow = perturbed(ns["MultiScaleFlow"]((1, 8, 8), 2, 1, 8, 1, glow, ALPHA), scale=0.05)
-    y = torch.rand(2, 1, 8, 8, dtype=torch.float64)
-    flow.train()(y)
-    flow.eval()
-    z, log_det = flow(y)
+    flow, y, z, log_det = small_flow(ns, glow, seed=2)
     brute = brute_force_log_det(lambda v: flow(v)[0], y)
     assert torch.allclose(log_det, brute, atol=1e-8)
     without_logit = log_det - flow.logit(y)[1]  # the control
@@ -193,12 +200,7 @@ def test_a_uniform_model_of_8_bit_images_scores_exactly_8_bits_per_dim(ns: dict)
 
 
 def test_flow_bits_per_dim_adds_prior_and_every_log_det(ns: dict) -> None:
-    torch.manual_seed(3)
-    flow = perturbed(ns["MultiScaleFlow"]((1, 8, 8), 2, 1, 8, 1, True, ALPHA), scale=0.05)
-    y = torch.rand(2, 1, 8, 8, dtype=torch.float64)
-    flow.train()(y)
-    flow.eval()
-    z, log_det = flow(y)
+    flow, y, z, log_det = small_flow(ns, glow=True, seed=3)
     log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1)
     expected = (-(log_prior + log_det) + 64 * math.log(256)) / (64 * math.log(2))
     assert torch.allclose(ns["flow_bits_per_dim"](flow, y), expected, atol=1e-10)
