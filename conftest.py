@@ -133,7 +133,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     would start with the files that hold the most tests)."""
     first = [item for item in items if item.path.name in SPREAD_FILES]
     last = [item for item in items if item.name == LAST_TEST]
-    rest = [item for item in items if item not in first and item not in last]
+    rest = [item for item in items if item.path.name not in SPREAD_FILES and item.name != LAST_TEST]
     for item in rest + last:
         item.add_marker(pytest.mark.xdist_group(item.path.name))
     items[:] = first + rest + last
@@ -149,22 +149,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     the process that started the workers checks the checkout again once every worker has finished."""
     if not runs_tests_in_workers(session.config):
         return
-    before, after = session.config.stash[SNAPSHOT], tree_snapshot()
-    if before is None or after is None:
-        return
-    changed = sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))
+    changed = changes_since_start(session.config)
     if changed:
         print(f"\nthe tests created, changed or deleted files in the repository: {changed[:20]}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture
-def tree_changes(request: pytest.FixtureRequest) -> list[str] | None:
+def changes_since_start(config: pytest.Config) -> list[str] | None:
     """Paths created, changed or deleted in the checkout since pytest started (None outside a git checkout)."""
-    before, after = request.config.stash[SNAPSHOT], tree_snapshot()
+    before, after = config.stash[SNAPSHOT], tree_snapshot()
     if before is None or after is None:
         return None
     return sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))
+
+
+@pytest.fixture
+def tree_changes(request: pytest.FixtureRequest) -> list[str] | None:
+    """Paths created, changed or deleted in the checkout since pytest started (None outside a git checkout)."""
+    return changes_since_start(request.config)
 
 
 SANDBOX = pytest.StashKey[Path]()

@@ -150,6 +150,12 @@ def wait_note(record: dict) -> str:
     return f"; whole notebook {fmt_minutes(seconds)}" if seconds else ""
 
 
+def times(records: list[dict], device: Callable[[dict], str]) -> str:
+    """A time column's cell: each record's training time, its device and the whole notebook's wall clock."""
+    return "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({device(r)}{wait_note(r)}){policy_note(r)}"
+                       for r in records) or NOT_MEASURED
+
+
 def fmt_minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
@@ -213,8 +219,8 @@ def row(task: Task, committed: set[str] = frozenset()) -> str:
 
     headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} "
                            f"({where or 'full, ' + gpu_name(r)}; {r['data']}{yardstick(r)})" for r in shown) or NOT_MEASURED
-    gpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({gpu_name(r)}{wait_note(r)}){policy_note(r)}" for r in gpu) or NOT_MEASURED
-    cpu_cost = "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({r['device']}{wait_note(r)}){policy_note(r)}" for r in cpu) or NOT_MEASURED
+    gpu_cost = times(gpu, gpu_name)
+    cpu_cost = times(cpu, lambda r: r["device"])
     path = f"{task.folder}/{m['notebook']}"
     link = f"[{m['notebook']}]({path}) {colab_badge(path)}"
     return f"| {m['category']}: {m['title']} | [{m['paper']}]({m['paper_url']}) | {link} | {headline} | {gpu_cost} | {cpu_cost} |"
