@@ -3,7 +3,7 @@
 The notebook's cells tagged `tokenizer` (the imports, the pre-tokeniser, `train_bpe`, `ByteBPE`) are executed
 here, so the tests check the code a learner reads. The properties: an exact round trip on the corpus, on arbitrary
 Unicode (emoji, other scripts, whitespace) and on arbitrary bytes, invalid UTF-8 decoded as GPT-2 does (U+FFFD);
-deterministic merges, the incremental trainer equal to a naive one, smaller vocabularies as prefixes; special tokens.
+deterministic merges, the incremental trainer equal to the notebook's naive one, surrogates resolved, smaller vocabularies as prefixes; special tokens.
 """
 
 from __future__ import annotations
@@ -87,6 +87,20 @@ def test_arbitrary_bytes_round_trip_and_invalid_utf8_decodes_as_replacement(tok)
     assert "\ufffd" in tok.decode(tok.encode_bytes(b"ok \xff"))
 
 
+def test_surrogates_in_a_string_are_resolved_and_never_become_raw_bytes(tok, bpe: dict) -> None:
+    """A surrogate pair written as two code points encodes as its character; a lone surrogate as U+FFFD (tiktoken's
+    rule). The control: without `as_valid_unicode`, one raises and the other becomes a byte the text never had."""
+    assert tok.decode(tok.encode("\ud83d\ude00")) == "😀" == tok.decode(tok.encode("😀"))
+    assert tok.encode("\ud83d\ude00") == tok.encode("😀")
+    for lone in ("\ud800", "\udbff", "\udc80", "\udcff"):
+        assert tok.decode(tok.encode(f"a{lone}b")) == "a\ufffdb"
+    assert tok.encode("\udcff") != tok.encode_bytes(b"\xff")
+    assert tok.decode_bytes(tok.encode_bytes(b"\xff")) == b"\xff", "encode_bytes keeps its own surrogates"
+    with pytest.raises(UnicodeEncodeError):
+        bpe["to_bytes"]("a\ud800b")
+    assert bpe["to_bytes"]("\udcff") == b"\xff"
+
+
 def test_merges_are_deterministic_and_nested(bpe: dict, corpus: str) -> None:
     text = corpus[:60_000]
     big = bpe["train_bpe"](text, 500)
@@ -95,29 +109,10 @@ def test_merges_are_deterministic_and_nested(bpe: dict, corpus: str) -> None:
     assert len(big) == 500 - 256 and len(set(big)) == len(big)
 
 
-def naive_bpe(bpe: dict, text: str, vocab_size: int) -> list[tuple[int, int]]:
-    """The textbook algorithm: recount every pair after every merge; ties to the smaller pair, as the notebook."""
-    words = Counter(tuple(bpe["to_bytes"](p)) for p in bpe["pretokenize"](text))
-    merges = []
-    while len(merges) < vocab_size - 256:
-        counts = Counter()
-        for word, f in words.items():
-            for pair in zip(word, word[1:]):
-                counts[pair] += f
-        if not counts:
-            break
-        pair = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(pair)
-        new = Counter()
-        for word, f in words.items():
-            new[bpe["merge_ids"](word, pair, 255 + len(merges))] += f
-        words = new
-    return merges
-
-
 def test_incremental_training_equals_the_naive_algorithm(bpe: dict, corpus: str) -> None:
     text = corpus[:20_000] + " aaaa aaaaa aaa bbbbbb 😀😀 1234 1234"  # overlapping pairs (a a a) and multi-byte characters
-    assert bpe["train_bpe"](text, 360) == naive_bpe(bpe, text, 360)
+    assert bpe["train_bpe"](text, 360) == bpe["train_bpe_naive"](text, 360)
+    assert bpe["train_bpe"](text, 360)[:1] == [(32, 116)], "and the merges are real ones: ' t' first"
 
 
 def test_first_merge_is_the_most_frequent_pair(bpe: dict, corpus: str) -> None:
