@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from notebook_cells import run_tagged
+from notebook_cells import notebook_functions, run_tagged
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "training_deep_nets" / "training_deep_nets.ipynb"
 NAMES = ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"]
@@ -255,3 +255,45 @@ def test_the_batchnorm_comparison_catches_a_swapped_variance(ns: dict, wrong: st
         assert gaps["train"] > 1e-3, gaps
     else:
         assert gaps["train"] < 1e-12 and gaps["running"] > 1e-3 and gaps["eval"] > 1e-3, gaps
+
+
+@pytest.fixture(scope="module")
+def sweep() -> dict:
+    return notebook_functions(NOTEBOOK, "next_lr", "lr_sweep", namespace={"math": math})
+
+
+def fake_runs(accuracy_at: dict):
+    """A train_at for lr_sweep: a run's validation accuracy from `accuracy_at` (None: diverged); records the calls."""
+    calls = []
+
+    def train_at(lr):
+        calls.append(lr)
+        acc = accuracy_at(lr)
+        return {"diverged": acc is None, "val_accuracy": acc}, f"model@{lr:g}"
+
+    return train_at, calls
+
+
+def test_next_lr_walks_the_half_decade_ladder(sweep: dict) -> None:
+    down = [0.03]
+    for _ in range(4):
+        down.append(sweep["next_lr"](down[-1], up=False))
+    assert down == [0.03, 0.01, 0.003, 0.001, 0.0003]
+    assert [sweep["next_lr"](x, up=True) for x in (0.003, 0.01, 1e-3, 3.0, 0.002)] == [0.01, 0.03, 0.003, 10.0, 0.003]
+
+
+def test_lr_sweep_extends_past_an_edge_until_the_best_is_inside(sweep: dict) -> None:
+    train_at, calls = fake_runs(lambda lr: 0.9 - abs(math.log10(lr) - math.log10(0.001)) / 10)  # peak at 0.001
+    runs, chosen, at_edge = sweep["lr_sweep"](train_at, (0.01, 0.03, 0.1), 3)
+    assert calls == [0.01, 0.03, 0.1, 0.003, 0.001, 0.0003] and chosen == 0.001 and not at_edge
+    assert runs[0.001][1] == "model@0.001"
+
+
+def test_lr_sweep_says_when_it_stops_at_an_edge(sweep: dict) -> None:
+    train_at, calls = fake_runs(lambda lr: None if lr < 0.01 else lr)  # best at the top; diverges below 0.01
+    runs, chosen, at_edge = sweep["lr_sweep"](train_at, (0.01, 0.03), 1)
+    assert calls == [0.01, 0.03, 0.1] and chosen == 0.1 and at_edge
+    train_at, calls = fake_runs(lambda lr: None)  # everything diverges: nothing chosen, nothing added
+    assert sweep["lr_sweep"](train_at, (0.01, 0.03), 2)[1:] == (None, False) and calls == [0.01, 0.03]
+    train_at, calls = fake_runs(lambda lr: 0.5)  # a flat curve: the first best (0.01) is at the edge, once
+    assert sweep["lr_sweep"](train_at, (0.01, 0.03, 0.1), 2)[1:] == (0.01, False) and calls[3:] == [0.003]
