@@ -24,7 +24,7 @@ from common.precision import (amp_dtype, autocast, compile_report, compile_unava
                               to_channels_last)
 from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
-from common.seed import rng_state, seed_everything, set_rng_state
+from common.seed import rng_state, seed_everything, seed_from_env, set_rng_state
 from common.slicing import exit_if_slice_over, slice_time_up
 
 # Which package this is: the notebooks' setup cell checks it, since any package can be called `common`.
@@ -75,6 +75,7 @@ __all__ = [
     "runs_dir",
     "save_checkpoint",
     "seed_everything",
+    "seed_from_env",
     "set_rng_state",
     "show_images",
     "slice_time_up",

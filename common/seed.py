@@ -29,6 +29,20 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(False)
 
 
+def seed_from_env(default: int) -> int:
+    """The seed a notebook's Config uses: the integer in `DL_SEED` if that is set, else `default`. A second-seed run
+    then needs no edit of the notebook (`DL_SEED=2 DL_PRESET=quick python scripts/run_notebook.py ...`); the run
+    record's config shows the seed that ran."""
+    value = os.environ.get("DL_SEED", "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"DL_SEED={os.environ['DL_SEED']!r} is not an integer seed (unset it for the default, "
+                         f"{default})") from None
+
+
 def rng_state() -> dict[str, Any]:
     """The state of every global random generator (Python, NumPy, torch's CPU one, each CUDA device's and Apple
     MPS's, where there is one), in types a `weights_only` checkpoint accepts. Save it with a checkpoint, so that a resumed run draws the same

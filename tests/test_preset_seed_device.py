@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from common import get_device, get_preset, load_checkpoint, pick, rng_state, save_checkpoint, seed_everything, set_rng_state
+from common import (get_device, get_preset, load_checkpoint, pick, rng_state, save_checkpoint, seed_everything,
+                    seed_from_env, set_rng_state)
 from common.device import DeviceError, parse_device
 from common import preset as preset_module
 from common.preset import PresetError, announce_preset, default_preset, preset_and_reason
@@ -94,6 +95,18 @@ def test_seed_everything_repeats_all_generators():
     assert draw() == first
     seed_everything(124)
     assert draw() != first
+
+
+def test_seed_from_env(monkeypatch):
+    monkeypatch.delenv("DL_SEED", raising=False)
+    assert seed_from_env(1337) == 1337
+    monkeypatch.setenv("DL_SEED", " 7 ")
+    assert seed_from_env(1337) == 7
+    monkeypatch.setenv("DL_SEED", "")
+    assert seed_from_env(1337) == 1337
+    monkeypatch.setenv("DL_SEED", "seven")
+    with pytest.raises(ValueError, match="DL_SEED"):
+        seed_from_env(1337)
 
 
 def test_deterministic_mode_toggles(monkeypatch):
