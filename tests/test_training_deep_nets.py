@@ -1,9 +1,11 @@
-"""The hand-written optimisers and learning-rate schedules of image_classification/training_deep_nets equal
-torch.optim's, and these comparisons catch a wrong update rule.
+"""The hand-written optimisers, learning-rate schedules and batch normalisation of
+image_classification/training_deep_nets equal torch.optim's, torch.optim.lr_scheduler's and nn.BatchNorm1d's, and
+these comparisons catch a wrong update rule or a wrong normalisation.
 
-The notebook's cells tagged `optimizers` (SGD, momentum, Nesterov, RMSProp, Adam, AdamW) and `schedules` (`lr_at`)
-are executed into a namespace of their own, as tests/test_mlp_backprop.py does, so the test checks the code the
-notebook teaches. Everything runs in float64 on a few small tensors, in well under a second. Nothing is written.
+The notebook's cells tagged `optimizers` (SGD, momentum, Nesterov, RMSProp, Adam, AdamW), `schedules` (`lr_at`) and
+`batchnorm` (`BatchNorm`) are executed into a namespace of their own, as tests/test_mlp_backprop.py does, so the
+test checks the code the notebook teaches. Everything runs in float64 on a few small tensors, in well under a
+second. Nothing is written.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from notebook_cells import run_tagged
+from notebook_cells import notebook_functions, run_tagged
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "training_deep_nets" / "training_deep_nets.ipynb"
 NAMES = ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"]
@@ -28,7 +30,8 @@ SCHEDULE_CFG = SimpleNamespace(step_at=(0.5, 0.75), step_gamma=0.1, warmup_frac=
 @pytest.fixture(scope="module")
 def ns() -> dict:
     namespace: dict = {"torch": torch, "math": math}
-    for tag in ("optimizers", "schedules"):
+    namespace["nn"] = torch.nn
+    for tag in ("optimizers", "schedules", "batchnorm"):
         run_tagged(NOTEBOOK, tag, count=1, namespace=namespace)
     return namespace
 
@@ -178,3 +181,119 @@ def test_warmup_cosine_ramps_then_decays(ns: dict) -> None:
     assert all(ns["lr_at"]("constant", t, total, peak, SCHEDULE_CFG) == peak for t in range(total))
     with pytest.raises(ValueError):
         ns["lr_at"]("linear", 0, total, peak, SCHEDULE_CFG)
+
+
+def batchnorm_gaps(bn_cls, n: int = 5, batch: int = 8, steps: int = 3, seed: int = 0) -> dict[str, float]:
+    """Largest |ours - nn.BatchNorm1d| in float64 after `steps` training steps on the same batches (outputs,
+    gradients with respect to input, gamma and beta, running mean and variance), then in eval mode (outputs)."""
+    gen = torch.Generator().manual_seed(seed)
+    ours, ref = bn_cls(n, momentum=0.2, eps=1e-3).double(), torch.nn.BatchNorm1d(n, eps=1e-3, momentum=0.2).double()
+    with torch.no_grad():
+        gamma = 1 + torch.randn(n, generator=gen, dtype=torch.float64)
+        beta = torch.randn(n, generator=gen, dtype=torch.float64)
+        for module in (ours, ref):
+            module.weight.copy_(gamma)
+            module.bias.copy_(beta)
+    gaps = {"train": 0.0, "grad": 0.0, "running": 0.0}
+    for _ in range(steps):
+        z = (2 * torch.randn(batch, n, generator=gen, dtype=torch.float64) - 1).requires_grad_(True)
+        up = torch.randn(batch, n, generator=gen, dtype=torch.float64)
+        outs, grads = [], []
+        for module in (ours.train(), ref.train()):
+            out = module(z)
+            outs.append(out.detach())
+            grads.append(torch.autograd.grad((out * up).sum(), [z, module.weight, module.bias]))
+        (o1, o2), (g1, g2) = outs, grads
+        gaps["train"] = max(gaps["train"], (o1 - o2).abs().max().item())
+        gaps["grad"] = max(gaps["grad"], *((a - b).abs().max().item() for a, b in zip(g1, g2)))
+        gaps["running"] = max(gaps["running"], (ours.running_mean - ref.running_mean).abs().max().item(),
+                              (ours.running_var - ref.running_var).abs().max().item())
+    z = 3 * torch.randn(batch, n, generator=gen, dtype=torch.float64) + 1
+    gaps["eval"] = (ours.eval()(z) - ref.eval()(z)).abs().max().item()
+    return gaps
+
+
+def test_batchnorm_equals_torch_in_training_and_eval_mode(ns: dict) -> None:
+    for seed in range(2):
+        gaps = batchnorm_gaps(ns["BatchNorm"], seed=seed)
+        assert all(v < 1e-12 for v in gaps.values()), gaps
+    assert set(dict(ns["BatchNorm"](3).named_buffers())) == {"running_mean", "running_var"}  # saved, not trained
+    assert {k for k, _ in ns["BatchNorm"](3).named_parameters()} == {"weight", "bias"}
+
+
+def test_the_batchnorm_comparison_catches_batch_statistics_in_eval_mode(ns: dict) -> None:
+    class BatchStatsInEval(ns["BatchNorm"]):
+        def forward(self, z):
+            was = self.training
+            self.train()
+            try:
+                return super().forward(z)
+            finally:
+                self.train(was)
+
+    gaps = batchnorm_gaps(BatchStatsInEval)
+    assert gaps["train"] < 1e-12 and gaps["grad"] < 1e-12  # right in training mode ...
+    assert gaps["eval"] > 1e-3  # ... caught in eval mode
+
+
+@pytest.mark.parametrize("wrong", ["unbiased variance in the forward pass", "biased variance in the running average"])
+def test_the_batchnorm_comparison_catches_a_swapped_variance(ns: dict, wrong: str) -> None:
+    class Swapped(ns["BatchNorm"]):
+        def forward(self, z):
+            if not self.training:
+                return super().forward(z)
+            biased, mean = torch.var_mean(z, dim=0, correction=0)
+            unbiased = biased * len(z) / (len(z) - 1)
+            used = unbiased if wrong.startswith("unbiased") else biased  # both places get the same one
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(used, self.momentum)
+            return (z - mean) * torch.rsqrt(used + self.eps) * self.weight + self.bias
+
+    gaps = batchnorm_gaps(Swapped)
+    if wrong.startswith("unbiased"):
+        assert gaps["train"] > 1e-3, gaps
+    else:
+        assert gaps["train"] < 1e-12 and gaps["running"] > 1e-3 and gaps["eval"] > 1e-3, gaps
+
+
+@pytest.fixture(scope="module")
+def sweep() -> dict:
+    return notebook_functions(NOTEBOOK, "next_lr", "lr_sweep", namespace={"math": math})
+
+
+def fake_runs(accuracy_at: dict):
+    """A train_at for lr_sweep: a run's validation accuracy from `accuracy_at` (None: diverged); records the calls."""
+    calls = []
+
+    def train_at(lr):
+        calls.append(lr)
+        acc = accuracy_at(lr)
+        return {"diverged": acc is None, "val_accuracy": acc}, f"model@{lr:g}"
+
+    return train_at, calls
+
+
+def test_next_lr_walks_the_half_decade_ladder(sweep: dict) -> None:
+    down = [0.03]
+    for _ in range(4):
+        down.append(sweep["next_lr"](down[-1], up=False))
+    assert down == [0.03, 0.01, 0.003, 0.001, 0.0003]
+    assert [sweep["next_lr"](x, up=True) for x in (0.003, 0.01, 1e-3, 3.0, 0.002)] == [0.01, 0.03, 0.003, 10.0, 0.003]
+
+
+def test_lr_sweep_extends_past_an_edge_until_the_best_is_inside(sweep: dict) -> None:
+    train_at, calls = fake_runs(lambda lr: 0.9 - abs(math.log10(lr) - math.log10(0.001)) / 10)  # peak at 0.001
+    runs, chosen, at_edge = sweep["lr_sweep"](train_at, (0.01, 0.03, 0.1), 3)
+    assert calls == [0.01, 0.03, 0.1, 0.003, 0.001, 0.0003] and chosen == 0.001 and not at_edge
+    assert runs[0.001][1] == "model@0.001"
+
+
+def test_lr_sweep_says_when_it_stops_at_an_edge(sweep: dict) -> None:
+    train_at, calls = fake_runs(lambda lr: None if lr < 0.01 else lr)  # best at the top; diverges below 0.01
+    runs, chosen, at_edge = sweep["lr_sweep"](train_at, (0.01, 0.03), 1)
+    assert calls == [0.01, 0.03, 0.1] and chosen == 0.1 and at_edge
+    train_at, calls = fake_runs(lambda lr: None)  # everything diverges: nothing chosen, nothing added
+    assert sweep["lr_sweep"](train_at, (0.01, 0.03), 2)[1:] == (None, False) and calls == [0.01, 0.03]
+    train_at, calls = fake_runs(lambda lr: 0.5)  # a flat curve: the first best (0.01) is at the edge, once
+    assert sweep["lr_sweep"](train_at, (0.01, 0.03, 0.1), 2)[1:] == (0.01, False) and calls[3:] == [0.003]
