@@ -83,3 +83,18 @@ def test_eps_and_v_losses_draw_the_same_random_numbers(ns: dict) -> None:
     assert (y_eps == 10).any() and (y_eps != 10).any(), "label dropout at p = 0.5 should drop some labels of 8"
     assert torch.equal(after["eps"], after["v"]), "the two losses consumed different amounts of randomness"
     assert losses["eps"] != pytest.approx(losses["v"]), "the eps and v targets should differ"
+
+
+
+def test_last_step_with_snr_is_the_boundary_of_the_later_start() -> None:
+    """The side experiment's later start is the last t with SNR(t) >= min_snr: there an eps error reaches x0_hat
+    amplified at most 1/sqrt(min_snr) = 100 times, while at t = T (the default start, the control) the cosine schedule
+    clipped at beta 0.999 amplifies it more than ten thousand times."""
+    f = functions(NOTEBOOK, "make_schedule", "last_step_with_snr")
+    abar = f["make_schedule"]("cosine", 1000)["alpha_bars"]
+    snr = abar / (1 - abar)
+    t = f["last_step_with_snr"](abar, 1e-4)
+    assert snr[t] >= 1e-4 > snr[t + 1]
+    assert 1 / snr[t].sqrt() <= 100 < 1e4 < 1 / snr[1000].sqrt()
+    assert f["last_step_with_snr"](abar, 0.0) == 1000
+    assert f["last_step_with_snr"](abar, float(snr[1])) == 1
