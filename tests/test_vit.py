@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from notebook_cells import run_tagged
+from notebook_cells import notebook_functions, run_tagged
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "vit" / "vit.ipynb"
 
@@ -104,3 +105,53 @@ def test_attention_rollout_is_a_distribution_over_patches(vit: dict, pool: str) 
     else:  # the class token keeps some weight on itself: the patches share the rest
         assert ((total > 0) & (total < 1)).all()
     assert all(block.attn.use_sdpa for block in model.blocks), "rollout must switch the fused path back on"
+
+
+@pytest.fixture(scope="module")
+def aug(vit: dict) -> dict:
+    """The notebook's batch and augmentation functions, defined in cells that also load data and plot."""
+    return notebook_functions(NOTEBOOK, "batch_at", "crop_flip", "mix", namespace=dict(vit))
+
+
+def test_batch_at_visits_every_image_once_per_epoch(aug: dict) -> None:
+    images, labels = torch.arange(40.0)[:, None], torch.arange(40)  # image i has label i
+    epochs = [[aug["batch_at"](images, labels, s, 8, 3) for s in range(e * 5, e * 5 + 5)] for e in range(2)]
+    for batches in epochs:
+        seen = torch.cat([y for _, y in batches])
+        assert sorted(seen.tolist()) == list(range(40))  # a permutation: each image exactly once
+        assert all(torch.equal(x[:, 0].long(), y) for x, y in batches)  # images and labels stay paired
+    order0, order1 = (torch.cat([y for _, y in b]) for b in epochs)
+    assert not torch.equal(order0, order1), "each epoch must have its own order"
+    again = aug["batch_at"](images, labels, 7, 8, 3)[1]
+    assert torch.equal(again, epochs[1][2][1]), "a batch is a function of (seed, step): resume needs nothing saved"
+    assert not torch.equal(aug["batch_at"](images, labels, 7, 8, 4)[1], again), "another seed, another batch"
+
+
+def test_crop_flip_off_is_the_identity(aug: dict) -> None:
+    x = torch.randn(16, 3, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(aug["crop_flip"](x, 0, False, gen), x)  # no augmentation: the images as they are
+    flipped = aug["crop_flip"](x, 0, True, gen)
+    assert not torch.equal(flipped, x)  # control: flips on (16 coins) mirror some images
+    assert all(torch.equal(f, i) or torch.equal(f, i.flip(2)) for f, i in zip(flipped, x))
+    assert not torch.equal(aug["crop_flip"](x, 4, False, gen), x)  # control: crops on move the images
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mix_pairs_each_image_with_its_second_label(aug: dict, seed: int) -> None:
+    cfg = dataclasses.replace(aug["cfg"], mix_prob=1.0)
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8)  # label i marks image i
+    out, y2, lam = aug["mix"](x, y, cfg, np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+    assert sorted(y2.tolist()) == list(range(8)) and 0.0 <= lam <= 1.0  # the batch's own shuffle
+    partner = x[y2]
+    if torch.allclose(out, lam * x + (1 - lam) * partner, atol=1e-6):  # mixup
+        assert not torch.allclose(out, lam * x + (1 - lam) * x[y2.roll(1)], atol=1e-6) or lam == 1.0  # control
+    else:  # cutmix: one box comes from the partner, the rest is the image's own, and the box's area is 1 - lambda
+        moved = y2 != y  # images paired with another image
+        box = (out[moved] != x[moved]).any(1).any(0)  # (B', C, H, W) -> (H, W): the pasted pixels
+        assert torch.equal(out[:, :, box], partner[:, :, box]) and torch.equal(out[:, :, ~box], x[:, :, ~box])
+        assert abs(box.float().mean().item() - (1 - lam)) < 1e-6
+        assert not torch.equal(out[:, :, box], x[y2.roll(1)][:, :, box])  # control: another pairing fails
+    same, _, lam1 = aug["mix"](x, y, dataclasses.replace(cfg, mix_prob=0.0), np.random.default_rng(seed),
+                               torch.Generator())
+    assert same is x and lam1 == 1.0  # mix_prob 0: nothing mixed
