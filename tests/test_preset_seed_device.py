@@ -231,3 +231,30 @@ def test_an_rng_state_without_mps_leaves_the_mps_generator_alone(monkeypatch):
     before = mps.state.clone()
     set_rng_state(state)
     assert torch.equal(mps.state, before)
+
+
+class _KeyOnAnAccelerator(torch.Tensor):
+    """Stands in for NumPy's generator key after `torch.load(map_location="cuda")`: like a CUDA tensor, it refuses
+    `.numpy()` until it is copied to the host with `.cpu()` (the CPU-only test machine has no real CUDA tensor)."""
+
+    def numpy(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to "
+                        "host memory first.")
+
+    def cpu(self, *args, **kwargs):
+        return self.as_subclass(torch.Tensor).clone()
+
+
+def test_set_rng_state_accepts_a_numpy_key_loaded_onto_an_accelerator():
+    """A checkpoint resumed on a GPU (map_location=cuda) carries NumPy's key as a device tensor: restoring it must
+    copy it to the host first (the char-GPT's second slice on an H100 failed here on 2026-11-26)."""
+    seed_everything(3)
+    state = rng_state()
+    expected = np.random.rand(4)
+    kind, key, *rest = state["numpy"]
+    moved = {**state, "numpy": (kind, key.as_subclass(_KeyOnAnAccelerator), *rest)}
+    with pytest.raises(TypeError, match="can't convert"):  # the control: the stand-in really refuses .numpy()
+        moved["numpy"][1].numpy()
+    np.random.seed(0)
+    set_rng_state(moved)
+    assert np.array_equal(np.random.rand(4), expected)
