@@ -33,6 +33,7 @@ def ns() -> dict:
     namespace["nn"] = torch.nn
     for tag in ("optimizers", "schedules", "batchnorm"):
         run_tagged(NOTEBOOK, tag, count=1, namespace=namespace)
+    notebook_functions(NOTEBOOK, "batchnorm_gaps", namespace=namespace)  # the notebook's own BatchNorm comparison
     return namespace
 
 
@@ -183,19 +184,12 @@ def test_warmup_cosine_ramps_then_decays(ns: dict) -> None:
         ns["lr_at"]("linear", 0, total, peak, SCHEDULE_CFG)
 
 
-def batchnorm_gaps(ns: dict, bn_cls, seed: int = 0) -> dict[str, float]:
-    """The notebook's own comparison (`batchnorm_gaps`, the code a learner reads) of `bn_cls` with nn.BatchNorm1d."""
-    if "batchnorm_gaps" not in ns:
-        notebook_functions(NOTEBOOK, "batchnorm_gaps", namespace=ns)
-    return ns["batchnorm_gaps"](bn_cls, seed=seed)
-
-
 TRAIN_KEYS = ("train output", "input gradient", "gamma/beta gradient")
 
 
 def test_batchnorm_equals_torch_in_training_and_eval_mode(ns: dict) -> None:
     for seed in range(2):
-        gaps = batchnorm_gaps(ns, ns["BatchNorm"], seed=seed)
+        gaps = ns["batchnorm_gaps"](ns["BatchNorm"], seed=seed)
         assert all(v < 1e-12 for v in gaps.values()), gaps
     assert set(dict(ns["BatchNorm"](3).named_buffers())) == {"running_mean", "running_var"}  # saved, not trained
     assert {k for k, _ in ns["BatchNorm"](3).named_parameters()} == {"weight", "bias"}
@@ -211,7 +205,7 @@ def test_the_batchnorm_comparison_catches_batch_statistics_in_eval_mode(ns: dict
             finally:
                 self.train(was)
 
-    gaps = batchnorm_gaps(ns, BatchStatsInEval)
+    gaps = ns["batchnorm_gaps"](BatchStatsInEval)
     assert all(gaps[k] < 1e-12 for k in TRAIN_KEYS), gaps  # right in training mode ...
     assert gaps["eval output"] > 1e-3, gaps  # ... caught in eval mode
 
@@ -230,7 +224,7 @@ def test_the_batchnorm_comparison_catches_a_swapped_variance(ns: dict, wrong: st
                 self.running_var.lerp_(used, self.momentum)
             return (z - mean) * torch.rsqrt(used + self.eps) * self.weight + self.bias
 
-    gaps = batchnorm_gaps(ns, Swapped)
+    gaps = ns["batchnorm_gaps"](Swapped)
     if wrong.startswith("unbiased"):
         assert gaps["train output"] > 1e-3, gaps
     else:
