@@ -25,7 +25,7 @@ from common.precision import (amp_dtype, autocast, compile_report, compile_unava
 from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
 from common.seed import rng_state, seed_everything, seed_from_env, set_rng_state
-from common.slicing import exit_if_slice_over, slice_time_up
+from common.slicing import SideRuns, exit_if_slice_over, slice_time_up
 
 # Which package this is: the notebooks' setup cell checks it, since any package can be called `common`.
 PACKAGE_ID = "dl-4090-hours-common"  # the distribution's name in pyproject.toml
@@ -40,6 +40,7 @@ __all__ = [
     "ImageData",
     "PRESETS",
     "RunClock",
+    "SideRuns",
     "TIMING_POLICY",
     "amp_dtype",
     "announce_cost",

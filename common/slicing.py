@@ -7,6 +7,7 @@ them every function here returns at once and does nothing, so a notebook run by 
 
 - `DL_SLICE_DEADLINE`: a Unix time in seconds by which the training loop must have stopped and checkpointed.
 - `DL_SLICE_STEPS`: at most this many optimisation steps in one slice (a deterministic cut, for tests).
+- `DL_SLICE_SIDE_RUNS`: at most this many side runs (`SideRuns`) in one slice (the same, for side runs).
 - `DL_SLICE_MARKER`: the JSON file written when a slice stops part-way: `{"step", "of", "train_seconds",
   "loop_seconds", "device", "why"}`, which the runner reads to account for the slice. `train_seconds` is the
   clock's `train` span (the record's `train_seconds`: the headline model's steps); `loop_seconds` adds every span
@@ -21,6 +22,18 @@ made, before the checkpoint is written):
 and then checkpoints and breaks exactly as for `stop_after_steps`. The runner inserts `exit_if_slice_over()`
 between the notebook's cells, so once a slice has stopped nothing after the training cell runs.
 
+Work after (or before) the headline loop, such as an ablation, a sweep or a side experiment, is made of *side
+runs*: each trains or measures something on its own and ends in a result. `SideRuns` keeps every finished side
+run's result in a folder beside the checkpoints, so that a slice that stops between two side runs loses none,
+and the next slice skips those already done:
+
+    side = SideRuns(TASK, PRESET, dataclasses.asdict(cfg), cfg.resume, clock, headline_steps=cfg.steps)
+    for width in cfg.widths:
+        if side.pending(f"width {width}"):  # not done in an earlier slice, and this slice has time for it
+            side.save(f"width {width}", train_and_measure(width))
+    exit_if_slice_over()  # the slice stopped before a side run: nothing below may use the missing results
+    results = {width: side[f"width {width}"] for width in cfg.widths}
+
 The margin before the deadline is three times the longest interval seen between two calls (one step, with the
 evaluation or checkpoint that some steps carry, and on a GPU the queue of launched work behind the host, which
 the loop drains whenever it reads its loss) plus `MARGIN_SECONDS` for writing the checkpoint and the rest of
@@ -29,8 +42,11 @@ the training cell.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,11 +54,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEADLINE_ENV", "MARGIN_SECONDS", "MARKER_ENV", "STEPS_ENV", "exit_if_slice_over", "slice_time_up",
-           "training_span_seconds"]
+__all__ = ["DEADLINE_ENV", "MARGIN_SECONDS", "MARKER_ENV", "SIDE_RUNS_ENV", "STEPS_ENV", "SideRuns",
+           "exit_if_slice_over", "slice_time_up", "training_span_seconds"]
 
 DEADLINE_ENV = "DL_SLICE_DEADLINE"
 STEPS_ENV = "DL_SLICE_STEPS"
+SIDE_RUNS_ENV = "DL_SLICE_SIDE_RUNS"
 MARKER_ENV = "DL_SLICE_MARKER"
 MARGIN_SECONDS = 15.0  # the checkpoint write and the rest of the training cell, after the last step
 
@@ -92,7 +109,7 @@ def training_span_seconds(seconds: Mapping[str, float]) -> float:
     return sum(float(v) for k, v in seconds.items() if k in ("train", "compile") or k.endswith("_train"))
 
 
-def _stop(clock: Any, done: int, total: int, why: str) -> None:
+def _stop(clock: Any, done: int, total: int, why: str, side_runs: int | None = None) -> None:
     device = getattr(clock, "device", None)
     train = float(clock["train"]) if clock is not None else None
     loop = None
@@ -104,11 +121,15 @@ def _stop(clock: Any, done: int, total: int, why: str) -> None:
         name = describe_device(torch.device(device))
     _state["stopped"] = {"step": done, "of": total, "train_seconds": train, "loop_seconds": loop,
                         "device": name, "why": why}
+    if side_runs is not None:
+        _state["stopped"]["side_runs"] = side_runs  # side runs finished in this slice
     marker = os.environ.get(MARKER_ENV)
     if marker:
         Path(marker).parent.mkdir(parents=True, exist_ok=True)
         Path(marker).write_text(json.dumps(_state["stopped"]) + "\n")
-    print(f"slice over ({why}): stopping at step {done} of {total} with a checkpoint")
+    where = f"step {done} of {total} with a checkpoint" if side_runs is None else \
+        f"after {side_runs} side run(s) in this slice, their results kept"
+    print(f"slice over ({why}): stopping at {where}")
 
 
 def exit_if_slice_over() -> None:
@@ -116,5 +137,109 @@ def exit_if_slice_over() -> None:
     the notebook's cells, so that no cell after the stopped training loop runs on a half-trained model."""
     if _state["stopped"] is not None:
         s = _state["stopped"]
-        print(f"stopped at step {s['step']} of {s['of']}, resume with the same command")
+        side = f" and {s['side_runs']} side run(s)" if "side_runs" in s else ""
+        print(f"stopped at step {s['step']} of {s['of']}{side}, resume with the same command")
         raise SystemExit(0)
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device is not None and device.type == "mps":
+        torch.mps.synchronize()
+
+
+class SideRuns:
+    """Finished side runs of one run, kept in a folder so that a run cut into slices does each only once.
+
+    The folder is `<checkpoint_dir>/<task>__<preset>__side_runs/`: one checkpoint file per side run (its result:
+    numbers, lists, tensors, a model's state_dict) and `index.json` (the config, and each finished side run's file
+    and seconds). A run with `resume=False` starts with an empty folder; one with `resume=True` keeps the results
+    and refuses them if the config changed (as `load_checkpoint` does). Without the slice runner's environment
+    `pending` is simply "not finished yet", so a notebook run by hand runs everything once.
+
+    `clock` (the headline's `RunClock`) and `headline_steps` go into the marker file when a slice stops here.
+    """
+
+    def __init__(self, task: str, preset: str, config: Mapping[str, Any] | None, resume: bool, clock: Any = None,
+                 headline_steps: int = 0, device: torch.device | str | None = None) -> None:
+        from common.checkpoint import checkpoint_dir  # late: keeps this module's import light
+
+        self.folder = checkpoint_dir() / f"{task.replace('/', '__')}__{preset}__side_runs"
+        self.config, self.clock, self.headline_steps = config, clock, headline_steps
+        device = device if device is not None else getattr(clock, "device", None)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.ran = 0  # side runs started in this process
+        self._running: tuple[str, float] | None = None  # (key, perf_counter at its start)
+        if not resume and self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.index = self._load_index()
+
+    def _load_index(self) -> dict[str, Any]:
+        from common.checkpoint import CheckpointError, _plain, config_differences
+
+        path = self.folder / "index.json"
+        if not path.is_file():
+            return {"config": _plain(self.config) if self.config is not None else None, "runs": {}}
+        index = json.loads(path.read_text())
+        if self.config is not None and index.get("config") is not None:
+            differing = config_differences(index["config"], self.config)
+            if differing:
+                raise CheckpointError(f"{self.folder}'s side runs come from another config ({'; '.join(differing)}): "
+                                      f"set resume=False to start afresh")
+        return index
+
+    def _file(self, key: str) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_")[:60]
+        return self.folder / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.pt"
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index["runs"]
+
+    def pending(self, key: str) -> bool:
+        """True when `key` still has to run here and now: it is not finished, and the slice has time for it (the
+        longest side run so far, plus the margin, before the deadline; within `DL_SLICE_SIDE_RUNS`). On False for an
+        unfinished side run the slice stops: the marker is written, and every later call says False too."""
+        if key in self:
+            return False
+        if _state["stopped"] is not None:
+            return False
+        deadline, budget = _env_float(DEADLINE_ENV), _env_float(SIDE_RUNS_ENV)
+        longest = max((r["seconds"] for r in self.index["runs"].values()), default=0.0)
+        if budget is not None and self.ran >= budget:
+            why = "side-run budget"
+        elif deadline is not None and time.time() + 1.25 * longest + MARGIN_SECONDS >= deadline:
+            why = f"deadline: the longest side run so far took {longest:.0f} s"
+        else:
+            _sync(self.device)
+            self._running, self.ran = (key, time.perf_counter()), self.ran + 1
+            return True
+        _stop(self.clock, self.headline_steps, self.headline_steps, why, side_runs=self.ran)
+        return False
+
+    def save(self, key: str, value: Any) -> None:
+        """Keep the result of the side run `key` (the one `pending` just started), with its seconds."""
+        from common.checkpoint import atomic_write, save_checkpoint
+
+        if self._running is None or self._running[0] != key:
+            raise RuntimeError(f"save({key!r}) without pending({key!r}) just before it")
+        _sync(self.device)
+        seconds = time.perf_counter() - self._running[1]
+        path = save_checkpoint(self._file(key), {"key": key, "value": value}, config=self.config)
+        self.index["runs"][key] = {"file": path.name, "seconds": round(seconds, 4)}
+        with atomic_write(self.folder / "index.json") as f:
+            f.write((json.dumps(self.index, indent=1) + "\n").encode())
+        self._running = None
+
+    def __getitem__(self, key: str) -> Any:
+        """The result of a finished side run, its tensors on the run's device."""
+        from common.checkpoint import load_checkpoint
+
+        if key not in self:
+            raise KeyError(f"side run {key!r} has not finished (did the slice stop before it? call exit_if_slice_over())")
+        return load_checkpoint(self.folder / self.index["runs"][key]["file"], map_location=self.device,
+                               config=self.config)["value"]
+
+    def seconds(self, prefix: str = "") -> float:
+        """Seconds of the finished side runs whose key starts with `prefix`, summed over every slice."""
+        return sum(r["seconds"] for k, r in self.index["runs"].items() if k.startswith(prefix))

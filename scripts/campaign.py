@@ -17,7 +17,9 @@ A slice that may finish the training (judged from the earlier slices' pace, or f
 campaign's estimate) must leave time for what runs after the training loop (evaluation, sampling): `--tail`
 seconds (default: the task's `tail_minutes` in scripts/campaign.toml) are kept free; the training stops that
 early, and if it did not finish, the next slice finishes it. A slice that cannot finish trains until just before
-its end. If a slice is killed at `--seconds` anyway, the next one resumes from the run's last periodic
+its end. Side runs (ablations, sweeps, side experiments: `common.slicing.SideRuns`) stop at the same deadline,
+between two side runs; the finished ones are kept in the state folder and the next slice runs the rest, so the
+tail need only hold what is not a side run (evaluation, sampling, the record). If a slice is killed at `--seconds` anyway, the next one resumes from the run's last periodic
 checkpoint, and the steps it had checkpointed count in the next slice's accounting. Like
 scripts/gpu_check.py it needs no Jupyter: the notebook's code cells run as one Python script, with
 `common.slicing.exit_if_slice_over()` between cells.
@@ -117,7 +119,8 @@ def load_state(state_dir: Path, task: str, preset: str, code: str) -> dict[str, 
 
 
 def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset: str = "full",
-              device: str = "cuda", tail: float | None = None, slice_steps: int = 0, save: bool = True) -> int:
+              device: str = "cuda", tail: float | None = None, slice_steps: int = 0, save: bool = True,
+              slice_side_runs: int = 0) -> int:
     """One slice of `task`'s `preset` run; returns 0 when it stopped or finished cleanly, 1 otherwise."""
     from common.slicing import training_span_seconds  # late, as notebook_code_sha256: `--help` needs no torch
 
@@ -144,6 +147,8 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     if slice_steps:
         env["DL_SLICE_STEPS"] = str(slice_steps)
+    if slice_side_runs:
+        env["DL_SLICE_SIDE_RUNS"] = str(slice_side_runs)
     log = state_dir / f"slice_{len(state['slices']) + 1}.log"
     with open(log, "w") as f:
         try:
@@ -167,9 +172,12 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
                      train_seconds=round(stop["train_seconds"] - done_train, 4))
         if stop.get("loop_seconds") is not None:
             entry["loop_seconds"] = round(stop["loop_seconds"] - done_loop, 4)
+        if "side_runs" in stop:
+            entry["side_runs"] = stop["side_runs"]  # side runs finished in this slice (it stopped before the next)
         state["slices"].append(entry)
         (state_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-        print(f"{task}: stopped at step {stop['step']} of {stop['of']}, resume with the same command "
+        side = f" and {stop['side_runs']} side run(s)" if "side_runs" in stop else ""
+        print(f"{task}: stopped at step {stop['step']} of {stop['of']}{side}, resume with the same command "
               f"(slice {len(state['slices'])}: {wall:.0f} s wall, {loop_seconds(entry):.1f} s of steps on "
               f"{stop['device']}; state folder {folder_mib(state_dir):.1f} MiB)")
         return 0
@@ -272,6 +280,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     one.add_argument("--tail", type=float, default=None,
                      help="seconds kept free after training (default: the task's tail_minutes in campaign.toml)")
     one.add_argument("--slice-steps", type=int, default=0, help="at most this many steps per slice (tests)")
+    one.add_argument("--slice-side-runs", type=int, default=0, help="at most this many side runs per slice (tests)")
     nxt = sub.add_parser("next", help="spend a budget on the campaign")
     nxt.add_argument("--budget", type=float, required=True, help="seconds to spend")
     nxt.add_argument("--root", type=Path, required=True, help="the folder holding one state folder per task")
@@ -297,7 +306,7 @@ def main(argv: list[str]) -> int:
     data_dir = args.data_dir.expanduser().resolve()
     if args.command == "run":
         return run_slice(args.task, args.seconds, args.state.resolve(), data_dir, args.preset, args.device,
-                         args.tail, args.slice_steps, not args.no_save)
+                         args.tail, args.slice_steps, not args.no_save, args.slice_side_runs)
     return run_campaign(args.budget, args.root.resolve(), data_dir, args.device, not args.no_save)
 
 

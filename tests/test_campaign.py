@@ -126,12 +126,13 @@ def test_the_plan_resumes_first_then_the_cheapest_without_a_record(tmp_path: Pat
     assert campaign.plan(tasks, tmp_path / "root", budget=900)[-1] == ("b/dear", "start")
 
 
-def run_slices(state: Path, data_dir: str, slice_steps: int) -> list[str]:
+def run_slices(state: Path, data_dir: str, slice_steps: int, slice_side_runs: int = 0) -> list[str]:
     outputs = []
-    for _ in range(4):
+    for _ in range(6):
         result = subprocess.run([sys.executable, str(SCRIPT), "run", "templates/task_template", "--preset", "smoke",
                                  "--device", "cpu", "--seconds", "300", "--tail", "0", "--state", str(state),
-                                 "--no-save", "--data-dir", data_dir, "--slice-steps", str(slice_steps)],
+                                 "--no-save", "--data-dir", data_dir, "--slice-steps", str(slice_steps),
+                                 "--slice-side-runs", str(slice_side_runs)],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         outputs.append(result.stdout)
@@ -141,19 +142,25 @@ def run_slices(state: Path, data_dir: str, slice_steps: int) -> list[str]:
 
 
 @pytest.mark.notebook
-def test_a_run_cut_into_three_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: Path) -> None:
-    """The template in smoke (30 steps), once whole and once as three slices of at most 10 steps: the same
-    metrics, and train_seconds is the sum of the slices'."""
+def test_a_run_cut_into_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: Path) -> None:
+    """The template in smoke (30 steps, then two side runs), once whole and once cut into slices of at most 10 steps
+    and one side run: the same metrics, train_seconds is the sum of the slices', and no side run runs twice."""
     data_dir = os.environ["DL_DATA_DIR"]  # the root conftest's sandbox; the user's data is in DL_EXTRA_DATA_DIRS
     whole = run_slices(tmp_path / "whole", data_dir, 0)
-    sliced = run_slices(tmp_path / "sliced", data_dir, 10)
-    assert len(whole) == 1 and len(sliced) == 3
+    sliced = run_slices(tmp_path / "sliced", data_dir, 10, 1)
+    assert len(whole) == 1 and len(sliced) == 4
     assert "stopped at step 10 of 30, resume with the same command" in sliced[0]
-    assert "stopped at step 20 of 30" in sliced[1] and "finished in 3 slice(s)" in sliced[2]
+    assert "stopped at step 20 of 30" in sliced[1]
+    assert "stopped at step 30 of 30 and 1 side run(s), resume with the same command" in sliced[2]
+    assert "finished in 4 slice(s)" in sliced[3]
     [a] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
     [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
-    assert a["metrics"] == b["metrics"]
-    assert [(s["from_step"], s["to_step"]) for s in b["slices"]] == [(0, 10), (10, 20), (20, 30)]
+    assert a["metrics"] == b["metrics"] and len(b["metrics"]["side_final_train_loss"]) == 2
+    assert [(s["from_step"], s["to_step"]) for s in b["slices"]] == [(0, 10), (10, 20), (20, 30), (30, 30)]
+    assert b["slices"][2]["side_runs"] == 1  # the third slice ran the first side run, then stopped before the second
+    logs = [(tmp_path / "sliced" / f"slice_{k}.log").read_text() for k in (3, 4)]
+    assert "width 32" in logs[0] and "width 64" not in logs[0]
+    assert "width 64" in logs[1] and "width 32:" not in logs[1].split("width 64")[0]  # the kept one did not rerun
     assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=1e-3)
     assert all(s["device"].startswith("cpu") and s["wall_seconds"] > 0 for s in b["slices"])
     assert len(a["slices"]) == 1 and a["slices"][0]["train_seconds"] == pytest.approx(a["train_seconds"], abs=1e-3)
