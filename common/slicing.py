@@ -109,8 +109,9 @@ def training_span_seconds(seconds: Mapping[str, float]) -> float:
     return sum(float(v) for k, v in seconds.items() if k in ("train", "compile") or k.endswith("_train"))
 
 
-def _stop(clock: Any, done: int, total: int, why: str, side_runs: int | None = None) -> None:
-    device = getattr(clock, "device", None)
+def _stop(clock: Any, done: int, total: int, why: str, side_runs: int | None = None,
+          device: torch.device | str | None = None) -> None:
+    device = getattr(clock, "device", None) or device
     train = float(clock["train"]) if clock is not None else None
     loop = None
     if clock is not None:  # clock[name] includes a span still running
@@ -158,15 +159,19 @@ class SideRuns:
     and refuses them if the config changed (as `load_checkpoint` does). Without the slice runner's environment
     `pending` is simply "not finished yet", so a notebook run by hand runs everything once.
 
-    `clock` (the headline's `RunClock`) and `headline_steps` go into the marker file when a slice stops here.
+    `clock` (the headline's `RunClock`; None for side runs before the headline loop), `headline_steps` (the headline's
+    total) and `headline_done` (its steps done: 0 before the loop; default all of them) go into the marker file when
+    a slice stops here.
     """
 
     def __init__(self, task: str, preset: str, config: Mapping[str, Any] | None, resume: bool, clock: Any = None,
-                 headline_steps: int = 0, device: torch.device | str | None = None) -> None:
+                 headline_steps: int = 0, headline_done: int | None = None,
+                 device: torch.device | str | None = None) -> None:
         from common.checkpoint import checkpoint_dir  # late: keeps this module's import light
 
         self.folder = checkpoint_dir() / f"{task.replace('/', '__')}__{preset}__side_runs"
         self.config, self.clock, self.headline_steps = config, clock, headline_steps
+        self.headline_done = headline_steps if headline_done is None else headline_done
         device = device if device is not None else getattr(clock, "device", None)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.ran = 0  # side runs started in this process
@@ -214,7 +219,7 @@ class SideRuns:
             _sync(self.device)
             self._running, self.ran = (key, time.perf_counter()), self.ran + 1
             return True
-        _stop(self.clock, self.headline_steps, self.headline_steps, why, side_runs=self.ran)
+        _stop(self.clock, self.headline_done, self.headline_steps, why, side_runs=self.ran, device=self.device)
         return False
 
     def save(self, key: str, value: Any) -> None:

@@ -168,8 +168,9 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
         return 1
     if marker.is_file():
         stop = json.loads(marker.read_text())
+        train = stop["train_seconds"]  # None: the slice stopped before the headline loop's clock existed
         entry.update(device=stop["device"], to_step=stop["step"], of_steps=stop["of"],
-                     train_seconds=round(stop["train_seconds"] - done_train, 4))
+                     train_seconds=round(train - done_train, 4) if train is not None else 0.0)
         if stop.get("loop_seconds") is not None:
             entry["loop_seconds"] = round(stop["loop_seconds"] - done_loop, 4)
         if "side_runs" in stop:

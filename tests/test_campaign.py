@@ -186,3 +186,26 @@ def test_resnet_cut_between_its_side_runs_ends_exactly_as_the_uninterrupted_run(
     logs = [(tmp_path / "sliced" / f"slice_{k}.log").read_text() for k in (1, 2, 3)]
     bar = re.compile(r"plain-20: +\d+%")  # the experiment network's progress bar: it trained in that slice
     assert bar.search(logs[0]) and not bar.search(logs[1]) and not bar.search(logs[2])
+
+
+@pytest.mark.notebook
+def test_vit_cut_between_side_runs_before_and_after_its_headline_ends_as_the_uninterrupted_run(tmp_path: Path) -> None:
+    """The ViT's ablations run before its headline loop and the ResNet-20 and subset runs after it (7 side runs at
+    smoke), cut 3 to a slice: the first slice stops at step 0 with no train seconds, the runner counts 0 for it, and
+    every step-budgeted number equals the uninterrupted run's (the "same time" runs train for measured seconds, so
+    their steps, and numbers, differ from run to run)."""
+    data_dir = os.environ["DL_DATA_DIR"]
+    whole = run_slices(tmp_path / "whole", data_dir, 0, 0, "image_classification/vit")
+    sliced = run_slices(tmp_path / "sliced", data_dir, 0, 3, "image_classification/vit")
+    assert len(whole) == 1 and len(sliced) == 3, sliced
+    assert "stopped at step 0 of 12 and 3 side run(s)" in sliced[0]
+    assert "stopped at step 12 of 12 and 3 side run(s)" in sliced[1] and "finished in 3 slice(s)" in sliced[2]
+    [a] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
+    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    step_budgeted = ["test_accuracy", "val_accuracy", "subset_test_accuracy_vit", "ablation_val_accuracy__baseline",
+                     "ablation_val_accuracy__no_augmentation", "ablation_val_accuracy__no_weight_decay"]
+    assert {k: a["metrics"][k] for k in step_budgeted} == {k: b["metrics"][k] for k in step_budgeted}
+    assert [(s["from_step"], s["to_step"], s.get("side_runs")) for s in b["slices"]] == [(0, 0, 3), (0, 12, 3),
+                                                                                           (12, 12, None)]
+    assert b["slices"][0]["train_seconds"] == 0.0
+    assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=1e-3)

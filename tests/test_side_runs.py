@@ -109,3 +109,22 @@ def test_seconds_sum_the_finished_side_runs_over_slices_and_misuse_is_refused(sa
         resumed.save("other", 1.0)
     with pytest.raises(KeyError, match="has not finished"):
         resumed["other"]
+
+
+def test_side_runs_before_the_headline_loop_stop_at_its_step_0_and_the_runner_reads_it(sandbox: Path,
+                                                                                        monkeypatch) -> None:
+    """The ViT's ablations run before its headline loop, with no headline clock yet: the marker says step 0, with no
+    train seconds (the runner counts 0 for such a slice); once the loop is done the side runs after it say so."""
+    monkeypatch.setenv(slicing.SIDE_RUNS_ENV, "1")
+    side = SideRuns("a/task", "smoke", CONFIG, resume=False, headline_steps=40, headline_done=0, device="cpu")
+    assert run_all(side, ["ablation/a", "ablation/b"]) == ["ablation/a"]
+    marker = json.loads((sandbox / "marker.json").read_text())
+    assert (marker["step"], marker["of"], marker["train_seconds"], marker["side_runs"]) == (0, 40, None, 1)
+    assert marker["device"].startswith("cpu")
+    slicing._reset()
+    side = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, headline_steps=40, headline_done=0)
+    assert run_all(side, ["ablation/a", "ablation/b"]) == ["ablation/b"]
+    side.headline_done, side.clock = 40, FakeClock()  # the headline loop has run
+    assert run_all(side, ["after"]) == []
+    marker = json.loads((sandbox / "marker.json").read_text())
+    assert (marker["step"], marker["of"], marker["train_seconds"]) == (40, 40, 7.0)
