@@ -9,20 +9,55 @@
 #                                             with the seconds left, skipping a task whose shortest useful slice
 #                                             no longer fits), or on `campaign.py next` when no task is named
 #
-# After each task the new records (results/), the slices' logs and state.json (no checkpoints) are packed into
-# $OUT/results.tgz and $OUT/logs.tgz, so a command stopped at its limit still returns what finished. Unpack
-# results.tgz in the repository root, commit the records unedited, run scripts/update_readme.py.
+# After each task the new records (results/), the slices' logs and state.json are packed into $OUT/results.tgz and
+# $OUT/logs.tgz, so a command stopped at its limit still returns what finished. Unpack results.tgz in the
+# repository root, commit the records unedited, run scripts/update_readme.py.
+#
+# Runs that outlast a loan: every unfinished run's state folder (checkpoints, kept side runs, state.json) is packed
+# too, into $OUT/state.tgz.part-0, -1, ... (parts of LOAN_PART_MIB, default 15 MiB: what comes back is at most 8
+# files of 16 MiB, 64 MiB in all, so at most 5 parts beside gpu.txt and the two archives). Fetch them, then
+# `LOAN_STATE=<folder holding the parts> bash scripts/loan.sh prepare` puts them into .loan/state/, and the next
+# loan's `run` unpacks them before its first task, so `campaign.py` resumes those runs. What travels there is the
+# repository, .loan's data and the state together: at most 64 MiB.
+#
+#   bash scripts/loan.sh pack-state ROOT OUT     the packing alone (run calls it): ROOT's unfinished runs -> OUT
+#   bash scripts/loan.sh unpack-state PARTS ROOT  the unpacking alone (run calls it with .loan/state)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+part_mib=${LOAN_PART_MIB:-15}
+pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut into parts; nothing when none is unfinished
+  local root=$1 out=$2 runs=() d tmp
+  for d in "$root"/*/; do
+    [ -f "$d/state.json" ] || continue
+    python3 -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['finished'])" "$d/state.json" \
+      && runs+=("$(basename "$d")")
+  done
+  rm -f "$out"/state.tgz.part-*
+  [ ${#runs[@]} -eq 0 ] && return 0
+  tmp=$(mktemp -d)  # parts appear in OUT only once all are written: a command killed meanwhile leaves none
+  tar czf - -C "$root" --exclude=notebook.py "${runs[@]}" | split -b "${part_mib}M" -d -a 1 - "$tmp/state.tgz.part-"
+  mv "$tmp"/state.tgz.part-* "$out"/ && rmdir "$tmp"
+  local n; n=$(ls "$out"/state.tgz.part-* | wc -l)
+  echo "state of ${runs[*]}: $(du -ch "$out"/state.tgz.part-* | tail -1 | cut -f1) in $n part(s) of at most $part_mib MiB"
+  (( n <= 5 )) || echo "warning: $n parts: at most 5 come back (8 files in all); this state cannot travel"
+}
+unpack_state() {  # PARTS ROOT
+  ls "$1"/state.tgz.part-* >/dev/null 2>&1 || return 0
+  mkdir -p "$2" && cat "$1"/state.tgz.part-* | tar xzf - -C "$2" && echo "resumable state unpacked: $(ls "$2")"
+}
 case "${1:-}" in
+pack-state) pack_state "${2:?the state root folder}" "${3:?the out folder}" ;;
+unpack-state) unpack_state "${2:?the parts folder}" "${3:?the state root folder}" ;;
 prepare)
   src=${2:-../shared/datasets}
   grep -qx '/.loan/' .git/info/exclude 2>/dev/null || echo '/.loan/' >>.git/info/exclude
   rm -rf .loan && mkdir -p .loan/data .loan/fashion-mnist
   for f in mnist.npz tinyshakespeare.txt; do cp "$src/$f" .loan/data/; done
   [ -d "$src/planetoid" ] && cp -r "$src/planetoid" .loan/data/
-  cp /usr/share/datasets/fashion-mnist/*.gz .loan/fashion-mnist/ 2>/dev/null \
-    || echo "no Fashion-MNIST (apt-get install dataset-fashion-mnist): the MLP, VAE and training-deep-nets runs need it"
+  if [ "${LOAN_FASHION:-1}" = 1 ]; then  # 30 MB: LOAN_FASHION=0 leaves room for CIFAR-10 and a resumed state
+    cp /usr/share/datasets/fashion-mnist/*.gz .loan/fashion-mnist/ 2>/dev/null \
+      || echo "no Fashion-MNIST (apt-get install dataset-fashion-mnist): the MLP, VAE and training-deep-nets runs need it"
+  fi
   if [ "${LOAN_CIFAR:-0}" = 1 ]; then cp "$src/cifar10-jpeg.tar.gz" "$src/build_cifar10_full.py" .loan/data/; fi
   # Python packages the machine lacks (it has torch, numpy, matplotlib, tqdm; no internet): the seq2seq notebook's
   # num2words (pure Python; its docopt is needed by its command-line tool only)
@@ -34,9 +69,14 @@ prepare)
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${LOAN_PY:-3.12}" \
       --platform manylinux2014_x86_64 -d .loan/wheels pygame || echo "warning: no pygame wheel"
   fi
+  if [ -n "${LOAN_STATE:-}" ]; then  # parts fetched from an earlier loan's $OUT: the runs it left unfinished
+    mkdir -p .loan/state && cp "$LOAN_STATE"/state.tgz.part-* .loan/state/ || echo "warning: no state parts in $LOAN_STATE"
+  fi
   git rev-parse HEAD >.loan/commit
   [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "warning: uncommitted changes travel but the records name $(cat .loan/commit)"
-  du -sh .loan; echo "carry [\".loan\"]; command: bash scripts/loan.sh run 540 [TASK ...]  (LOAN_CIFAR=1 adds CIFAR-10, 20 MB; LOAN_RL=1 the gymnasium and pygame wheels)"
+  tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1); loan=$(du -sb .loan | cut -f1)
+  echo "travels: $(( (tree + loan) / 1048576 )) MiB of at most 64 (the repository $(( tree / 1048576 )), .loan $(( loan / 1048576 )))"
+  echo "carry [\".loan\"]; command: bash scripts/loan.sh run 540 [TASK ...]  (LOAN_CIFAR=1 adds CIFAR-10, 20 MB; LOAN_RL=1 the gymnasium and pygame wheels)"
   ;;
 run)
   budget=${2:?seconds}; shift 2
@@ -47,6 +87,7 @@ run)
       && export PYTHONPATH=$PWD:/tmp/loan_site
   fi
   out=${OUT:-/tmp/loan_out}; mkdir -p "$out" /tmp/loan_state
+  unpack_state .loan/state /tmp/loan_state
   data=/tmp/loan_data; mkdir -p $data && cp -r .loan/data/. $data/
   if ls .loan/fashion-mnist/*.gz >/dev/null 2>&1; then
     mkdir -p /usr/share/datasets/fashion-mnist && cp .loan/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/
@@ -58,6 +99,7 @@ run)
   pack() {
     find results -newer /tmp/loan_t0 -name '*.json' | tar czf "$out/results.tgz" -T -
     (cd /tmp/loan_state && tar czf "$out/logs.tgz" --exclude=checkpoints --exclude=notebook.py .)
+    pack_state /tmp/loan_state "$out"
   }
   if [ $# -eq 0 ]; then
     python3 scripts/campaign.py next --budget $(( end - $(date +%s) )) --root /tmp/loan_state --data-dir $data
@@ -73,5 +115,5 @@ run)
   done
   (cd /tmp/loan_state && du -sh ./*/checkpoints 2>/dev/null)
   ;;
-*) sed -n 2,16p "$0"; exit 2 ;;
+*) sed -n 2,24p "$0"; exit 2 ;;
 esac
