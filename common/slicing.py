@@ -161,7 +161,8 @@ class SideRuns:
 
     `clock` (the headline's `RunClock`; None for side runs before the headline loop), `headline_steps` (the headline's
     total) and `headline_done` (its steps done: 0 before the loop; default all of them) go into the marker file when
-    a slice stops here.
+    a slice stops here. A notebook with side runs on both sides of its loop sets `headline_done` and `clock` once the
+    loop has run (the ViT does).
     """
 
     def __init__(self, task: str, preset: str, config: Mapping[str, Any] | None, resume: bool, clock: Any = None,
