@@ -12,11 +12,10 @@ GPU the default preset is `full`, sized for an RTX 4090: this line is what tells
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import torch
 
-from common.device import describe_device
+from common.device import describe_device, synchronize
 from common.precision import amp_dtype
 from common.preset import get_preset
 
@@ -36,25 +35,15 @@ def probe_flops(device: torch.device | str, seconds: float = 0.3, size: int | No
     gen = torch.Generator(device=device).manual_seed(0)  # its own stream: the notebook's random numbers stay as they are
     a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    sync = _synchronizer(device)
     a @ b  # warm-up: kernels chosen and memory allocated outside the timed part
-    sync()
+    synchronize(device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for _ in range(4):
             a @ b
         count += 4
-        sync()
+        synchronize(device)
     return 2 * n**3 * count / (time.perf_counter() - start)
-
-
-def _synchronizer(device: torch.device) -> Callable[[], None]:
-    """A call that waits for `device`'s queued work: CUDA and MPS run asynchronously, the CPU does not."""
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    if device.type == "mps":
-        return torch.mps.synchronize
-    return lambda: None
 
 
 def format_duration(seconds: float) -> str:

@@ -26,6 +26,17 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
 
 
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait for `device`'s queued work: CUDA and MPS run asynchronously, the CPU (and None) need no wait."""
+    if device is None:
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def parse_device(value: str) -> torch.device:
     """The device `value` names ('cpu', 'cuda', 'cuda:N' or 'mps', any case), checked against this machine.
 

@@ -44,7 +44,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from common.paths import REPO_ROOT, runs_dir
-from common.device import describe_device
+from common.device import describe_device, synchronize
 from common.fid_classifier import scored_classifiers
 from common.precision import compile_report, precision_ran
 
@@ -85,10 +85,7 @@ class RunClock:
 
     def _sync(self) -> None:
         """Wait for the device's queued work (CUDA and MPS run asynchronously), so that a span times the work."""
-        if self._cuda:
-            torch.cuda.synchronize(self.device)
-        elif self.device is not None and torch.device(self.device).type == "mps":
-            torch.mps.synchronize()
+        synchronize(self.device)
 
     def start(self, name: str) -> None:
         """Make `name` the running span (a no-op if it already is; otherwise stops the running one first)."""

@@ -143,13 +143,6 @@ def exit_if_slice_over() -> None:
         raise SystemExit(0)
 
 
-def _sync(device: torch.device | None) -> None:
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device is not None and device.type == "mps":
-        torch.mps.synchronize()
-
-
 class SideRuns:
     """Finished side runs of one run, kept in a folder so that a run cut into slices does each only once.
 
@@ -177,6 +170,7 @@ class SideRuns:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.ran = 0  # side runs started in this process
         self._running: tuple[str, float] | None = None  # (key, perf_counter at its start)
+        self._loaded: dict[str, Any] = {}  # results read back from their files: each file is read once
         if not resume and self.folder.exists():
             shutil.rmtree(self.folder)
         self.index = self._load_index()
@@ -217,7 +211,9 @@ class SideRuns:
         elif deadline is not None and time.time() + 1.25 * longest + MARGIN_SECONDS >= deadline:
             why = f"deadline: the longest side run so far took {longest:.0f} s"
         else:
-            _sync(self.device)
+            from common.device import synchronize
+
+            synchronize(self.device)
             self._running, self.ran = (key, time.perf_counter()), self.ran + 1
             return True
         _stop(self.clock, self.headline_done, self.headline_steps, why, side_runs=self.ran, device=self.device)
@@ -226,10 +222,11 @@ class SideRuns:
     def save(self, key: str, value: Any) -> None:
         """Keep the result of the side run `key` (the one `pending` just started), with its seconds."""
         from common.checkpoint import atomic_write, save_checkpoint
+        from common.device import synchronize
 
         if self._running is None or self._running[0] != key:
             raise RuntimeError(f"save({key!r}) without pending({key!r}) just before it")
-        _sync(self.device)
+        synchronize(self.device)
         seconds = time.perf_counter() - self._running[1]
         path = save_checkpoint(self._file(key), {"key": key, "value": value}, config=self.config)
         self.index["runs"][key] = {"file": path.name, "seconds": round(seconds, 4)}
@@ -238,13 +235,16 @@ class SideRuns:
         self._running = None
 
     def __getitem__(self, key: str) -> Any:
-        """The result of a finished side run, its tensors on the run's device."""
+        """The result of a finished side run, its tensors on the run's device (read from its file once, then the
+        same object: do not change it in place)."""
         from common.checkpoint import load_checkpoint
 
         if key not in self:
             raise KeyError(f"side run {key!r} has not finished (did the slice stop before it? call exit_if_slice_over())")
-        return load_checkpoint(self.folder / self.index["runs"][key]["file"], map_location=self.device,
-                               config=self.config)["value"]
+        if key not in self._loaded:
+            self._loaded[key] = load_checkpoint(self.folder / self.index["runs"][key]["file"], map_location=self.device,
+                                                config=self.config)["value"]
+        return self._loaded[key]
 
     def seconds(self, prefix: str = "") -> float:
         """Seconds of the finished side runs whose key starts with `prefix`, summed over every slice."""
