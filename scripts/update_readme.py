@@ -12,7 +12,9 @@ name. No number in the table comes from anywhere else. A fid headline names the 
 classifier it was measured with (the record's `fid_classifier_sha256`); a headline measured with a classifier
 other than the committed one (pinned in common/fid_weights/SHA256SUMS), or with one the record does not name,
 is marked with a footnote, and a line under the table flags fid headlines on one dataset that were measured
-with different classifiers.
+with different classifiers. A number from a record of other notebook code than the notebook's now (the record's
+`notebook_code_sha256` differs from the SHA-256 of the notebook's code cells, or the record has none) is marked
+`OLDER_CODE`, with a footnote: the code has changed since it was measured, and a rerun would refresh it.
 
 The second generated block is the learning path: a tree that follows each task's `next` list (task folders),
 starting from the tasks nobody lists as next, with the `coming` names (tasks not written yet) as leaves.
@@ -42,6 +44,7 @@ TASK_KEYS = ("title", "category", "paper", "paper_url", "notebook", "metric", "m
 NOT_MEASURED = "not yet measured"
 FID_CHECKSUMS = "common/fid_weights/SHA256SUMS"  # the committed FID classifiers' pinned SHA-256 (`sha256sum` format)
 OTHER_CLASSIFIER = "†"  # marks a fid headline measured with another FID classifier than the committed one
+OLDER_CODE = "‡"  # marks a number measured with other notebook code than the notebook's now
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
@@ -76,18 +79,31 @@ class Task:
     folder: str  # e.g. "image_generation/vae"
     meta: dict
     records: list[dict]
+    code_sha256: str | None = None  # the SHA-256 of the notebook's code cells now (None: no notebook to read)
 
 
 def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
     """Every task folder (one with a task.toml) under the category folders, with its committed records."""
+    from common.record import notebook_code_sha256  # late: `common` imports torch, which --help does not need
     tasks = []
     for category in CATEGORIES:
         for toml_path in sorted((root / category).glob("*/task.toml")):
             folder = toml_path.parent.relative_to(root).as_posix()
             meta = tomllib.loads(toml_path.read_text())
             records = [json.loads(p.read_text()) for p in sorted((root / "results" / folder).glob("*.json"))]
-            tasks.append(Task(folder, meta, records))
+            notebook = toml_path.parent / meta["notebook"]
+            tasks.append(Task(folder, meta, records, notebook_code_sha256(notebook) if notebook.exists() else None))
     return tasks
+
+
+def older_code(record: dict, task: Task) -> bool:
+    """Whether the record was measured with other notebook code than the task's notebook has now (a record that
+    does not name its code counts as other code); never, when the notebook could not be read."""
+    return task.code_sha256 is not None and (record.get("code") or {}).get("notebook_code_sha256") != task.code_sha256
+
+
+def code_mark(record: dict, task: Task) -> str:
+    return OLDER_CODE if older_code(record, task) else ""
 
 
 DESKTOP_4090 = re.compile(r"(NVIDIA )?(GeForce )?RTX 4090", re.IGNORECASE)
@@ -150,9 +166,10 @@ def wait_note(record: dict) -> str:
     return f"; whole notebook {fmt_minutes(seconds)}" if seconds else ""
 
 
-def times(records: list[dict], device: Callable[[dict], str]) -> str:
-    """A time column's cell: each record's training time, its device and the whole notebook's wall clock."""
-    return "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({device(r)}{wait_note(r)}){policy_note(r)}"
+def times(records: list[dict], device: Callable[[dict], str], mark: Callable[[dict], str] = lambda r: "") -> str:
+    """A time column's cell: each record's training time, its device and the whole notebook's wall clock, and the
+    record's `mark`."""
+    return "<br>".join(f"{fmt_minutes(r['train_seconds'])} ({device(r)}{wait_note(r)}){policy_note(r)}{mark(r)}"
                        for r in records) or NOT_MEASURED
 
 
@@ -204,7 +221,8 @@ def headline_records(task: Task) -> tuple[list[dict], str | None]:
 def row(task: Task, committed: set[str] = frozenset()) -> str:
     """One table row; a task measured on several datasets (or GPUs) lists each, one line per record. A fid
     headline names its classifier's SHA-256 (first 8 hex digits) when the record carries it, and is marked
-    `OTHER_CLASSIFIER` when that is not a `committed` classifier (none committed: nothing is marked)."""
+    `OTHER_CLASSIFIER` when that is not a `committed` classifier (none committed: nothing is marked). Every number
+    from a record of older notebook code is marked `OLDER_CODE`."""
     m = task.meta
     gpu, cpu = newest(task.records, "full", "gpu"), newest(task.records, "quick", "cpu")
     shown, where = headline_records(task)
@@ -218,9 +236,10 @@ def row(task: Task, committed: set[str] = frozenset()) -> str:
         return (f"; classifier {short}" if short else "; classifier not recorded" if mark else "") + mark
 
     headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} "
-                           f"({where or 'full, ' + gpu_name(r)}; {r['data']}{yardstick(r)})" for r in shown) or NOT_MEASURED
-    gpu_cost = times(gpu, gpu_name)
-    cpu_cost = times(cpu, lambda r: r["device"])
+                           f"({where or 'full, ' + gpu_name(r)}; {r['data']}{yardstick(r)}){code_mark(r, task)}"
+                           for r in shown) or NOT_MEASURED
+    gpu_cost = times(gpu, gpu_name, lambda r: code_mark(r, task))
+    cpu_cost = times(cpu, lambda r: r["device"], lambda r: code_mark(r, task))
     path = f"{task.folder}/{m['notebook']}"
     link = f"[{m['notebook']}]({path}) {colab_badge(path)}"
     return f"| {m['category']}: {m['title']} | [{m['paper']}]({m['paper_url']}) | {link} | {headline} | {gpu_cost} | {cpu_cost} |"
@@ -272,6 +291,17 @@ def other_classifier_note(tasks: list[Task], committed: set[str]) -> list[str]:
             f"({', '.join(t.meta['title'] for t in marked)})."]
 
 
+def older_code_note(tasks: list[Task]) -> list[str]:
+    """The footnote under the table when some number in it is marked `OLDER_CODE`."""
+    marked = [t for t in tasks if any(older_code(r, t) for r in (
+        headline_records(t)[0] + newest(t.records, "full", "gpu") + newest(t.records, "quick", "cpu")))]
+    if not marked:
+        return []
+    return [f"{OLDER_CODE} Measured with an earlier version of the notebook's code: its code cells have changed since "
+            f"(the record's `notebook_code_sha256` differs, or the record has none), so a rerun may give other numbers "
+            f"({', '.join(t.meta['title'] for t in marked)})."]
+
+
 def render_table(tasks: list[Task], root: Path = REPO_ROOT) -> str:
     """The table of `tasks`; fid headlines are checked against the classifiers committed under `root`."""
     committed = committed_classifiers(root)
@@ -287,6 +317,7 @@ def render_table(tasks: list[Task], root: Path = REPO_ROOT) -> str:
         lines.append(f"\n**N = {NOT_MEASURED}**: {done} of {len(tasks)} tasks have a `full` run measured on an RTX 4090.")
     lines.append(other_gpus_line(tasks))
     lines += other_classifier_note(tasks, committed)
+    lines += older_code_note(tasks)
     lines += mixed_classifier_lines(tasks)
     return "\n".join(lines)
 

@@ -156,3 +156,48 @@ def test_a_time_names_the_whole_notebooks_wall_clock_when_the_record_has_it(tmp_
     table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert "1.0 min (cpu; whole notebook 32.4 min)" in table
     assert "whole notebook" not in next(line for line in table.splitlines() if "gan.ipynb" in line)
+
+
+def notebook_json(code: str, markdown: str = "# A task") -> str:
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": markdown},
+             {"cell_type": "code", "metadata": {}, "source": code, "outputs": [], "execution_count": None}]
+    return json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+def vae_cells(root: Path) -> list[str]:
+    """The VAE row's cells: task, paper, notebook, headline, GPU time, CPU time."""
+    table = update_readme.render_table(update_readme.load_tasks(root), root)
+    line = next(line for line in table.splitlines() if "vae.ipynb" in line)
+    return [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+
+
+def test_a_number_from_older_notebook_code_is_marked_and_explained(tmp_path: Path) -> None:
+    from common.record import notebook_code_sha256
+    scratch = tmp_path / "scratch.ipynb"
+    scratch.write_text(notebook_json("x = 1"))
+    now = notebook_code_sha256(scratch)
+    gpu_full = {"preset": "full", "train_seconds": 30.0, "code": {"notebook_code_sha256": "0" * 64},
+                **gpu_record("NVIDIA H100 80GB HBM3")}
+    add_task(tmp_path, "vae", "nelbo", [{"code": {"notebook_code_sha256": now}}, gpu_full])
+    notebook = tmp_path / "image_generation" / "vae" / "vae.ipynb"
+    notebook.write_text(notebook_json("x = 1"))
+
+    headline, gpu_time, cpu_time = vae_cells(tmp_path)[3:6]
+    assert "‡" in headline and "(full, NVIDIA H100 80GB HBM3" in headline  # the older GPU run is the headline
+    assert gpu_time.endswith("‡") and "‡" not in cpu_time  # the quick CPU run is of the code there is now
+    notebook.write_text(notebook_json("x = 1", markdown="# New prose"))  # prose is not code: nothing changes
+    assert "‡" not in vae_cells(tmp_path)[5]
+
+    notebook.write_text(notebook_json("x = 2"))  # the control: the quick run's code is now older too
+    assert vae_cells(tmp_path)[5].endswith("‡")
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "‡ Measured with an earlier version of the notebook's code" in table and "(VAE)" in table
+
+    add_task(tmp_path, "gan", "fid", [{}])  # a record that does not name its code
+
+    def gan_row() -> str:
+        table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+        return next(line for line in table.splitlines() if "gan.ipynb" in line)
+    assert "‡" not in gan_row()  # no notebook to compare it with: nothing to say
+    (tmp_path / "image_generation" / "gan" / "gan.ipynb").write_text(notebook_json("y = 1"))
+    assert gan_row().endswith("(cpu)‡ |")  # with one, a record that names no code counts as older code
