@@ -218,7 +218,8 @@ def has_full_record(task: str, code: str, preset: str = "full") -> bool:
 
 def plan(tasks: dict[str, dict[str, Any]], root: Path, budget: float) -> list[tuple[str, str]]:
     """What `next` would do, in order: (task, why) for the unfinished runs under `root` first, then the tasks
-    without a record for their current code, cheapest first, each only if its shortest useful slice fits."""
+    without a record for their current code, cheapest first, each only if its shortest useful slice fits, and a
+    task whose state cannot travel (`travels = false`) only if its whole estimate fits."""
     available = gpu_check.notebooks()
     order: list[tuple[str, str]] = []
     for task in tasks:
@@ -229,7 +230,8 @@ def plan(tasks: dict[str, dict[str, Any]], root: Path, budget: float) -> list[tu
              and not (root / t.replace("/", "__") / "state.json").is_file()
              and not has_full_record(t, notebook_code_sha256(available[t]))]
     for task in sorted(fresh, key=lambda t: tasks[t]["estimate_minutes"]):
-        if 60 * tasks[task]["min_slice_minutes"] <= budget:
+        travels = tasks[task].get("travels", True)  # false: its state cannot reach the next loan's machine
+        if 60 * tasks[task]["min_slice_minutes"] <= budget and (travels or 60 * tasks[task]["estimate_minutes"] <= budget):
             order.append((task, "start"))
     return order
 

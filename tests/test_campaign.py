@@ -220,7 +220,7 @@ def test_the_campaign_file_lists_every_task_with_what_a_bare_machine_needs() -> 
         assert entry["estimate_minutes"] > 0 and entry["min_slice_minutes"] > 0, task
         assert entry["tail_minutes"] >= 0 and entry["estimate_basis"], task
         assert entry["data"] and entry["paper_result"], task
-        assert isinstance(entry["sliced"], bool), task
+        assert isinstance(entry["sliced"], bool) and isinstance(entry.get("travels", True), bool), task
 
 
 def test_the_plan_resumes_first_then_the_cheapest_without_a_record(tmp_path: Path, monkeypatch) -> None:
@@ -236,6 +236,17 @@ def test_the_plan_resumes_first_then_the_cheapest_without_a_record(tmp_path: Pat
     plan = campaign.plan(tasks, tmp_path / "root", budget=600)
     assert plan == [("c/mid", "resume"), ("a/cheap", "start")], "b/dear's 12-minute slice does not fit in 10"
     assert campaign.plan(tasks, tmp_path / "root", budget=900)[-1] == ("b/dear", "start")
+
+
+def test_a_run_whose_state_cannot_travel_starts_only_where_it_can_finish(tmp_path: Path, monkeypatch) -> None:
+    tasks = {"a/heavy": {"estimate_minutes": 25, "min_slice_minutes": 3, "travels": False},
+             "b/light": {"estimate_minutes": 25, "min_slice_minutes": 3}}  # the control: the same task, travelling
+    monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {t: tmp_path / f"{t}.ipynb" for t in tasks})
+    monkeypatch.setattr(campaign, "notebook_code_sha256", lambda path: "code")
+    monkeypatch.setattr(campaign, "has_full_record", lambda task, code: False)
+    assert campaign.plan(tasks, tmp_path / "root", budget=600) == [("b/light", "start")]
+    assert campaign.plan(tasks, tmp_path / "root", budget=1500) == [("a/heavy", "start"), ("b/light", "start")]
+    assert campaign.campaign()["text_generation/rnn_lstm"]["travels"] is False  # measured: 62.5 MiB after one model
 
 
 def run_slices(state: Path, data_dir: str, slice_steps: int, slice_side_runs: int = 0,
