@@ -331,3 +331,29 @@ def test_vit_cut_between_side_runs_before_and_after_its_headline_ends_as_the_uni
                                                                                            (12, 12, None)]
     assert b["slices"][0]["train_seconds"] == 0.0
     assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=1e-3)
+
+
+@pytest.mark.notebook
+def test_training_deep_nets_cut_between_its_sections_ends_as_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Training deep nets has no single headline loop: its five sections (1b-5) are side runs, cut 2 to a slice.
+    Each slice reports the sections done as its steps, no section runs twice, every metric but the measured
+    seconds equals the uninterrupted run's, and train_seconds is the sum of the slices'."""
+    data_dir = os.environ["DL_DATA_DIR"]
+    task = "image_classification/training_deep_nets"
+    whole = run_slices(tmp_path / "whole", data_dir, 0, 0, task)
+    sliced = run_slices(tmp_path / "sliced", data_dir, 0, 2, task)
+    assert len(whole) == 1 and len(sliced) == 3, sliced
+    assert "stopped at step 2 of 5 and 2 side run(s)" in sliced[0]
+    assert "stopped at step 4 of 5 and 2 side run(s)" in sliced[1] and "finished in 3 slice(s)" in sliced[2]
+    [a] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
+    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    timing = {"section_train_seconds"}  # measured, not computed
+    assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
+        {k: v for k, v in b["metrics"].items() if k not in timing}
+    assert [(s["from_step"], s["to_step"], s.get("side_runs")) for s in b["slices"]] == [(0, 2, 2), (2, 4, 2),
+                                                                                           (4, 5, None)]
+    logs = [(tmp_path / "sliced" / f"slice_{k}.log").read_text() for k in (1, 2, 3)]
+    assert "section 1:" in logs[0] and "section 1:" in logs[1]  # section 1's summary prints in every later slice
+    trained = re.compile(r"  sigmoid/naive: (validation accuracy|DIVERGED)")  # a section-1 run's own line
+    assert trained.search(logs[0]) and not any(trained.search(log) for log in logs[1:])  # trained once, in slice 1
+    assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=1e-3)
