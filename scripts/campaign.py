@@ -231,7 +231,8 @@ def plan(tasks: dict[str, dict[str, Any]], root: Path, budget: float) -> list[tu
              and not has_full_record(t, notebook_code_sha256(available[t]))]
     for task in sorted(fresh, key=lambda t: tasks[t]["estimate_minutes"]):
         travels = tasks[task].get("travels", True)  # false: its state cannot reach the next loan's machine
-        if 60 * tasks[task]["min_slice_minutes"] <= budget and (travels or 60 * tasks[task]["estimate_minutes"] <= budget):
+        fits = 60 * tasks[task]["min_slice_minutes"] <= budget
+        if fits and (travels or 60 * tasks[task]["estimate_minutes"] <= budget):
             order.append((task, "start"))
     return order
 
