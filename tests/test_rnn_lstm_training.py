@@ -29,7 +29,7 @@ class Cfg:
 
     warmup_frac, min_lr_frac = 0.1, 0.1
     time_budget_s, eval_every, eval_every_s = 100.0, 10, 30.0
-    batch_size, seq_len, eval_stride = 3, 16, 4
+    batch_size, seq_len, eval_stride, eval_chunk, eval_batches = 3, 16, 4, 1, 5
     emb_dim, explode_hidden, seed = 8, 64, 0
 
 
@@ -138,9 +138,11 @@ class SumLM(nn.Module):
         return self.head(self.emb(idx).cumsum(dim=1)), None  # (B, T, E) -> (B, T, V)
 
 
-def test_stride_one_gives_every_character_its_full_context() -> None:
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_stride_one_gives_every_character_its_full_context(chunk: int) -> None:
     """At stride 1 the sliding-window loss equals scoring each character alone with its last seq_len - 1
-    predecessors (computed here by brute force); a larger stride, which shortens some contexts, differs."""
+    predecessors (computed here by brute force), whether one window or `chunk` windows (24 windows: the last
+    group holds 4) go through the model at a time; a larger stride, which shortens some contexts, differs."""
     ns, model = sliding(), SumLM()
     val = torch.randint(0, 11, (3 * 40,), generator=torch.Generator().manual_seed(1))
     rows = ns["make_streams"](val, Cfg.batch_size)  # (3, 40)
@@ -150,9 +152,28 @@ def test_stride_one_gives_every_character_its_full_context() -> None:
             logits, _ = model(rows[:, max(0, p - Cfg.seq_len + 1):p + 1])
             losses.append(F.cross_entropy(logits[:, -1], rows[:, p + 1]))
     brute = torch.stack(losses).mean().item()
-    stride_one = type("Stride1", (Cfg,), {"eval_stride": 1})
+    stride_one = type("Stride1", (Cfg,), {"eval_stride": 1, "eval_chunk": chunk})
     assert ns["sliding_window_loss"](model, val, stride_one) == pytest.approx(brute, abs=1e-5)
-    assert abs(ns["sliding_window_loss"](model, val, Cfg) - brute) > 1e-5
+    assert abs(ns["sliding_window_loss"](model, val, type("Stride4", (Cfg,), {"eval_chunk": chunk})) - brute) > 1e-5
+
+
+def test_a_loss_estimate_is_the_same_one_batch_or_several_at_a_time() -> None:
+    """`estimate_loss` stacks `eval_chunk` of its fixed batches into one forward pass: 5 batches 2 at a time (the
+    last pass holds one) give the mean of the 5 batches' losses, as one at a time does. Control: averaging the three
+    passes' losses as equals, which over-weights the lone last batch, differs."""
+    ns = {"torch": torch, "nn": nn, "F": F, "common": common, "Config": Cfg}
+    ns = notebook_functions(NOTEBOOK, "get_batch", "lm_loss", "estimate_loss", namespace=ns)
+    model, data, cpu = SumLM(), torch.randint(0, 11, (500,), generator=torch.Generator().manual_seed(3)), torch.device("cpu")
+    one_at_a_time = ns["estimate_loss"](model, data, Cfg, cpu, seed=4)
+    gen = torch.Generator().manual_seed(4)
+    batches = [ns["get_batch"](data, Cfg.batch_size, Cfg.seq_len, gen) for _ in range(Cfg.eval_batches)]
+    with torch.no_grad():
+        losses = [ns["lm_loss"](model(x)[0], y).item() for x, y in batches]
+    assert one_at_a_time == pytest.approx(sum(losses) / len(losses), abs=1e-6)
+    assert ns["estimate_loss"](model, data, type("Two", (Cfg,), {"eval_chunk": 2}), cpu, seed=4) == pytest.approx(
+        one_at_a_time, abs=1e-6)
+    passes = [sum(losses[0:2]) / 2, sum(losses[2:4]) / 2, losses[4]]
+    assert abs(sum(passes) / 3 - one_at_a_time) > 1e-4
 
 
 def exploding() -> dict:
