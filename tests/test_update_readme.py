@@ -158,6 +158,23 @@ def test_a_time_names_the_whole_notebooks_wall_clock_when_the_record_has_it(tmp_
     assert "whole notebook" not in next(line for line in table.splitlines() if "gan.ipynb" in line)
 
 
+def test_a_full_run_on_a_cpu_is_the_headline_without_a_gpu_run_and_is_timed_as_full(tmp_path: Path) -> None:
+    """A `full` preset run on a CPU (the RL notebook's: bound by Python and its simulators) outranks the `quick` run as
+    the headline and is listed, labelled `full`, beside the quick time in the CPU column; a GPU `full` run still
+    outranks it, and it never counts toward N or the other GPUs' hours."""
+    full_cpu = {"preset": "full", "train_seconds": 3000.0, "device": "cpu (1 threads)"}
+    add_task(tmp_path, "vae", "nelbo", [{}, full_cpu])  # metrics 50.0 (quick) and 51.0 (full, CPU)
+    headline, gpu_time, cpu_time = vae_cells(tmp_path)[3:6]
+    assert headline.startswith("nelbo: 51 (full, CPU;") and gpu_time == update_readme.NOT_MEASURED
+    assert cpu_time == "1.0 min (cpu)<br>50.0 min (`full`, cpu (1 threads))"
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "No `full` run has been measured on another GPU either." in table
+    add_task(tmp_path, "gan", "nelbo", [{}, full_cpu, {"preset": "full", **gpu_record("NVIDIA H100 80GB HBM3")}])
+    gan = next(line for line in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path).splitlines()
+               if "gan.ipynb" in line)
+    assert "nelbo: 52 (full, NVIDIA H100 80GB HBM3;" in gan  # the control: a GPU run is still the headline
+
+
 def notebook_json(code: str, markdown: str = "# A task") -> str:
     cells = [{"cell_type": "markdown", "metadata": {}, "source": markdown},
              {"cell_type": "code", "metadata": {}, "source": code, "outputs": [], "execution_count": None}]
