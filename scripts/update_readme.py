@@ -241,10 +241,8 @@ def row(task: Task, committed: set[str] = frozenset()) -> str:
                            f"({where or 'full, ' + gpu_name(r)}; {r['data']}{yardstick(r)}){code_mark(r, task)}"
                            for r in shown) or NOT_MEASURED
     gpu_cost = times(gpu, gpu_name, lambda r: code_mark(r, task))
-    cpu_cost = times(cpu, lambda r: r["device"], lambda r: code_mark(r, task))
-    if cpu_full:  # a `full` preset measured on a CPU (one bound by Python and a simulator, or small enough)
-        full_cost = times(cpu_full, lambda r: f"`full`, {r['device']}", lambda r: code_mark(r, task))
-        cpu_cost = full_cost if cpu_cost == NOT_MEASURED else f"{cpu_cost}<br>{full_cost}"
+    cpu_cost = times(cpu + cpu_full, lambda r: r["device"] if r["preset"] == "quick" else f"`full`, {r['device']}",
+                     lambda r: code_mark(r, task))  # `quick` runs, then any `full` run made on a CPU
     path = f"{task.folder}/{m['notebook']}"
     link = f"[{m['notebook']}]({path}) {colab_badge(path)}"
     return f"| {m['category']}: {m['title']} | [{m['paper']}]({m['paper_url']}) | {link} | {headline} | {gpu_cost} | {cpu_cost} |"
