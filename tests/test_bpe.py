@@ -152,3 +152,18 @@ def test_truncated_tokenizer_matches_one_trained_to_that_size(bpe: dict, corpus:
     sample = corpus[500_000:510_000]
     assert big.truncated(320).encode(sample) == small.encode(sample)
     assert len(big.encode(sample)) < len(small.encode(sample))
+
+
+def test_vocab_choice_takes_the_best_merged_size_even_when_the_bytes_win() -> None:
+    """The `full` sweep on an H100 (2026-11-27, 2,000 steps per size) ranked the bytes first; the main run must still
+    be a BPE model. Control: the rule the notebook had before, the lowest bpc over all sizes, picks the bytes (no
+    merges), which stopped that run at the embedding analysis."""
+    choose = run_tagged(NOTEBOOK, "vocab_choice", count=1)["choose_vocab_size"]
+    h100_sweep = {256: 2.105, 512: 2.156, 1024: 2.230, 2048: 2.211, 4096: 2.199, 8192: 2.294}
+    assert choose(h100_sweep, None) == 512
+    assert min(h100_sweep, key=h100_sweep.get) == 256  # the control: the old rule chooses no merges
+    quick_sweep = {256: 2.793, 1024: 2.422, 4096: 2.349}
+    assert choose(quick_sweep, None) == 4096
+    assert choose(h100_sweep, 4096) == 4096  # a fixed size (smoke) is kept
+    with pytest.raises(ValueError, match="no vocabulary with merges"):
+        choose({256: 2.1}, None)
