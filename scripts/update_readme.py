@@ -161,7 +161,13 @@ def policy_note(record: dict) -> str:
 
 def wait_note(record: dict) -> str:
     """What a learner waits for beside the training time: the whole notebook's wall clock, where the record has it
-    (sweeps, comparisons, evaluation and sampling are not in `train_seconds`)."""
+    (sweeps, comparisons, evaluation and sampling are not in `train_seconds`).
+    A run in slices re-ran the notebook once per slice, and its `notebook` timing is the last slice's only: its wait
+    is the slices' wall clocks added up (each slice's setup included)."""
+    slices = record.get("slices") or []
+    if len(slices) > 1 and all(s.get("wall_seconds") for s in slices):
+        total = sum(s["wall_seconds"] for s in slices)
+        return f"; whole notebook {fmt_minutes(total)} in {len(slices)} slices"
     seconds = (record.get("timings") or {}).get("notebook")
     return f"; whole notebook {fmt_minutes(seconds)}" if seconds else ""
 

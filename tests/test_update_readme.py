@@ -218,3 +218,19 @@ def test_a_number_from_older_notebook_code_is_marked_and_explained(tmp_path: Pat
     assert "‡" not in gan_row()  # no notebook to compare it with: nothing to say
     (tmp_path / "image_generation" / "gan" / "gan.ipynb").write_text(notebook_json("y = 1"))
     assert gan_row().endswith("(cpu)‡ |")  # with one, a record that names no code counts as older code
+
+
+def test_a_run_in_slices_waits_for_all_its_slices_not_the_last_one(tmp_path: Path) -> None:
+    """A sliced record's `notebook` timing covers its last slice only (the seq2seq `full` CPU run: 113 of 181 min)."""
+    slices = [{"device": "cpu", "train_seconds": 4033.3, "wall_seconds": 4066.2},
+              {"device": "cpu", "train_seconds": 6324.0, "wall_seconds": 6800.2}]
+    record = {"train_seconds": 10357.3, "timings": {"train": 10357.3, "notebook": 6784.8}, "slices": slices}
+    add_task(tmp_path, "vae", "nelbo", [record])
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "172.6 min (cpu; whole notebook 181.1 min in 2 slices)" in table
+    assert "113.1 min" not in table  # the control: the last slice's notebook time alone, what the table showed before
+    one = {**record, "slices": slices[:1]}  # one slice: its notebook timing is the whole run's
+    add_task(tmp_path, "gan", "nelbo", [one])
+    gan = next(line for line in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path).splitlines()
+               if "gan.ipynb" in line)
+    assert "whole notebook 113.1 min)" in gan
