@@ -1,0 +1,70 @@
+"""The MNIST generative notebooks hold out a validation split that fits the data the machine has, in every preset.
+
+Offline, MNIST exists here only as the 8k subset (8,000 training images). The GAN, DDPM and flow-matching
+notebooks once held out a fixed count, 6,000 images in `full` (sized for full MNIST's 60,000): offline that left
+2,000 of 8,000 images to train on, which only a `full` run would have shown (a CPU rehearsal of the GAN's `full`
+preset did). Their split is now a share of the training images (`val_fraction`). These tests run each notebook's own
+Setup, Config and Data cells under `quick` and `full`, on whatever MNIST `DL_DATA_DIR` holds, and check the
+split; the control runs the same cells with the share that rebuilds the old `full` split (6,000 of 8,000 = 0.75)
+and shows that the check catches it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.notebook_cells import cell_sources, run_sources
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = [REPO_ROOT / "image_generation" / "gan" / "gan.ipynb",
+             REPO_ROOT / "image_generation" / "ddpm" / "ddpm.ipynb",
+             REPO_ROOT / "image_generation" / "flow_matching" / "flow_matching.ipynb"]
+MIN_TRAIN_SHARE = 0.85  # at least this share of the training images is trained on
+MIN_VAL_IMAGES = 1_000  # and at least this many are held out: the real side of every validation fid
+
+
+def split_sizes(notebook: Path, preset: str, monkeypatch: pytest.MonkeyPatch,
+                edit_config: Callable[[str], str] = lambda source: source) -> tuple[int, int, int]:
+    """(all training images, trained on, held out) after the notebook's Setup, Config and Data cells in `preset`."""
+    monkeypatch.setenv("DL_PRESET", preset)
+    setup = cell_sources(notebook, select=lambda s: "PRESET = get_preset()" in s)
+    config = cell_sources(notebook, select=lambda s: "class Config" in s)
+    data = cell_sources(notebook, select=lambda s: "held_out = " in s)
+    assert len(setup) == len(config) == len(data) == 1, f"{notebook.name}: Setup, Config or Data cell not found"
+    namespace = run_sources(setup + [edit_config(config[0])] + data, notebook)
+    n_all, n_train, n_val = len(namespace["x_all"]), len(namespace["x_train"]), len(namespace["x_val"])
+    assert n_train + n_val == n_all
+    return n_all, n_train, n_val
+
+
+def split_problems(n_all: int, n_train: int, n_val: int) -> list[str]:
+    problems = []
+    if n_train < MIN_TRAIN_SHARE * n_all:
+        problems.append(f"trains on {n_train:,} of {n_all:,} images (under {MIN_TRAIN_SHARE:.0%})")
+    if n_val < MIN_VAL_IMAGES:
+        problems.append(f"holds out {n_val:,} images (under {MIN_VAL_IMAGES:,})")
+    return problems
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_validation_split_leaves_most_images_for_training(notebook: Path, preset: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    assert split_problems(*split_sizes(notebook, preset, monkeypatch)) == []
+
+
+def test_control_a_split_sized_for_full_mnist_is_caught_on_the_subset(monkeypatch: pytest.MonkeyPatch) -> None:
+    def old_full_split(source: str) -> str:  # full's share set to the old 6,000 images of the subset's 8,000
+        edited, n = re.subn(r"(val_fraction: float = pick\(.*full=)0\.125\)", r"\g<1>0.75)", source)
+        assert n == 1, "the Config's val_fraction line changed: update this control"
+        return edited
+
+    n_all, n_train, n_val = split_sizes(NOTEBOOKS[0], "full", monkeypatch, old_full_split)
+    if n_all > 8_000:
+        pytest.skip("DL_DATA_DIR holds full MNIST, not the 8k subset this control rebuilds the old split for")
+    assert (n_train, n_val) == (2_000, 6_000)
+    assert any("trains on 2,000 of 8,000" in p for p in split_problems(n_all, n_train, n_val))
