@@ -114,8 +114,9 @@ def _stop(clock: Any, done: int, total: int, why: str, side_runs: int | None = N
     device = getattr(clock, "device", None) or device
     train = float(clock["train"]) if clock is not None else None
     loop = None
-    if clock is not None:  # clock[name] includes a span still running
-        loop = training_span_seconds({n: clock[n] for n in set(getattr(clock, "seconds", {})) | {"train", "compile"}})
+    if clock is not None:  # clock[name] includes a span still running, even one that has never stopped yet
+        names = set(getattr(clock, "seconds", {})) | {"train", "compile"} | {getattr(clock, "current", None)} - {None}
+        loop = training_span_seconds({n: clock[n] for n in names})
     name = None
     if device is not None:
         from common.device import describe_device  # late: keeps this module's import light

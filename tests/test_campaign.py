@@ -82,6 +82,23 @@ def test_the_marker_counts_every_model_the_sliced_loop_trains(fresh_slice: Path,
     assert not campaign.may_finish(control, 600, entry), "without loop_seconds the pace is unknown"
 
 
+def test_the_marker_counts_a_training_span_that_has_not_stopped_yet(fresh_slice: Path, monkeypatch) -> None:
+    """A loop's training span runs from one evaluation to the next (`RunClock.start` is a no-op while it runs), so
+    a slice that stops before a model's first evaluation stops inside a span that is in no `clock.seconds` key yet:
+    the GAN's `full` rehearsal on a CPU stopped at step 743 of its baseline with 200 s in `baseline_train` and the
+    marker counted 3 s (its compile step). The marker reads the running span too."""
+    from common.record import RunClock
+
+    clock = RunClock(None)
+    clock.seconds = {"compile": 3.0}
+    clock.current, clock._start = "baseline_train", time.perf_counter() - 200.0  # running for 200 s, never stopped
+    monkeypatch.setenv(slicing.STEPS_ENV, "1")
+    assert slicing.slice_time_up(clock, 743, 40_000, 742)
+    marker = json.loads(fresh_slice.read_text())
+    assert marker["train_seconds"] == 0.0
+    assert 203.0 <= marker["loop_seconds"] < 213.0, "the running baseline_train span is a training span"
+
+
 def test_the_last_step_is_never_cut(fresh_slice: Path, monkeypatch) -> None:
     monkeypatch.setenv(slicing.STEPS_ENV, "1")
     assert not slicing.slice_time_up(FakeClock(), 5, 5, 4)
