@@ -97,6 +97,8 @@ def test_the_marker_counts_a_training_span_that_has_not_stopped_yet(fresh_slice:
     marker = json.loads(fresh_slice.read_text())
     assert marker["train_seconds"] == 0.0
     assert 203.0 <= marker["loop_seconds"] < 213.0, "the running baseline_train span is a training span"
+    finished_only = slicing.training_span_seconds({n: clock[n] for n in set(clock.seconds) | {"train", "compile"}})
+    assert not 203.0 <= finished_only < 213.0, "the control, the finished spans' names alone, misses it (3 s)"
 
 
 def test_the_last_step_is_never_cut(fresh_slice: Path, monkeypatch) -> None:
