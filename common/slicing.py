@@ -8,6 +8,10 @@ them every function here returns at once and does nothing, so a notebook run by 
 - `DL_SLICE_DEADLINE`: a Unix time in seconds by which the training loop must have stopped and checkpointed.
 - `DL_SLICE_STEPS`: at most this many optimisation steps in one slice (a deterministic cut, for tests).
 - `DL_SLICE_SIDE_RUNS`: at most this many side runs (`SideRuns`) in one slice (the same, for side runs).
+- `DL_SLICE_TAIL_DEADLINE`: a Unix time by which the headline loop must have finished for the work after it (the
+  tail: evaluation, sampling, side experiments) to fit in this slice. A loop that finishes later stops at its last
+  step, checkpointed, and the next slice runs only the tail. Set for runs whose state can travel to another machine
+  only once training is done (a finished checkpoint without the optimiser), so the tail may wait for the next loan.
 - `DL_SLICE_MARKER`: the JSON file written when a slice stops part-way: `{"step", "of", "train_seconds",
   "loop_seconds", "device", "why"}`, which the runner reads to account for the slice. `train_seconds` is the
   clock's `train` span (the record's `train_seconds`: the headline model's steps); `loop_seconds` adds every span
@@ -54,12 +58,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEADLINE_ENV", "MARGIN_SECONDS", "MARKER_ENV", "SIDE_RUNS_ENV", "STEPS_ENV", "SideRuns",
-           "exit_if_slice_over", "slice_time_up", "training_span_seconds"]
+__all__ = ["DEADLINE_ENV", "MARGIN_SECONDS", "MARKER_ENV", "SIDE_RUNS_ENV", "STEPS_ENV", "TAIL_DEADLINE_ENV",
+           "SideRuns", "exit_if_slice_over", "slice_time_up", "training_span_seconds"]
 
 DEADLINE_ENV = "DL_SLICE_DEADLINE"
 STEPS_ENV = "DL_SLICE_STEPS"
 SIDE_RUNS_ENV = "DL_SLICE_SIDE_RUNS"
+TAIL_DEADLINE_ENV = "DL_SLICE_TAIL_DEADLINE"
 MARKER_ENV = "DL_SLICE_MARKER"
 MARGIN_SECONDS = 15.0  # the checkpoint write and the rest of the training cell, after the last step
 
@@ -79,11 +84,12 @@ def _env_float(name: str) -> float | None:
 def slice_time_up(clock: Any, done: int, total: int, start: int) -> bool:
     """True when this slice must stop after step `done` (of `total`): its step budget is spent, or its deadline
     is nearer than the margin. Never True without the slice runner's environment, nor at the last step (a run
-    that can finish, finishes). On True it writes the marker file and prints one line. `clock` is the loop's
-    `RunClock` (its `train` seconds go into the marker; None is allowed); `start` is the step the loop started
-    (or resumed) from: the first call in a process takes it as the slice's first step."""
-    deadline, steps = _env_float(DEADLINE_ENV), _env_float(STEPS_ENV)
-    if deadline is None and steps is None:
+    that can finish, finishes), unless the runner set a tail deadline and the loop finished after it: then the
+    next slice runs what follows the loop. On True it writes the marker file and prints one line. `clock` is the
+    loop's `RunClock` (its `train` seconds go into the marker; None is allowed); `start` is the step the loop
+    started (or resumed) from: the first call in a process takes it as the slice's first step."""
+    deadline, steps, tail_deadline = _env_float(DEADLINE_ENV), _env_float(STEPS_ENV), _env_float(TAIL_DEADLINE_ENV)
+    if deadline is None and steps is None and tail_deadline is None:
         return False
     if _state["stopped"] is not None:  # this slice is over: any later loop stops at once, the marker stays
         return True
@@ -94,6 +100,9 @@ def slice_time_up(clock: Any, done: int, total: int, start: int) -> bool:
         _state["longest"] = max(_state["longest"], now - _state["last_call"])
     _state["last_call"] = now
     if done >= total:
+        if tail_deadline is not None and now >= tail_deadline:  # trained, but too late for the tail in this slice
+            _stop(clock, done, total, "no time left for the tail")
+            return True
         return False
     over_steps = steps is not None and done - _state["first_done"] >= steps
     over_time = deadline is not None and now + 3 * _state["longest"] + MARGIN_SECONDS >= deadline

@@ -145,6 +145,8 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
            "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "DL_CHECKPOINT_DIR": str(state_dir / "checkpoints"),
            "DL_RUNS_DIR": str(runs), "DL_SLICE_MARKER": str(marker), "DL_SLICE_DEADLINE": str(start + seconds - reserve),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    if entry.get("travels_after_training") and tail > 0:  # training that ends too late leaves the tail to the next slice
+        env["DL_SLICE_TAIL_DEADLINE"] = str(start + seconds - END_MARGIN - tail)
     if slice_steps:
         env["DL_SLICE_STEPS"] = str(slice_steps)
     if slice_side_runs:
@@ -219,7 +221,8 @@ def has_full_record(task: str, code: str, preset: str = "full") -> bool:
 def plan(tasks: dict[str, dict[str, Any]], root: Path, budget: float) -> list[tuple[str, str]]:
     """What `next` would do, in order: (task, why) for the unfinished runs under `root` first, then the tasks
     without a record for their current code, cheapest first, each only if its shortest useful slice fits, and a
-    task whose state cannot travel (`travels = false`) only if its whole estimate fits."""
+    task whose state cannot travel (`travels = false`) only if its whole estimate fits, or its training's
+    (`train_minutes`) if its state travels once trained (`travels_after_training`)."""
     available = gpu_check.notebooks()
     order: list[tuple[str, str]] = []
     for task in tasks:
@@ -230,11 +233,24 @@ def plan(tasks: dict[str, dict[str, Any]], root: Path, budget: float) -> list[tu
              and not (root / t.replace("/", "__") / "state.json").is_file()
              and not has_full_record(t, notebook_code_sha256(available[t]))]
     for task in sorted(fresh, key=lambda t: tasks[t]["estimate_minutes"]):
-        travels = tasks[task].get("travels", True)  # false: its state cannot reach the next loan's machine
-        fits = 60 * tasks[task]["min_slice_minutes"] <= budget
-        if fits and (travels or 60 * tasks[task]["estimate_minutes"] <= budget):
+        entry = tasks[task]
+        travels = entry.get("travels", True)  # false: its state cannot reach the next loan's machine
+        on_one_machine = entry["train_minutes"] if entry.get("travels_after_training") else entry["estimate_minutes"]
+        fits = 60 * entry["min_slice_minutes"] <= budget
+        if fits and (travels or 60 * on_one_machine <= budget):
             order.append((task, "start"))
     return order
+
+
+def shortest_resume_minutes(entry: dict[str, Any], state_dir: Path) -> float:
+    """The shortest slice worth resuming a run with: `min_slice_minutes`, or for a run left with its tail alone
+    (`travels_after_training`, stopped at its last step) the tail, which no deadline cuts."""
+    path = state_dir / "state.json"
+    slices = json.loads(path.read_text())["slices"] if path.is_file() else []
+    trained = bool(slices) and slices[-1].get("to_step") is not None and slices[-1]["to_step"] == slices[-1]["of_steps"]
+    if trained and entry.get("travels_after_training"):
+        return max(entry["min_slice_minutes"], entry.get("tail_minutes", 0))
+    return entry["min_slice_minutes"]
 
 
 def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: bool) -> int:
@@ -247,9 +263,10 @@ def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: b
             print(f"campaign: nothing more fits in the {left:.0f} s left")
             return 1 if failed else 0
         task, why = order[0]
-        if why == "resume" and 60 * tasks[task]["min_slice_minutes"] > left:
-            print(f"campaign: {task} is unfinished, but its shortest useful slice "
-                  f"({tasks[task]['min_slice_minutes']} min) does not fit in the {left:.0f} s left")
+        need = shortest_resume_minutes(tasks[task], root / task.replace("/", "__"))
+        if why == "resume" and 60 * need > left:
+            print(f"campaign: {task} is unfinished, but its shortest useful slice ({need} min) does not fit in the "
+                  f"{left:.0f} s left")
             return 1 if failed else 0
         print(f"campaign: {why} {task} with {left:.0f} s left")
         rc = run_slice(task, left, root / task.replace("/", "__"), data_dir, device=device, save=save)

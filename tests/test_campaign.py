@@ -21,6 +21,7 @@ from scripts_module import load_script
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "campaign.py"
 campaign = load_script("campaign")
+tomllib = campaign.tomllib  # tomllib, or tomli on Python 3.10
 
 
 class FakeClock:
@@ -34,7 +35,7 @@ class FakeClock:
 def fresh_slice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A process that has not stopped a slice yet, with the marker file in a temporary folder."""
     slicing._reset()
-    for name in (slicing.DEADLINE_ENV, slicing.STEPS_ENV, slicing.SIDE_RUNS_ENV):
+    for name in (slicing.DEADLINE_ENV, slicing.STEPS_ENV, slicing.SIDE_RUNS_ENV, slicing.TAIL_DEADLINE_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(slicing.MARKER_ENV, str(tmp_path / "marker.json"))
     yield tmp_path / "marker.json"
@@ -105,6 +106,24 @@ def test_the_last_step_is_never_cut(fresh_slice: Path, monkeypatch) -> None:
     monkeypatch.setenv(slicing.STEPS_ENV, "1")
     assert not slicing.slice_time_up(FakeClock(), 5, 5, 4)
     assert not fresh_slice.exists()
+
+
+def test_a_loop_that_ends_after_the_tail_deadline_stops_at_its_last_step(fresh_slice: Path, monkeypatch) -> None:
+    """A run whose state travels only once trained (DDPM, flow matching) must not start its tail in a slice too short
+    for it: its loop stops at its last step, checkpointed, and the next slice runs the tail."""
+    now = [1000.0]
+    monkeypatch.setattr(slicing.time, "time", lambda: now[0])
+    monkeypatch.setenv(slicing.TAIL_DEADLINE_ENV, "1100")
+    assert not any(slicing.slice_time_up(FakeClock(), k, 100, 0) for k in range(1, 100)), "it never cuts training"
+    now[0] = 1099.0
+    assert not slicing.slice_time_up(FakeClock(), 100, 100, 0), "the control: trained in time, the tail runs here"
+    assert not fresh_slice.exists()
+    now[0] = 1100.0
+    assert slicing.slice_time_up(FakeClock(), 100, 100, 0)
+    marker = json.loads(fresh_slice.read_text())
+    assert (marker["step"], marker["of"], marker["why"]) == (100, 100, "no time left for the tail")
+    with pytest.raises(SystemExit):
+        slicing.exit_if_slice_over()
 
 
 def test_the_deadline_keeps_a_margin_of_three_steps_and_the_checkpoint(fresh_slice: Path, monkeypatch) -> None:
@@ -268,12 +287,33 @@ def test_a_run_whose_state_cannot_travel_starts_only_where_it_can_finish(tmp_pat
     assert campaign.campaign()["text_generation/rnn_lstm"]["travels"] is False  # measured: 62.5 MiB after one model
 
 
+def test_a_run_that_travels_once_trained_starts_with_a_budget_of_its_training(tmp_path: Path, monkeypatch) -> None:
+    tasks = {"a/trained": {"estimate_minutes": 20, "train_minutes": 9, "min_slice_minutes": 3, "tail_minutes": 9,
+                           "travels": False, "travels_after_training": True},
+             "b/whole": {"estimate_minutes": 20, "min_slice_minutes": 3, "tail_minutes": 9, "travels": False}}
+    monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {t: tmp_path / f"{t}.ipynb" for t in tasks})
+    monkeypatch.setattr(campaign, "notebook_code_sha256", lambda path: "code")
+    monkeypatch.setattr(campaign, "has_full_record", lambda task, code: False)
+    assert campaign.plan(tasks, tmp_path / "root", budget=590) == [("a/trained", "start")], "b/whole: the control"
+    assert campaign.plan(tasks, tmp_path / "root", budget=500) == []
+    for task in ("image_generation/ddpm", "image_generation/flow_matching"):
+        assert campaign.campaign()[task]["travels_after_training"] is True
+    # resumed with its tail alone, it needs a slice of its tail; stopped inside training, its shortest slice
+    state = tmp_path / "root" / "a__trained"
+    state.mkdir(parents=True)
+    for to_step, minutes in ((500, 3), (1000, 9)):
+        (state / "state.json").write_text(json.dumps({"slices": [{"to_step": to_step, "of_steps": 1000}]}))
+        assert campaign.shortest_resume_minutes(tasks["a/trained"], state) == minutes
+        assert campaign.shortest_resume_minutes(tasks["b/whole"], state) == 3  # its tail is not left for later
+
+
 def run_slices(state: Path, data_dir: str, slice_steps: int, slice_side_runs: int = 0,
-               task: str = "templates/task_template") -> list[str]:
+               task: str = "templates/task_template", seconds: int = 300, tail: int = 0,
+               max_slices: int = 6) -> list[str]:
     outputs = []
-    for _ in range(6):
+    for _ in range(max_slices):
         result = subprocess.run([sys.executable, str(SCRIPT), "run", task, "--preset", "smoke",
-                                 "--device", "cpu", "--seconds", "300", "--tail", "0", "--state", str(state),
+                                 "--device", "cpu", "--seconds", str(seconds), "--tail", str(tail), "--state", str(state),
                                  "--no-save", "--data-dir", data_dir, "--slice-steps", str(slice_steps),
                                  "--slice-side-runs", str(slice_side_runs)],
                                 capture_output=True, text=True, timeout=300)
@@ -376,3 +416,32 @@ def test_training_deep_nets_cut_between_its_sections_ends_as_the_uninterrupted_r
     trained = re.compile(r"  sigmoid/naive: (validation accuracy|DIVERGED)")  # a section-1 run's own line
     assert trained.search(logs[0]) and not any(trained.search(log) for log in logs[1:])  # trained once, in slice 1
     assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=1e-3)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("task", ["image_generation/ddpm", "image_generation/flow_matching"])
+def test_a_diffusion_run_trained_too_late_for_its_tail_leaves_it_to_the_next_slice(tmp_path: Path, task: str) -> None:
+    """A slice whose tail (9 and 7 min at full) cannot fit after training stops at the last step; its checkpoint
+    keeps the EMA alone, so it weighs less than 40% of the control's, the same run stopped part-way (which must
+    keep the optimiser and the raw weights); the next slice runs only the tail and ends with the uninterrupted
+    run's metrics."""
+    data_dir = os.environ["DL_DATA_DIR"]
+    whole = run_slices(tmp_path / "whole", data_dir, 0, task=task)
+    sliced = run_slices(tmp_path / "sliced", data_dir, 0, task=task, seconds=280, tail=400)  # the tail cannot fit
+    steps = tomllib.loads((REPO_ROOT / task / "task.toml").read_text())["resume_test_stop"]
+    [control] = run_slices(tmp_path / "control", data_dir, steps, task=task, max_slices=1)  # stopped mid-run
+    assert len(whole) == 1 and len(sliced) == 2, sliced
+    total = int(re.search(r"stopped at step (\d+) of \1, resume", sliced[0]).group(1))
+    assert "finished in 2 slice(s)" in sliced[1] and f"stopped at step {steps} of {total}" in control
+    name = f"{task.replace('/', '__')}__smoke__mnist.pt"
+    finished, stopped = (tmp_path / run / "checkpoints" / name for run in ("sliced", "control"))
+    kept = torch.load(finished, map_location="cpu", weights_only=False)
+    assert "ema_model" in kept and not {"model", "opt"} & set(kept)
+    assert {"model", "opt"} <= set(torch.load(stopped, map_location="cpu", weights_only=False))
+    assert finished.stat().st_size < 0.4 * stopped.stat().st_size
+    [a] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
+    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    timing = set(tomllib.loads((REPO_ROOT / task / "task.toml").read_text()).get("resume_test_timing_metrics", []))
+    assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
+        {k: v for k, v in b["metrics"].items() if k not in timing}
+    assert [(s["from_step"], s["to_step"]) for s in b["slices"]] == [(0, total), (total, total)]
