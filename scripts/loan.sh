@@ -76,6 +76,11 @@ prepare)
   [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "warning: uncommitted changes travel but the records name $(cat .loan/commit)"
   tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1); loan=$(du -sb .loan | cut -f1)
   echo "travels: $(( (tree + loan) / 1048576 )) MiB of at most 64 (the repository $(( tree / 1048576 )), .loan $(( loan / 1048576 )))"
+  if (( tree + loan > 64 * 1048576 )); then  # the device tool would refuse the call: say what to leave out now
+    echo "error: over the 64 MiB a loan carries: LOAN_FASHION=0 leaves out Fashion-MNIST (30 MB), and a state of"
+    echo "more than about 45 MiB (with the small datasets) cannot travel at all"
+    exit 1
+  fi
   echo "carry [\".loan\"]; command: bash scripts/loan.sh run 540 [TASK ...]  (LOAN_CIFAR=1 adds CIFAR-10, 20 MB; LOAN_RL=1 the gymnasium and pygame wheels)"
   ;;
 run)
