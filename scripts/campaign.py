@@ -282,6 +282,10 @@ def list_campaign(root: Path | None) -> None:
     for task, entry in sorted(campaign().items(), key=lambda kv: kv[1]["estimate_minutes"]):
         code = notebook_code_sha256(available[task]) if task in available else None
         status = "record for this code" if code and has_full_record(task, code) else "no record for this code"
+        if entry.get("travels_after_training"):
+            status += f"; its first {entry['train_minutes']} min (training) on one machine, then its state travels"
+        elif not entry.get("travels", True):
+            status += f"; all {entry['estimate_minutes']} min on one machine (its state cannot travel)"
         state = root / task.replace("/", "__") / "state.json" if root else None
         if state and state.is_file():
             s = json.loads(state.read_text())

@@ -307,6 +307,14 @@ def test_a_run_that_travels_once_trained_starts_with_a_budget_of_its_training(tm
         assert campaign.shortest_resume_minutes(tasks["b/whole"], state) == 3  # its tail is not left for later
 
 
+def test_the_list_says_which_runs_must_stay_on_one_machine(capsys: pytest.CaptureFixture) -> None:
+    campaign.list_campaign(None)
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "first 9 min (training) on one machine, then its state travels" in lines["image_generation/ddpm"]
+    assert "all 30 min on one machine (its state cannot travel)" in lines["image_classification/vit"]
+    assert "one machine" not in lines["image_generation/gan"]  # the control: its state travels
+
+
 def run_slices(state: Path, data_dir: str, slice_steps: int, slice_side_runs: int = 0,
                task: str = "templates/task_template", seconds: int = 300, tail: int = 0,
                max_slices: int = 6) -> list[str]:
