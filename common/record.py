@@ -192,6 +192,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_kernels() -> dict[str, Any]:
+    """What decides the CPU's floating-point results besides the code: the instruction set PyTorch's kernels use
+    (`AVX2`, `AVX512`, ...; MKL and oneDNN pick their kernels by it, and two kinds give other roundings) and the
+    CPU's family, model and stepping from /proc/cpuinfo (a virtual machine may hide the model's name, not these).
+    Two CPU runs of the same code and seed agree to the last digit only where these agree."""
+    ids: dict[str, Any] = {"capability": torch.backends.cpu.get_cpu_capability()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("cpu family", "model", "stepping") and key.strip().replace(" ", "_") not in ids:
+                ids[key.strip().replace(" ", "_")] = value.strip()
+            if not line.strip() and len(ids) > 1:
+                break  # the first processor's block is enough
+    except OSError:
+        pass
+    return ids
+
+
 def code_version(task: str) -> dict[str, Any]:
     """What code ran: the git commit and whether the tree was dirty (when in a git checkout), and the
     SHA-256 of the task notebook's code cells (outputs excluded, so it identifies the code that ran).
@@ -281,6 +299,7 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         "device_type": device.type,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": cpu_model(),
+        "cpu_kernels": cpu_kernels(),  # two CPU runs agree to the last digit only where these agree
         "data": data,
         # what the forward passes ran in: the dtype common.autocast ran in (bf16, fp16 with loss scaling), else fp32
         "precision": precision_ran(),

@@ -188,6 +188,9 @@ def test_run_record_has_the_required_fields(runs_tmp):
     assert record["metrics"] == {"fid": 3.5, "loss": 1.25, "bad": "nan"}
     assert record["versions"]["torch"] == torch.__version__
     assert record["peak_memory_bytes"] > 10 * 2**20  # a Python process with torch uses more than 10 MiB
+    assert record["cpu_kernels"]["capability"] == torch.backends.cpu.get_cpu_capability()
+    if Path("/proc/cpuinfo").is_file():  # Linux: the family and model that tell two CPUs of one name apart
+        assert record["cpu_kernels"]["cpu_family"].isdigit() and record["cpu_kernels"]["model"].isdigit()
 
 
 def test_show_images_accepts_uint8_and_float():
