@@ -199,12 +199,11 @@ def cpu_kernels() -> dict[str, Any]:
     Two CPU runs of the same code and seed agree to the last digit only where these agree."""
     ids: dict[str, Any] = {"capability": torch.backends.cpu.get_cpu_capability()}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        first_block = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]  # the first processor's lines
+        for line in first_block.splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in ("cpu family", "model", "stepping") and key.strip().replace(" ", "_") not in ids:
+            if key.strip() in ("cpu family", "model", "stepping"):
                 ids[key.strip().replace(" ", "_")] = value.strip()
-            if not line.strip() and len(ids) > 1:
-                break  # the first processor's block is enough
     except OSError:
         pass
     return ids
