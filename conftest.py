@@ -121,8 +121,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 SPREAD_FILES = ("test_notebooks.py",)  # under `pytest -n N` their tests go to any worker, one at a time
+REUSES_RUN = "reuses_notebook_run"  # a test that compares with a notebook test's uninterrupted run (tests/conftest.py)
 
 
+def notebook_run_task(item: pytest.Item) -> str | None:
+    """The task whose notebook a tests/test_notebooks.py test runs ("image_classification/resnet"), else None."""
+    path = getattr(item, "callspec", None) and item.callspec.params.get("path")
+    return Path(path).parent.relative_to(REPO_ROOT).as_posix() if item.path.name in SPREAD_FILES and path else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the `xdist_group` marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The working-tree check runs after every other test, notebooks included.
 
@@ -130,10 +138,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     notebook runs, the longest tests, come first and each goes to whichever worker is free; every other test file
     stays whole on one worker (its `xdist_group`), so that a module-scoped fixture (a torchrun launch, code extracted
     from a notebook) is built once, not once per worker; `--no-loadscope-reorder` keeps this order (by default xdist
-    would start with the files that hold the most tests)."""
-    first = [item for item in items if item.path.name in SPREAD_FILES]
+    would start with the files that hold the most tests). A test marked `reuses_notebook_run(task)` (a slice test of
+    tests/test_campaign.py) runs right after that task's notebook test, in the same worker (their own
+    `xdist_group`), and compares with its uninterrupted run instead of running the notebook whole once more."""
+    reusers: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        marker = item.get_closest_marker(REUSES_RUN)
+        if marker is not None:
+            reusers.setdefault(marker.args[0], []).append(item)
+    first = []
+    for item in (item for item in items if item.path.name in SPREAD_FILES):
+        task = notebook_run_task(item)
+        pair = [item] + reusers.pop(task, []) if task else [item]
+        if len(pair) > 1:
+            for member in pair:
+                member.add_marker(pytest.mark.xdist_group(f"notebook-run-{task}"))
+        first += pair
     last = [item for item in items if item.name == LAST_TEST]
-    rest = [item for item in items if item.path.name not in SPREAD_FILES and item.name != LAST_TEST]
+    rest = [item for item in items if item not in first and item not in last]
     for item in rest + last:
         item.add_marker(pytest.mark.xdist_group(item.path.name))
     items[:] = first + rest + last

@@ -31,6 +31,15 @@ def default_matmul_precision():
     reset()
 
 
+@pytest.fixture(scope="session")
+def uninterrupted_runs() -> dict[str, dict]:
+    """Run records of uninterrupted `smoke` runs made in this test process, by task ("image_classification/resnet"):
+    tests/test_notebooks.py puts each notebook's first run here, and the slice tests of tests/test_campaign.py compare
+    their sliced runs with it instead of running the notebook whole once more (the root conftest.py keeps each pair in
+    one process, the notebook's test first); a slice test that finds no record runs the notebook whole itself."""
+    return {}
+
+
 @pytest.fixture
 def runs_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point DL_RUNS_DIR at an empty temporary folder."""

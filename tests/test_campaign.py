@@ -332,6 +332,19 @@ def run_slices(state: Path, data_dir: str, slice_steps: int, slice_side_runs: in
     return outputs
 
 
+def uninterrupted_record(task: str, tmp_path: Path, data_dir: str, uninterrupted_runs: dict[str, dict]) -> dict:
+    """The run record of an uninterrupted `smoke` run of `task`: tests/test_notebooks.py's first run of that notebook
+    in this process, if it ran (the root conftest.py runs it just before the slice test that names it with
+    `reuses_notebook_run`), else a run of the notebook whole through the runner, in one slice."""
+    if task in uninterrupted_runs:
+        return uninterrupted_runs[task]
+    whole = run_slices(tmp_path / "whole", data_dir, 0, task=task)
+    assert len(whole) == 1, whole
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
+    return record
+
+
+
 @pytest.mark.notebook
 def test_a_run_cut_into_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: Path) -> None:
     """The template in smoke (30 steps, then two side runs), once whole and once cut into slices of at most 10 steps
@@ -358,15 +371,16 @@ def test_a_run_cut_into_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: P
 
 
 @pytest.mark.notebook
-def test_resnet_cut_between_its_side_runs_ends_exactly_as_the_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.reuses_notebook_run("image_classification/resnet")
+def test_resnet_cut_between_its_side_runs_ends_exactly_as_the_uninterrupted_run(tmp_path: Path,
+                                                                                 uninterrupted_runs: dict) -> None:
     """ResNet's side runs (4 experiment networks, 16 sweep runs, the speed network at smoke) cut 8 to a slice: the
     same metrics as one uninterrupted run, so a `full` run whose side runs outlast one command still finishes."""
     data_dir = os.environ["DL_DATA_DIR"]
-    whole = run_slices(tmp_path / "whole", data_dir, 0, 0, "image_classification/resnet")
+    a = uninterrupted_record("image_classification/resnet", tmp_path, data_dir, uninterrupted_runs)
     sliced = run_slices(tmp_path / "sliced", data_dir, 0, 8, "image_classification/resnet")
-    assert len(whole) == 1 and len(sliced) == 3, sliced
+    assert len(sliced) == 3, sliced
     assert "stopped at step 8 of 8 and 8 side run(s)" in sliced[0] and "finished in 3 slice(s)" in sliced[2]
-    [a] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
     [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
     timing = {"images_per_second"}  # measured, not computed: the only metric that may differ
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
@@ -378,18 +392,19 @@ def test_resnet_cut_between_its_side_runs_ends_exactly_as_the_uninterrupted_run(
 
 
 @pytest.mark.notebook
-def test_vit_cut_between_side_runs_before_and_after_its_headline_ends_as_the_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.reuses_notebook_run("image_classification/vit")
+def test_vit_cut_between_side_runs_before_and_after_its_headline_ends_as_the_uninterrupted_run(
+        tmp_path: Path, uninterrupted_runs: dict) -> None:
     """The ViT's ablations run before its headline loop and the ResNet-20 and subset runs after it (7 side runs at
     smoke), cut 3 to a slice: the first slice stops at step 0 with no train seconds, the runner counts 0 for it, and
     every step-budgeted number equals the uninterrupted run's (the "same time" runs train for measured seconds, so
     their steps, and numbers, differ from run to run)."""
     data_dir = os.environ["DL_DATA_DIR"]
-    whole = run_slices(tmp_path / "whole", data_dir, 0, 0, "image_classification/vit")
+    a = uninterrupted_record("image_classification/vit", tmp_path, data_dir, uninterrupted_runs)
     sliced = run_slices(tmp_path / "sliced", data_dir, 0, 3, "image_classification/vit")
-    assert len(whole) == 1 and len(sliced) == 3, sliced
+    assert len(sliced) == 3, sliced
     assert "stopped at step 0 of 12 and 3 side run(s)" in sliced[0]
     assert "stopped at step 12 of 12 and 3 side run(s)" in sliced[1] and "finished in 3 slice(s)" in sliced[2]
-    [a] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
     [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
     step_budgeted = ["test_accuracy", "val_accuracy", "subset_test_accuracy_vit", "ablation_val_accuracy__baseline",
                      "ablation_val_accuracy__no_augmentation", "ablation_val_accuracy__no_weight_decay"]
@@ -401,18 +416,19 @@ def test_vit_cut_between_side_runs_before_and_after_its_headline_ends_as_the_uni
 
 
 @pytest.mark.notebook
-def test_training_deep_nets_cut_between_its_sections_ends_as_the_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.reuses_notebook_run("image_classification/training_deep_nets")
+def test_training_deep_nets_cut_between_its_sections_ends_as_the_uninterrupted_run(tmp_path: Path,
+                                                                                    uninterrupted_runs: dict) -> None:
     """Training deep nets has no single headline loop: its five sections (1b-5) are side runs, cut 2 to a slice.
     Each slice reports the sections done as its steps, no section runs twice, every metric but the measured
     seconds equals the uninterrupted run's, and train_seconds is the sum of the slices'."""
     data_dir = os.environ["DL_DATA_DIR"]
     task = "image_classification/training_deep_nets"
-    whole = run_slices(tmp_path / "whole", data_dir, 0, 0, task)
+    a = uninterrupted_record(task, tmp_path, data_dir, uninterrupted_runs)
     sliced = run_slices(tmp_path / "sliced", data_dir, 0, 2, task)
-    assert len(whole) == 1 and len(sliced) == 3, sliced
+    assert len(sliced) == 3, sliced
     assert "stopped at step 2 of 5 and 2 side run(s)" in sliced[0]
     assert "stopped at step 4 of 5 and 2 side run(s)" in sliced[1] and "finished in 3 slice(s)" in sliced[2]
-    [a] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
     [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
     timing = {"section_train_seconds"}  # measured, not computed
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
@@ -436,15 +452,17 @@ def holds_no_trainer(path: Path) -> bool:
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("task", ["image_generation/ddpm", "image_generation/flow_matching"])
-def test_a_diffusion_run_trained_too_late_for_its_tail_leaves_it_to_the_next_slice(tmp_path: Path, task: str) -> None:
+@pytest.mark.parametrize("task", [pytest.param(task, marks=pytest.mark.reuses_notebook_run(task))
+                                  for task in ("image_generation/ddpm", "image_generation/flow_matching")])
+def test_a_diffusion_run_trained_too_late_for_its_tail_leaves_it_to_the_next_slice(tmp_path: Path, task: str,
+                                                                                   uninterrupted_runs: dict) -> None:
     """A slice whose tail (9 and 7 min at full) cannot fit after training stops at the last step; its checkpoint
     keeps the EMA alone (the control: the same checkpoint with the trainer's state put back is refused); the next
     slice runs only the tail and ends with the uninterrupted run's metrics."""
     data_dir = os.environ["DL_DATA_DIR"]
-    whole = run_slices(tmp_path / "whole", data_dir, 0, task=task)
+    a = uninterrupted_record(task, tmp_path, data_dir, uninterrupted_runs)
     sliced = run_slices(tmp_path / "sliced", data_dir, 0, task=task, seconds=280, tail=400, max_slices=1)
-    assert len(whole) == 1 and len(sliced) == 1
+    assert len(sliced) == 1
     total = int(re.search(r"stopped at step (\d+) of \1, resume", sliced[0]).group(1))
     finished = tmp_path / "sliced" / "checkpoints" / f"{task.replace('/', '__')}__smoke__mnist.pt"
     assert holds_no_trainer(finished)
@@ -454,7 +472,6 @@ def test_a_diffusion_run_trained_too_late_for_its_tail_leaves_it_to_the_next_sli
     assert not holds_no_trainer(tmp_path / "control.pt")
     sliced += run_slices(tmp_path / "sliced", data_dir, 0, task=task, seconds=280, tail=400)
     assert "finished in 2 slice(s)" in sliced[1]
-    [a] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
     [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
     timing = set(tomllib.loads((REPO_ROOT / task / "task.toml").read_text()).get("resume_test_timing_metrics", []))
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \

@@ -161,13 +161,15 @@ def metric_differences(first: dict, second: dict, timing: list[str]) -> list[str
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_writes_a_record_and_resumes_from_its_checkpoint(path: Path, tmp_path: Path, smoke_env: Path) -> None:
+def test_notebook_writes_a_record_and_resumes_from_its_checkpoint(path: Path, tmp_path: Path, smoke_env: Path,
+                                                                 uninterrupted_runs: dict[str, dict]) -> None:
     """Run once in smoke, stop a second run part-way through the training, resume it: every metric (but clock
     readings) and every checkpoint tensor must equal the uninterrupted run's."""
     first = execute(with_resume(path, False), tmp_path)
     records = [json.loads(p.read_text()) for p in smoke_env.glob("*.json")]
     assert len(records) == 1, f"expected one run record, found {len(records)}"
     check_record(records[0], path, fresh=True)
+    uninterrupted_runs[records[0]["task"]] = records[0]  # the reference of this task's slice test (tests/conftest.py)
     assert "resumed" not in first.lower()
     assert any((tmp_path / "checkpoints").iterdir()), "no checkpoint was written to DL_CHECKPOINT_DIR"
     assert not list(tmp_path.glob("*.pt")) and not (tmp_path / "checkpoints").samefile(tmp_path)
