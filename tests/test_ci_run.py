@@ -7,6 +7,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,3 +37,14 @@ def test_ci_installs_a_cpu_torch_within_the_constraints_before_the_requirements(
     reqs = next(i for i, r in enumerate(runs) if "-r requirements.txt" in r)
     assert cpu < reqs and "-c constraints.txt" in runs[cpu] and "torch" in runs[cpu] and "torchvision" in runs[cpu]
     assert any("torch.version.cuda is None" in r for r in runs[reqs:])  # and checks nothing replaced it
+
+
+def test_under_the_readmes_command_each_test_file_runs_as_one_xdist_group(request: pytest.FixtureRequest) -> None:
+    """Under `pytest -n 2 --dist loadgroup` (the README's command) the root conftest.py marks every test of a file
+    with the file's `xdist_group`, so that its module fixtures are built once. pytest-xdist reads those marks in its
+    own collection hook and appends the group to the test's id; when that hook ran before the conftest's (as it did
+    until 2026-11-28) the ids had no group, and a file's tests were spread over both workers. Elsewhere (one process,
+    or another `--dist`) there are no groups to check."""
+    if not hasattr(request.config, "workerinput") or not request.config.getvalue("loadgroup"):
+        pytest.skip("no xdist groups outside `pytest -n N --dist loadgroup`")
+    assert request.node.nodeid.endswith(f"@{Path(__file__).name}"), request.node.nodeid
