@@ -1,0 +1,126 @@
+"""Did a rerun reproduce a run record? Compares the metrics of two run records and says what else differed.
+
+    python scripts/compare_records.py NEW.json                # against the newest committed record of its task and preset
+    python scripts/compare_records.py OLD.json NEW.json
+
+A step-budgeted `quick` run is expected to give every metric again, to the last digit, when the notebook's code, the
+torch version, the thread count and the CPU's kernels (the record's `cpu_kernels`) are all the same; only clock
+readings differ (the task.toml's `resume_test_timing_metrics`, not compared). The script prints which of those
+conditions differ between the two records, the metrics that differ (each with both values), and one verdict line.
+Exit status: 0 when every compared metric is equal, 1 when one differs, 2 when the records cannot be compared (other
+tasks or presets, or no committed record to compare with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# (label, how to read it from a record): what must be equal for a rerun to reproduce a step-budgeted metric exactly
+CONDITIONS = (
+    ("notebook code", lambda r: (r.get("code") or {}).get("notebook_code_sha256")),
+    ("torch", lambda r: (r.get("versions") or {}).get("torch")),
+    ("threads", lambda r: r.get("torch_threads")),
+    ("device", lambda r: r.get("gpu") or r.get("device")),
+    ("CPU kernels", lambda r: r.get("cpu_kernels")),
+    ("config", lambda r: r.get("config")),
+)
+
+
+def clock_metrics(task: str, root: Path = REPO_ROOT) -> set[str]:
+    """The task's metrics that read a clock (its task.toml's `resume_test_timing_metrics`): never compared."""
+    toml = root / task / "task.toml"
+    return set(tomllib.loads(toml.read_text()).get("resume_test_timing_metrics", [])) if toml.exists() else set()
+
+
+def newest_committed(task: str, preset: str, exclude: Path, root: Path = REPO_ROOT) -> Path | None:
+    """The newest record of `task` and `preset` among those the README reads (results/<task>/*.json), but `exclude`."""
+    found = []
+    for path in (root / "results" / task).glob("*.json"):
+        record = json.loads(path.read_text())
+        if record.get("preset") == preset and path.resolve() != exclude.resolve():
+            found.append((record.get("finished_at", ""), path))
+    return max(found)[1] if found else None
+
+
+def same(a: object, b: object) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN here
+
+
+def compare(old: dict, new: dict, clock: set[str]) -> dict:
+    """The conditions that differ (label -> (old, new); a missing entry counts as differing), the metrics compared
+    and those that differ (name -> (old, new)), leaving out the `clock` metrics."""
+    conditions = {label: (read(old), read(new)) for label, read in CONDITIONS
+                  if read(old) is None or read(new) is None or not same(read(old), read(new))}
+    names = sorted((set(old["metrics"]) | set(new["metrics"])) - clock)
+    differing = {k: (old["metrics"].get(k), new["metrics"].get(k)) for k in names
+                 if k not in old["metrics"] or k not in new["metrics"] or not same(old["metrics"][k], new["metrics"][k])}
+    return {"conditions": conditions, "compared": names, "differing": differing}
+
+
+def verdict(result: dict) -> str:
+    n, k = len(result["compared"]), len(result["differing"])
+    if not k:
+        return f"reproduced: all {n} compared metrics are equal"
+    if result["conditions"]:
+        return (f"differs in {k} of {n} metrics, which may follow from what differs: "
+                f"{', '.join(result['conditions'])}")
+    return (f"differs in {k} of {n} metrics with the same code, torch, threads, device, CPU kernels and config: "
+            "not expected of a step-budgeted run (a time budget, or a metric that reads a clock, would explain it)")
+
+
+def short(value: object, width: int = 60) -> str:
+    text = "not recorded" if value is None else json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def describe_difference(a: object, b: object) -> str:
+    """One condition's difference: 'not recorded' where a record lacks it, else the keys of two dicts that differ,
+    else both values."""
+    if a is None and b is None:
+        return "not recorded in either record"
+    if a is None or b is None:
+        return f"not recorded in the {'old' if a is None else 'new'} record ({short(a)} -> {short(b)})"
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = [k for k in sorted(set(a) | set(b)) if not same(a.get(k), b.get(k))]
+        return "differs in " + ", ".join(f"{k} ({short(a.get(k), 30)} -> {short(b.get(k), 30)})" for k in keys)
+    return f"differs: {short(a)} -> {short(b)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("records", nargs="+", type=Path, help="NEW.json, or OLD.json NEW.json")
+    args = parser.parse_args(argv)
+    if len(args.records) > 2:
+        parser.error("give one record (compared with the newest committed one) or two")
+    new_path = args.records[-1]
+    new = json.loads(new_path.read_text())
+    old_path = args.records[0] if len(args.records) == 2 else newest_committed(new["task"], new["preset"], new_path)
+    if old_path is None:
+        print(f"no committed {new['preset']} record of {new['task']} in results/{new['task']}/ to compare with")
+        return 2
+    old = json.loads(old_path.read_text())
+    if (old["task"], old["preset"]) != (new["task"], new["preset"]):
+        print(f"not comparable: {old['task']} {old['preset']} against {new['task']} {new['preset']}")
+        return 2
+    result = compare(old, new, clock_metrics(new["task"]))
+    print(f"old: {old_path}\nnew: {new_path}")
+    for label, (a, b) in result["conditions"].items():
+        print(f"  {label}: {describe_difference(a, b)}")
+    for name, (a, b) in result["differing"].items():
+        print(f"  {name}: {short(a)} -> {short(b)}")
+    print(verdict(result))
+    return 1 if result["differing"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

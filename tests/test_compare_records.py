@@ -1,0 +1,87 @@
+"""scripts/compare_records.py: whether a rerun reproduced a run record, and what else differed."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from scripts_module import load_script
+
+compare_records = load_script("compare_records")
+
+
+def record(**metrics: object) -> dict:
+    return {"task": "image_generation/ddpm", "preset": "quick", "finished_at": "2026-11-28T00:00:00Z",
+            "code": {"notebook_code_sha256": "a" * 64}, "versions": {"torch": "2.14.1"}, "torch_threads": 2,
+            "device": "cpu (2 threads, x86_64)", "gpu": None, "config": {"steps": 2100, "seed": 0},
+            "cpu_kernels": {"capability": "AVX2", "cpu_family": "25", "model": "1", "stepping": "1"},
+            "metrics": {"fid": 86.4, "fid_by_steps": {"5": 120.0, "10": 95.0}, "ancestral_seconds": 12.5, **metrics}}
+
+
+def write(folder: Path, name: str, value: dict) -> Path:
+    path = folder / name
+    path.write_text(json.dumps(value))
+    return path
+
+
+def test_a_rerun_with_equal_metrics_is_reproduced_whatever_its_clock_reads(tmp_path: Path, capsys) -> None:
+    old, new = record(), record(ancestral_seconds=14.0)
+    assert compare_records.main([str(write(tmp_path, "a.json", old)), str(write(tmp_path, "b.json", new))]) == 0
+    out = capsys.readouterr().out
+    assert "reproduced: all 2 compared metrics are equal" in out  # ancestral_seconds: a clock reading (DDPM's task.toml)
+    assert "ancestral_seconds" in compare_records.clock_metrics("image_generation/ddpm")
+
+
+def test_one_differing_digit_deep_in_a_metric_is_reported_and_fails(tmp_path: Path, capsys) -> None:
+    """The control of the test above: the same records but for one value inside a dict-valued metric."""
+    old, new = record(), record(fid_by_steps={"5": 120.0, "10": 95.00000001})
+    assert compare_records.main([str(write(tmp_path, "a.json", old)), str(write(tmp_path, "b.json", new))]) == 1
+    out = capsys.readouterr().out
+    assert "fid_by_steps:" in out and "fid:" not in out.replace("fid_by_steps:", "")
+    assert "not expected of a step-budgeted run" in out  # nothing else differed
+
+
+def test_the_conditions_that_differ_are_named(tmp_path: Path, capsys) -> None:
+    old, new = record(), record(fid=86.51)
+    new["cpu_kernels"] = {"capability": "AVX512", "cpu_family": "25", "model": "17", "stepping": "1"}
+    new["config"] = {"steps": 2100, "seed": 1}
+    del old["versions"]
+    assert compare_records.main([str(write(tmp_path, "a.json", old)), str(write(tmp_path, "b.json", new))]) == 1
+    out = capsys.readouterr().out
+    assert "CPU kernels: differs in capability" in out and "model" in out and "stepping" not in out
+    assert "config: differs in seed (0 -> 1)" in out
+    assert "torch: not recorded in the old record" in out
+    assert "may follow from what differs: torch, CPU kernels, config" in out
+
+
+def test_one_record_is_compared_with_the_newest_committed_one_of_its_task_and_preset(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "results" / "image_generation" / "ddpm"
+    folder.mkdir(parents=True)
+    older, newer, full = record(fid=90.0), record(), record(fid=5.0)
+    older["finished_at"], full["preset"] = "2026-11-20T00:00:00Z", "full"
+    for name, value in (("older.json", older), ("newer.json", newer), ("full.json", full)):
+        write(folder, name, value)
+    rerun = write(tmp_path, "rerun.json", copy.deepcopy(newer))
+    assert compare_records.newest_committed("image_generation/ddpm", "quick", rerun, tmp_path) == folder / "newer.json"
+    assert compare_records.newest_committed("image_generation/ddpm", "quick", folder / "newer.json", tmp_path) == \
+        folder / "older.json"  # a committed record is not compared with itself
+    assert compare_records.newest_committed("image_generation/vae", "quick", rerun, tmp_path) is None
+
+
+def test_records_of_other_tasks_are_not_compared(tmp_path: Path, capsys) -> None:
+    other = record()
+    other["task"] = "image_generation/flow_matching"
+    assert compare_records.main([str(write(tmp_path, "a.json", record())), str(write(tmp_path, "b.json", other))]) == 2
+    assert "not comparable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("task", ["image_generation/ddpm", "image_classification/resnet"])
+def test_the_committed_records_compare_with_themselves(task: str, capsys) -> None:
+    """Every committed record of a task is reproduced by itself (the comparison reads real records whole)."""
+    paths = sorted((compare_records.REPO_ROOT / "results" / task).glob("*.json"))
+    assert paths
+    for path in paths:
+        assert compare_records.main([str(path), str(path)]) == 0
