@@ -225,6 +225,16 @@ def headline_records(task: Task) -> tuple[list[dict], str | None]:
     return [], None
 
 
+def cpu_name(record: dict) -> str:
+    """A CPU run's device, with the instruction set its kernels used when the record stores it (`cpu_kernels`):
+    "cpu (2 threads, x86_64, AVX2)". Two CPUs that share a name may differ there, and in speed."""
+    capability = (record.get("cpu_kernels") or {}).get("capability")
+    device = record["device"]
+    if not capability:
+        return device
+    return f"{device[:-1]}, {capability})" if device.endswith(")") else f"{device} ({capability})"
+
+
 def row(task: Task, committed: set[str] = frozenset()) -> str:
     """One table row; a task measured on several datasets (or GPUs) lists each, one line per record. A fid
     headline names its classifier's SHA-256 (first 8 hex digits) when the record carries it, and is marked
@@ -247,7 +257,7 @@ def row(task: Task, committed: set[str] = frozenset()) -> str:
                            f"({where or 'full, ' + gpu_name(r)}; {r['data']}{yardstick(r)}){code_mark(r, task)}"
                            for r in shown) or NOT_MEASURED
     gpu_cost = times(gpu, gpu_name, lambda r: code_mark(r, task))
-    cpu_cost = times(cpu + cpu_full, lambda r: r["device"] if r["preset"] == "quick" else f"`full`, {r['device']}",
+    cpu_cost = times(cpu + cpu_full, lambda r: cpu_name(r) if r["preset"] == "quick" else f"`full`, {cpu_name(r)}",
                      lambda r: code_mark(r, task))  # `quick` runs, then any `full` run made on a CPU
     path = f"{task.folder}/{m['notebook']}"
     link = f"[{m['notebook']}]({path}) {colab_badge(path)}"

@@ -175,6 +175,18 @@ def test_a_full_run_on_a_cpu_is_the_headline_without_a_gpu_run_and_is_timed_as_f
     assert "nelbo: 52 (full, NVIDIA H100 80GB HBM3;" in gan  # the control: a GPU run is still the headline
 
 
+def test_a_cpu_time_names_the_instruction_set_of_its_kernels_when_the_record_has_it(tmp_path: Path) -> None:
+    """Two CPUs that both call themselves "AMD EPYC" ran the DDPM's `quick` steps in 595 s and 1,083 s: a CPU time
+    says which kernels ran where the record stores `cpu_kernels` (records before 2026-11-27 do not)."""
+    kernels = {"capability": "AVX2", "cpu_family": "25", "model": "1", "stepping": "1"}
+    full_cpu = {"preset": "full", "train_seconds": 3000.0, "device": "cpu (1 threads)", "cpu_kernels": kernels}
+    add_task(tmp_path, "vae", "nelbo", [{"device": "cpu (2 threads, x86_64)", "cpu_kernels": kernels}, full_cpu])
+    assert vae_cells(tmp_path)[5] == "1.0 min (cpu (2 threads, x86_64, AVX2))<br>50.0 min (`full`, cpu (1 threads, AVX2))"
+    add_task(tmp_path, "gan", "nelbo", [{"device": "cpu (2 threads, x86_64)"}])  # the control: not recorded
+    assert "1.0 min (cpu (2 threads, x86_64)) |" in update_readme.render_table(update_readme.load_tasks(tmp_path),
+                                                                             tmp_path)
+
+
 def notebook_json(code: str, markdown: str = "# A task") -> str:
     cells = [{"cell_type": "markdown", "metadata": {}, "source": markdown},
              {"cell_type": "code", "metadata": {}, "source": code, "outputs": [], "execution_count": None}]
