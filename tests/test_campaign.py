@@ -344,7 +344,6 @@ def uninterrupted_record(task: str, tmp_path: Path, data_dir: str, uninterrupted
     return record
 
 
-
 @pytest.mark.notebook
 def test_a_run_cut_into_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: Path) -> None:
     """The template in smoke (30 steps, then two side runs), once whole and once cut into slices of at most 10 steps
