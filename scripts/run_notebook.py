@@ -7,10 +7,15 @@ Like `jupyter execute --inplace`, but progress bars are collapsed to their final
 (carriage returns resolved), so committed notebooks stay small and readable, and figures are always captured:
 the kernel runs without the caller's `MPLBACKEND` (a headless `Agg` set by a shell or CI would otherwise keep
 every plot out of the saved notebook), so matplotlib uses Jupyter's inline backend.
+
+After the run, each run record the notebook wrote is compared with the newest committed record of its task and
+preset (scripts/compare_records.py), in one line: whether every metric but the clock readings came out again.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import sys
 import time
@@ -25,17 +30,44 @@ def kernel_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
 
 
+def new_records(since: float) -> list[Path]:
+    """The run records in the runs folder (`DL_RUNS_DIR`, else runs/) written at or after `since` (time.time())."""
+    from common.paths import runs_dir  # late: `common` imports torch
+
+    return sorted(p for p in runs_dir().glob("*.json") if p.stat().st_mtime >= since)
+
+
+def rerun_lines(records: list[Path]) -> list[str]:
+    """For each record, one line: how it compares with the newest committed record of its task and preset."""
+    spec = importlib.util.spec_from_file_location("compare_records", Path(__file__).with_name("compare_records.py"))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    lines = []
+    for path in records:
+        new = json.loads(path.read_text())
+        old_path = compare.newest_committed(new["task"], new["preset"], path)
+        if old_path is None:
+            lines.append(f"{path.name}: no committed {new['preset']} record of {new['task']} to compare with")
+            continue
+        result = compare.compare(json.loads(old_path.read_text()), new, compare.clock_metrics(new["task"]))
+        lines.append(f"{path.name} against the committed {old_path.name}: {compare.verdict(result)} "
+                     f"(details: python scripts/compare_records.py {old_path} {path})")
+    return lines
+
+
 def run(path: Path, timeout: int = 24 * 3600, save: bool = True) -> None:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
                             resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     try:
         client.execute(env=kernel_env())
     finally:
         if save:
             nbformat.write(nb, path)
         print(f"{path}: {time.perf_counter() - start:.0f} s" + (", outputs saved" if save else ", outputs not saved"))
+    for line in rerun_lines(new_records(started_at)):
+        print(line)
 
 
 if __name__ == "__main__":

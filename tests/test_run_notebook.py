@@ -1,7 +1,12 @@
-"""scripts/run_notebook.py saves a notebook's figures even when the caller's shell sets a headless backend."""
+"""scripts/run_notebook.py saves a notebook's figures even when the caller's shell sets a headless backend, and says
+whether the run records it wrote reproduced the committed ones."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import nbformat
@@ -30,3 +35,27 @@ def test_the_kernel_environment_drops_only_mplbackend(monkeypatch: pytest.Monkey
     monkeypatch.setenv("DL_PRESET", "quick")
     env = run_notebook.kernel_env()
     assert "MPLBACKEND" not in env and env["DL_PRESET"] == "quick"
+
+
+def test_a_new_record_is_compared_with_the_newest_committed_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of DDPM's newest committed `quick` record, written after the run started, is "reproduced"; the control,
+    the same copy with one metric changed, is not; an older file in the runs folder is not read."""
+    monkeypatch.setenv("DL_RUNS_DIR", str(tmp_path))
+    committed = sorted((REPO_ROOT / "results" / "image_generation" / "ddpm").glob("*quick*.json"))[-1]
+    stale = tmp_path / "stale.json"
+    shutil.copy(committed, stale)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    since = time.time() - 1
+    shutil.copy(committed, tmp_path / "rerun.json")
+    changed = json.loads(committed.read_text())
+    changed["metrics"]["fid"] += 1e-9
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    records = run_notebook.new_records(since)
+    assert [p.name for p in records] == ["changed.json", "rerun.json"]
+    changed_line, rerun_line = run_notebook.rerun_lines(records)
+    assert f"rerun.json against the committed {committed.name}: reproduced: all" in rerun_line
+    assert "changed.json" in changed_line and "differs in 1 of" in changed_line
+    smoke = dict(changed, preset="smoke")
+    (tmp_path / "smoke.json").write_text(json.dumps(smoke))
+    assert run_notebook.rerun_lines([tmp_path / "smoke.json"]) == [
+        "smoke.json: no committed smoke record of image_generation/ddpm to compare with"]
