@@ -56,14 +56,21 @@ def same(a: object, b: object) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN here
 
 
+def differing_metrics(first: dict, second: dict, clock: set[str] | list[str]) -> list[str]:
+    """The names, sorted, of the metrics (but the `clock` ones) that one `metrics` dict lacks or whose values differ;
+    also the resume test's comparison (tests/test_notebooks.py)."""
+    return [k for k in sorted((set(first) | set(second)) - set(clock))
+            if k not in first or k not in second or not same(first[k], second[k])]
+
+
 def compare(old: dict, new: dict, clock: set[str]) -> dict:
     """The conditions that differ (label -> (old, new); a missing entry counts as differing), the metrics compared
     and those that differ (name -> (old, new)), leaving out the `clock` metrics."""
     conditions = {label: (read(old), read(new)) for label, read in CONDITIONS
                   if read(old) is None or read(new) is None or not same(read(old), read(new))}
     names = sorted((set(old["metrics"]) | set(new["metrics"])) - clock)
-    differing = {k: (old["metrics"].get(k), new["metrics"].get(k)) for k in names
-                 if k not in old["metrics"] or k not in new["metrics"] or not same(old["metrics"][k], new["metrics"][k])}
+    differing = {k: (old["metrics"].get(k), new["metrics"].get(k))
+                 for k in differing_metrics(old["metrics"], new["metrics"], clock)}
     return {"conditions": conditions, "compared": names, "differing": differing}
 
 

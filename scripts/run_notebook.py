@@ -14,7 +14,6 @@ preset (scripts/compare_records.py), in one line: whether every metric but the c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -23,6 +22,9 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare_records  # noqa: E402
 
 
 def kernel_env() -> dict[str, str]:
@@ -39,18 +41,16 @@ def new_records(since: float) -> list[Path]:
 
 def rerun_lines(records: list[Path]) -> list[str]:
     """For each record, one line: how it compares with the newest committed record of its task and preset."""
-    spec = importlib.util.spec_from_file_location("compare_records", Path(__file__).with_name("compare_records.py"))
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
     lines = []
     for path in records:
         new = json.loads(path.read_text())
-        old_path = compare.newest_committed(new["task"], new["preset"], path)
+        old_path = compare_records.newest_committed(new["task"], new["preset"], path)
         if old_path is None:
             lines.append(f"{path.name}: no committed {new['preset']} record of {new['task']} to compare with")
             continue
-        result = compare.compare(json.loads(old_path.read_text()), new, compare.clock_metrics(new["task"]))
-        lines.append(f"{path.name} against the committed {old_path.name}: {compare.verdict(result)} "
+        old = json.loads(old_path.read_text())
+        result = compare_records.compare(old, new, compare_records.clock_metrics(new["task"]))
+        lines.append(f"{path.name} against the committed {old_path.name}: {compare_records.verdict(result)} "
                      f"(details: python scripts/compare_records.py {old_path} {path})")
     return lines
 

@@ -20,11 +20,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from scripts_module import load_script
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("graph_learning", "image_classification", "image_generation", "reinforcement_learning",
-           "representation_learning", "text_generation", "templates")
-NOTEBOOKS = sorted(p for folder in FOLDERS for p in (REPO_ROOT / folder).glob("**/*.ipynb")
-                   if ".ipynb_checkpoints" not in p.parts)
+NOTEBOOKS = load_script("notebook_header").task_notebooks()  # every task's notebook and the template's
 
 KNOWN = {  # notebook -> {function: the variables it reads}, as of 2026-11-28
     "image_classification/mlp_backprop": {"standardise": {"pixel_mean", "pixel_std"}, "get_batch": {"background"},

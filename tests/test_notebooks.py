@@ -34,6 +34,9 @@ nbformat = pytest.importorskip("nbformat")
 NotebookClient = pytest.importorskip("nbclient").NotebookClient
 
 from common import TIMING_POLICY
+from scripts_module import load_script
+
+compare_records = load_script("compare_records")
 
 try:
     import tomllib
@@ -153,10 +156,9 @@ def checkpoint_differences(first: dict[str, dict[str, str]], second: dict[str, d
 
 
 def metric_differences(first: dict, second: dict, timing: list[str]) -> list[str]:
-    """The metrics (but the `timing` ones) whose values differ between two run records' `metrics`."""
-    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN here
-    return [k for k in sorted(set(first) | set(second))
-            if k not in timing and (k not in first or k not in second or not same(first[k], second[k]))]
+    """The metrics (but the `timing` ones) whose values differ between two run records' `metrics` (NaN equals NaN):
+    the comparison scripts/compare_records.py makes of a rerun."""
+    return compare_records.differing_metrics(first, second, timing)
 
 
 @pytest.mark.notebook
