@@ -253,3 +253,47 @@ def test_n_counts_only_rtx_4090_runs_and_other_gpus_are_named(tmp_path: Path) ->
     table = update_readme.render_table(update_readme.load_tasks(tmp_path))
     assert "**N = 0.20** 4090-hours" in table and "val loss: 1.47 (full, RTX 4090; TS)" in table
     assert "12.0 min (NVIDIA GeForce RTX 4090)" in table and "6.0 min (NVIDIA H100 80GB HBM3)" in table
+
+
+CITED_RECORD = re.compile(r"(?:\.\.\.|\b)([\w.-]*?\d{8}T\d{12}Z\.json)")  # a record's name, whole or `...`-shortened
+PROSE_FILES = sorted([REPO_ROOT / "README.md", REPO_ROOT / "CONTRIBUTING.md",
+                      *(REPO_ROOT / c / "README.md" for c in update_readme.CATEGORIES)])
+PROSE_FILES = [p for p in PROSE_FILES if p.exists()] + [d / f"{d.name}.ipynb" for d in TASK_DIRS]
+
+
+def cited_records(text: str) -> set[str]:
+    """The run-record names a text cites, each as written after any leading `...`."""
+    return set(CITED_RECORD.findall(text))
+
+
+def unresolved_citations(text: str, committed: list[Path]) -> list[str]:
+    """The cited record names that are not the end of exactly one committed record's file name."""
+    return sorted(name for name in cited_records(text) if sum(p.name.endswith(name) for p in committed) != 1)
+
+
+def notebook_text(path: Path) -> str:
+    """A notebook's cells and the text its committed outputs printed (where each run says which record it wrote)."""
+    nb = nbformat.read(path, as_version=4)
+    parts = [cell.source for cell in nb.cells]
+    parts += [out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+              for out in cell.get("outputs", []) if out.get("output_type") == "stream"]
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("path", PROSE_FILES, ids=_ids(PROSE_FILES))
+def test_every_cited_run_record_is_committed(path: Path) -> None:
+    """A record that prose names as its evidence (`...ddpm__quick__cpu__<time>Z.json`), or that a committed output says
+    the run wrote, is a file under results/ that a reader can open: no typo, nothing deleted or renamed since."""
+    text = notebook_text(path) if path.suffix == ".ipynb" else path.read_text()
+    committed = sorted((REPO_ROOT / "results").rglob("*.json"))
+    assert unresolved_citations(text, committed) == [], "cited run records missing from results/"
+
+
+def test_citation_check_finds_a_missing_or_ambiguous_record() -> None:
+    committed = [Path("results/a/t/a__t__quick__cpu__20261127T190339872440Z.json"),
+                 Path("results/a/t/a__t__full__cpu__20261127T190339872440Z.json")]
+    text = ("record `...t__quick__cpu__20261127T190339872440Z.json` and `...20261101T000000000000Z.json`; "
+            "wrote a__t__full__cpu__20261127T190339872440Z.json; `...20261127T190339872440Z.json` is two files")
+    assert cited_records(text) == {"t__quick__cpu__20261127T190339872440Z.json", "20261101T000000000000Z.json",
+                                   "a__t__full__cpu__20261127T190339872440Z.json", "20261127T190339872440Z.json"}
+    assert unresolved_citations(text, committed) == ["20261101T000000000000Z.json", "20261127T190339872440Z.json"]
