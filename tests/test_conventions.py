@@ -256,9 +256,9 @@ def test_n_counts_only_rtx_4090_runs_and_other_gpus_are_named(tmp_path: Path) ->
 
 
 CITED_RECORD = re.compile(r"(?:\.\.\.|\b)([\w.-]*?\d{8}T\d{12}Z\.json)")  # a record's name, whole or `...`-shortened
-PROSE_FILES = sorted([REPO_ROOT / "README.md", REPO_ROOT / "CONTRIBUTING.md",
-                      *(REPO_ROOT / c / "README.md" for c in update_readme.CATEGORIES)])
-PROSE_FILES = [p for p in PROSE_FILES if p.exists()] + [d / f"{d.name}.ipynb" for d in TASK_DIRS]
+READMES = [REPO_ROOT / "README.md", REPO_ROOT / "CONTRIBUTING.md",
+           *(REPO_ROOT / c / "README.md" for c in update_readme.CATEGORIES)]
+PROSE_FILES = [p for p in READMES if p.exists()] + load_script("notebook_header").task_notebooks()
 
 
 def cited_records(text: str) -> set[str]:
@@ -285,8 +285,7 @@ def test_every_cited_run_record_is_committed(path: Path) -> None:
     """A record that prose names as its evidence (`...ddpm__quick__cpu__<time>Z.json`), or that a committed output says
     the run wrote, is a file under results/ that a reader can open: no typo, nothing deleted or renamed since."""
     text = notebook_text(path) if path.suffix == ".ipynb" else path.read_text()
-    committed = sorted((REPO_ROOT / "results").rglob("*.json"))
-    assert unresolved_citations(text, committed) == [], "cited run records missing from results/"
+    assert unresolved_citations(text, RECORDS + MEASUREMENTS) == [], "cited run records missing from results/"
 
 
 def test_citation_check_finds_a_missing_or_ambiguous_record() -> None:
