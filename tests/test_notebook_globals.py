@@ -30,8 +30,6 @@ KNOWN = {  # notebook -> {function: the variables it reads}, as of 2026-11-28
                                           "train_hand": {"x_train", "x_val", "y_train", "y_val"},
                                           "replay_autograd": {"x_train", "y_train"}},
     "text_generation/char_gpt": {"encode": {"stoi"}, "decode": {"itos"}},
-    "text_generation/rnn_lstm": {"encode": {"stoi"}, "decode": {"itos"}, "save_probes": {"cfg", "tune_path"},
-                                 "run_probe_of.run": {"cfg", "splits", "vocab_size"}},
 }
 
 
