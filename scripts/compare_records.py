@@ -7,8 +7,14 @@ A step-budgeted `quick` run is expected to give every metric again, to the last 
 torch version, the thread count and the CPU's kernels (the record's `cpu_kernels`) are all the same; only clock
 readings differ (the task.toml's `resume_test_timing_metrics`, not compared). The script prints which of those
 conditions differ between the two records, the metrics that differ (each with both values), and one verdict line.
-Exit status: 0 when every compared metric is equal, 1 when one differs, 2 when the records cannot be compared (other
-tasks or presets, or no committed record to compare with).
+
+Given NEW.json alone, the newest committed record may have run under other conditions (another kind of CPU, earlier
+code) while an older one, possibly kept apart in a subfolder such as `other_cpu_kind/`, ran under exactly NEW's. The
+script then also compares NEW with the newest such record ("same conditions"): the one a step-budgeted rerun must
+reproduce to the last digit.
+
+Exit status: 0 when every compared metric is equal (with a same-conditions record, in the comparison with it), 1 when
+one differs, 2 when the records cannot be compared (other tasks or presets, or no committed record to compare with).
 """
 
 from __future__ import annotations
@@ -52,6 +58,19 @@ def newest_committed(task: str, preset: str, exclude: Path, root: Path = REPO_RO
     return max(found)[1] if found else None
 
 
+def same_conditions(new: dict, exclude: Path, root: Path = REPO_ROOT) -> Path | None:
+    """The newest committed record of `new`'s task and preset, anywhere under results/<task>/ (subfolders included),
+    but `exclude`, whose every condition (code, torch, threads, device, CPU kernels, config) is recorded and equal to
+    `new`'s; None if there is none."""
+    found = []
+    for path in (root / "results" / new["task"]).rglob("*.json"):
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and (record.get("task"), record.get("preset")) == (new["task"], new["preset"]) \
+                and path.resolve() != exclude.resolve() and not differing_conditions(record, new):
+            found.append((record.get("finished_at", ""), path))
+    return max(found)[1] if found else None
+
+
 def same(a: object, b: object) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN here
 
@@ -63,11 +82,16 @@ def differing_metrics(first: dict, second: dict, clock: set[str] | list[str]) ->
             if k not in first or k not in second or not same(first[k], second[k])]
 
 
+def differing_conditions(old: dict, new: dict) -> dict[str, tuple[object, object]]:
+    """The CONDITIONS that differ between two records (label -> (old, new)); one either record lacks counts."""
+    return {label: (read(old), read(new)) for label, read in CONDITIONS
+            if read(old) is None or read(new) is None or not same(read(old), read(new))}
+
+
 def compare(old: dict, new: dict, clock: set[str]) -> dict:
     """The conditions that differ (label -> (old, new); a missing entry counts as differing), the metrics compared
     and those that differ (name -> (old, new)), leaving out the `clock` metrics."""
-    conditions = {label: (read(old), read(new)) for label, read in CONDITIONS
-                  if read(old) is None or read(new) is None or not same(read(old), read(new))}
+    conditions = differing_conditions(old, new)
     names = sorted((set(old["metrics"]) | set(new["metrics"])) - clock)
     differing = {k: (old["metrics"].get(k), new["metrics"].get(k))
                  for k in differing_metrics(old["metrics"], new["metrics"], clock)}
@@ -103,19 +127,10 @@ def describe_difference(a: object, b: object) -> str:
     return f"differs: {short(a)} -> {short(b)}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("records", nargs="+", type=Path, help="NEW.json, or OLD.json NEW.json")
-    args = parser.parse_args(argv)
-    if len(args.records) > 2:
-        parser.error("give one record (compared with the newest committed one) or two")
-    new_path = args.records[-1]
-    new = json.loads(new_path.read_text())
-    old_path = args.records[0] if len(args.records) == 2 else newest_committed(new["task"], new["preset"], new_path)
-    if old_path is None:
-        print(f"no committed {new['preset']} record of {new['task']} in results/{new['task']}/ to compare with")
-        return 2
-    old = json.loads(old_path.read_text())
+def report(old_path: Path, new_path: Path) -> int:
+    """Print one comparison (what differs, then the verdict); 0 if every compared metric is equal, 1 if not, 2 if the
+    records are of other tasks or presets."""
+    old, new = json.loads(old_path.read_text()), json.loads(new_path.read_text())
     if (old["task"], old["preset"]) != (new["task"], new["preset"]):
         print(f"not comparable: {old['task']} {old['preset']} against {new['task']} {new['preset']}")
         return 2
@@ -127,6 +142,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {short(a)} -> {short(b)}")
     print(verdict(result))
     return 1 if result["differing"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("records", nargs="+", type=Path, help="NEW.json, or OLD.json NEW.json")
+    args = parser.parse_args(argv)
+    if len(args.records) > 2:
+        parser.error("give one record (compared with the newest committed one) or two")
+    if len(args.records) == 2:
+        return report(*args.records)
+    new_path, root = args.records[0], REPO_ROOT
+    new = json.loads(new_path.read_text())
+    old_path = newest_committed(new["task"], new["preset"], new_path, root)
+    if old_path is None:
+        print(f"no committed {new['preset']} record of {new['task']} in results/{new['task']}/ to compare with")
+        return 2
+    status = report(old_path, new_path)
+    twin = same_conditions(new, new_path, root)
+    if twin is None or twin.resolve() == old_path.resolve():
+        return status
+    print("\nsame conditions (code, torch, threads, device, CPU kernels, config), the newest such committed record:")
+    return report(twin, new_path)
 
 
 if __name__ == "__main__":

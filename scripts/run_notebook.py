@@ -9,7 +9,9 @@ the kernel runs without the caller's `MPLBACKEND` (a headless `Agg` set by a she
 every plot out of the saved notebook), so matplotlib uses Jupyter's inline backend.
 
 After the run, each run record the notebook wrote is compared with the newest committed record of its task and
-preset (scripts/compare_records.py), in one line: whether every metric but the clock readings came out again.
+preset (scripts/compare_records.py), in one line: whether every metric but the clock readings came out again; and
+in a second line with the newest committed record that ran under the same conditions (code, torch, threads,
+device, CPU kernels, config), where that is an older one (kept in `other_cpu_kind/`, say).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def new_records(since: float) -> list[Path]:
 
 
 def rerun_lines(records: list[Path]) -> list[str]:
-    """For each record, one line: how it compares with the newest committed record of its task and preset."""
+    """For each record, one line: how it compares with the newest committed record of its task and preset; and a
+    second where an older committed record ran under the same conditions (compare_records.same_conditions)."""
     lines = []
     for path in records:
         new = json.loads(path.read_text())
@@ -52,6 +55,12 @@ def rerun_lines(records: list[Path]) -> list[str]:
         result = compare_records.compare(old, new, compare_records.clock_metrics(new["task"]))
         lines.append(f"{path.name} against the committed {old_path.name}: {compare_records.verdict(result)} "
                      f"(details: python scripts/compare_records.py {old_path} {path})")
+        twin = compare_records.same_conditions(new, path)
+        if twin is not None and twin.resolve() != old_path.resolve():
+            result = compare_records.compare(json.loads(twin.read_text()), new, compare_records.clock_metrics(new["task"]))
+            lines.append(f"  and against {twin.relative_to(compare_records.REPO_ROOT)}, the newest committed record run "
+                         f"under the same conditions (code, torch, threads, device, CPU kernels, config): "
+                         f"{compare_records.verdict(result)}")
     return lines
 
 

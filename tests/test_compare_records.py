@@ -71,6 +71,44 @@ def test_one_record_is_compared_with_the_newest_committed_one_of_its_task_and_pr
     assert compare_records.newest_committed("image_generation/vae", "quick", rerun, tmp_path) is None
 
 
+def test_an_older_record_run_under_the_same_conditions_is_compared_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys) -> None:
+    """The newest committed record ran on another kind of CPU and its fid differs from the rerun's; an older one, kept
+    in other_cpu_kind/, ran under the rerun's conditions with the rerun's metrics. Given the rerun alone, the script
+    compares it with both and exits 0: reproduced. Controls: one digit changed in the older record's metrics exits 1,
+    and an older record that does not store its CPU kernels is never taken for the same conditions."""
+    folder = tmp_path / "results" / "image_generation" / "ddpm"
+    (folder / "other_cpu_kind").mkdir(parents=True)
+    newest, twin = record(fid=86.51), record()
+    newest["cpu_kernels"] = {"capability": "AVX512", "cpu_family": "25", "model": "17", "stepping": "1"}
+    twin["finished_at"] = "2026-11-27T00:00:00Z"
+    write(folder, "newest.json", newest)
+    rerun = write(tmp_path, "rerun.json", record())
+    monkeypatch.setattr(compare_records, "REPO_ROOT", tmp_path)
+
+    def run_with(older: dict) -> tuple[int, str]:
+        write(folder / "other_cpu_kind", "twin.json", older)
+        status = compare_records.main([str(rerun)])
+        return status, capsys.readouterr().out
+
+    status, out = run_with(twin)
+    assert status == 0
+    assert "newest.json" in out and "differs in 1 of 2 metrics, which may follow from what differs: CPU kernels" in out
+    same_part = out.split("same conditions")[1]
+    assert "twin.json" in same_part and same_part.rstrip().endswith("reproduced: all 2 compared metrics are equal")
+    assert compare_records.same_conditions(record(), rerun, tmp_path) == folder / "other_cpu_kind" / "twin.json"
+
+    status, out = run_with(record(fid=86.40000001) | {"finished_at": twin["finished_at"]})
+    assert status == 1 and out.rstrip().endswith("not expected of a step-budgeted run (a time budget, or a metric "
+                                                 "that reads a clock, would explain it)")
+
+    unknown_cpu = copy.deepcopy(twin)
+    del unknown_cpu["cpu_kernels"]
+    status, out = run_with(unknown_cpu)
+    assert status == 1 and "same conditions" not in out
+    assert compare_records.same_conditions(record(), rerun, tmp_path) is None
+
+
 def test_records_of_other_tasks_are_not_compared(tmp_path: Path, capsys) -> None:
     other = record()
     other["task"] = "image_generation/flow_matching"
