@@ -71,6 +71,16 @@ def same_conditions(new: dict, exclude: Path, root: Path = REPO_ROOT) -> Path | 
     return max(found)[1] if found else None
 
 
+def references(new: dict, new_path: Path, root: Path = REPO_ROOT) -> list[Path]:
+    """What a rerun at `new_path` is compared with: the newest committed record of its task and preset, then, where it
+    is another one, the newest committed record run under the rerun's conditions (`same_conditions`); [] if none."""
+    newest = newest_committed(new["task"], new["preset"], new_path, root)
+    if newest is None:
+        return []
+    twin = same_conditions(new, new_path, root)
+    return [newest] if twin is None or twin.resolve() == newest.resolve() else [newest, twin]
+
+
 def same(a: object, b: object) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN here
 
@@ -152,18 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one record (compared with the newest committed one) or two")
     if len(args.records) == 2:
         return report(*args.records)
-    new_path, root = args.records[0], REPO_ROOT
+    new_path = args.records[0]
     new = json.loads(new_path.read_text())
-    old_path = newest_committed(new["task"], new["preset"], new_path, root)
-    if old_path is None:
+    olds = references(new, new_path, REPO_ROOT)
+    if not olds:
         print(f"no committed {new['preset']} record of {new['task']} in results/{new['task']}/ to compare with")
         return 2
-    status = report(old_path, new_path)
-    twin = same_conditions(new, new_path, root)
-    if twin is None or twin.resolve() == old_path.resolve():
-        return status
-    print("\nsame conditions (code, torch, threads, device, CPU kernels, config), the newest such committed record:")
-    return report(twin, new_path)
+    status = report(olds[0], new_path)
+    if len(olds) == 2:
+        print("\nsame conditions (code, torch, threads, device, CPU kernels, config), the newest such committed record:")
+        status = report(olds[1], new_path)
+    return status
 
 
 if __name__ == "__main__":

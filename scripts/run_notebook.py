@@ -47,20 +47,18 @@ def rerun_lines(records: list[Path]) -> list[str]:
     lines = []
     for path in records:
         new = json.loads(path.read_text())
-        old_path = compare_records.newest_committed(new["task"], new["preset"], path)
-        if old_path is None:
+        olds = compare_records.references(new, path)
+        if not olds:
             lines.append(f"{path.name}: no committed {new['preset']} record of {new['task']} to compare with")
             continue
-        old = json.loads(old_path.read_text())
-        result = compare_records.compare(old, new, compare_records.clock_metrics(new["task"]))
-        lines.append(f"{path.name} against the committed {old_path.name}: {compare_records.verdict(result)} "
-                     f"(details: python scripts/compare_records.py {old_path} {path})")
-        twin = compare_records.same_conditions(new, path)
-        if twin is not None and twin.resolve() != old_path.resolve():
-            result = compare_records.compare(json.loads(twin.read_text()), new, compare_records.clock_metrics(new["task"]))
-            lines.append(f"  and against {twin.relative_to(compare_records.REPO_ROOT)}, the newest committed record run "
-                         f"under the same conditions (code, torch, threads, device, CPU kernels, config): "
-                         f"{compare_records.verdict(result)}")
+        results = [compare_records.compare(json.loads(old.read_text()), new, compare_records.clock_metrics(new["task"]))
+                   for old in olds]
+        lines.append(f"{path.name} against the committed {olds[0].name}: {compare_records.verdict(results[0])} "
+                     f"(details: python scripts/compare_records.py {olds[0]} {path})")
+        if len(olds) == 2:
+            lines.append(f"  and against {olds[1].relative_to(compare_records.REPO_ROOT)}, the newest committed record "
+                         f"run under the same conditions (code, torch, threads, device, CPU kernels, config): "
+                         f"{compare_records.verdict(results[1])}")
     return lines
 
 
