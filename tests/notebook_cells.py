@@ -29,6 +29,12 @@ def cell_sources(notebook: Path, tag: str | None = None,
             and (select is None or select(c.source))]
 
 
+def module_source(notebook: Path) -> str:
+    """The notebook's code cells as one module, shell and magic lines (`!pip`, `%matplotlib`) left out."""
+    return "\n".join(line for source in cell_sources(notebook) for line in source.splitlines()
+                     if not line.lstrip().startswith(("!", "%")))
+
+
 def run_sources(sources: list[str], notebook: Path, namespace: dict | None = None) -> dict:
     """Execute `sources` one after the other in `namespace` (a new one by default) and return it."""
     namespace = {} if namespace is None else namespace

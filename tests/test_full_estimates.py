@@ -15,8 +15,9 @@ import ast
 import re
 from pathlib import Path
 
-import nbformat
 import pytest
+
+from notebook_cells import module_source
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,12 +69,6 @@ ESTIMATES: dict[str, list[str]] = {
 }
 
 
-def code_of(notebook: Path) -> str:
-    nb = nbformat.read(notebook, as_version=4)
-    return "\n".join(line for cell in nb.cells if cell.cell_type == "code" for line in cell.source.splitlines()
-                     if not line.lstrip().startswith(("!", "%")))
-
-
 def full_values(source: str) -> dict[str, object]:
     """{field: its `full` value} of the `Config` class in `source`: `pick(..., full=X)`'s X, else the plain default,
     for each default written as a literal."""
@@ -111,14 +106,14 @@ def stale_copies(source: str, patterns: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("notebook", sorted(ESTIMATES))
 def test_the_full_estimate_copies_the_full_preset(notebook: str) -> None:
-    assert not stale_copies(code_of(REPO_ROOT / notebook), ESTIMATES[notebook])
+    assert not stale_copies(module_source(REPO_ROOT / notebook), ESTIMATES[notebook])
 
 
 def test_the_check_finds_a_full_value_changed_in_the_config_alone() -> None:
     """The control: DDPM's code with the `full` step budget changed in its Config (and not in the estimate), and with
     the estimate's line rewritten, each fails for that reason; the unchanged code passes."""
     notebook = "image_generation/ddpm/ddpm.ipynb"
-    source = code_of(REPO_ROOT / notebook)
+    source = module_source(REPO_ROOT / notebook)
     steps_field = re.search(r"\n    steps: int = pick\(.*full=(40_000)\)", source)
     assert steps_field, "DDPM's Config no longer gives steps as pick(..., full=40_000): update this control"
     changed = source[:steps_field.start(1)] + "50_000" + source[steps_field.end(1):]

@@ -17,9 +17,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import nbformat
 import pytest
 
+from notebook_cells import module_source
 from scripts_module import load_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,14 +31,6 @@ KNOWN = {  # notebook -> {function: the variables it reads}, as of 2026-11-28
                                           "replay_autograd": {"x_train", "y_train"}},
     "text_generation/char_gpt": {"encode": {"stoi"}, "decode": {"itos"}},
 }
-
-
-def code_of(notebook: Path) -> str:
-    """The notebook's code cells as one module, shell and magic lines (`!pip`, `%matplotlib`) left out."""
-    nb = nbformat.read(notebook, as_version=4)
-    lines = [line for cell in nb.cells if cell.cell_type == "code" for line in cell.source.splitlines()
-             if not line.lstrip().startswith(("!", "%"))]
-    return "\n".join(lines)
 
 
 def is_constant(name: str) -> bool:
@@ -150,7 +142,7 @@ class Model:
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.parent.relative_to(REPO_ROOT).as_posix() for p in NOTEBOOKS])
 def test_no_function_reads_the_notebooks_variables(notebook: Path) -> None:
     task = notebook.parent.relative_to(REPO_ROOT).as_posix()
-    found, known = offenders(code_of(notebook)), KNOWN.get(task, {})
+    found, known = offenders(module_source(notebook)), KNOWN.get(task, {})
     new = {f: names for f, names in found.items() if not names <= known.get(f, set())}
     assert not new, f"functions reading the notebook's variables (pass them as arguments, or read `cfg` given): {new}"
     fixed = sorted(f for f in known if not known[f] <= found.get(f, set()))
