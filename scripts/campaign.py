@@ -45,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # `common`, also where the repo is not pip-installed
+import code_aliases  # noqa: E402  (record codes that differ from the code now only in comments)
 import gpu_check  # noqa: E402  (notebook discovery and the notebook-to-script conversion)
 
 try:
@@ -210,10 +211,12 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
 
 
 def has_full_record(task: str, code: str, preset: str = "full") -> bool:
-    """Whether results/<task>/ holds a record of `preset` whose notebook code is `code`."""
+    """Whether results/<task>/ holds a record of `preset` whose notebook code is `code`, or differs from it only in
+    comments and docstrings (results/code_aliases.json)."""
+    codes = code_aliases.current_codes(task, code, code_aliases.load(REPO_ROOT))
     for path in (REPO_ROOT / "results" / task).glob(f"*__{preset}__*.json"):
         record = json.loads(path.read_text())
-        if record.get("preset") == preset and (record.get("code") or {}).get("notebook_code_sha256") == code:
+        if record.get("preset") == preset and (record.get("code") or {}).get("notebook_code_sha256") in codes:
             return True
     return False
 

@@ -14,7 +14,9 @@ other than the committed one (pinned in common/fid_weights/SHA256SUMS), or with 
 is marked with a footnote, and a line under the table flags fid headlines on one dataset that were measured
 with different classifiers. A number from a record of other notebook code than the notebook's now (the record's
 `notebook_code_sha256` differs from the SHA-256 of the notebook's code cells, or the record has none) is marked
-`OLDER_CODE`, with a footnote: the code has changed since it was measured, and a rerun would refresh it.
+`OLDER_CODE`, with a footnote: the code has changed since it was measured, and a rerun would refresh it. A change to
+comments or docstrings alone does not count: results/code_aliases.json (scripts/code_aliases.py, which proves each
+entry from git history) lists the record codes that equal the code now but for comments, docstrings and layout.
 
 The second generated block is the learning path: a tree that follows each task's `next` list (task folders),
 starting from the tasks nobody lists as next, with the `coming` names (tasks not written yet) as leaves.
@@ -34,6 +36,9 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (requirements.txt installs it there)
     import tomli as tomllib
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import code_aliases  # noqa: E402  (which record codes differ from the code now only in comments)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = ("graph_learning", "image_classification", "image_generation", "reinforcement_learning", "representation_learning", "text_generation")
@@ -80,11 +85,13 @@ class Task:
     meta: dict
     records: list[dict]
     code_sha256: str | None = None  # the SHA-256 of the notebook's code cells now (None: no notebook to read)
+    current_codes: frozenset[str] = frozenset()  # code_sha256 and the record codes aliased to it (code_aliases.py)
 
 
 def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
     """Every task folder (one with a task.toml) under the category folders, with its committed records."""
     from common.record import notebook_code_sha256  # late: `common` imports torch, which --help does not need
+    aliases = code_aliases.load(root)
     tasks = []
     for category in CATEGORIES:
         for toml_path in sorted((root / category).glob("*/task.toml")):
@@ -92,14 +99,16 @@ def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
             meta = tomllib.loads(toml_path.read_text())
             records = [json.loads(p.read_text()) for p in sorted((root / "results" / folder).glob("*.json"))]
             notebook = toml_path.parent / meta["notebook"]
-            tasks.append(Task(folder, meta, records, notebook_code_sha256(notebook) if notebook.exists() else None))
+            now = notebook_code_sha256(notebook) if notebook.exists() else None
+            tasks.append(Task(folder, meta, records, now, frozenset(code_aliases.current_codes(folder, now, aliases))))
     return tasks
 
 
 def older_code(record: dict, task: Task) -> bool:
     """Whether the record was measured with other notebook code than the task's notebook has now (a record that
-    does not name its code counts as other code); never, when the notebook could not be read."""
-    return task.code_sha256 is not None and (record.get("code") or {}).get("notebook_code_sha256") != task.code_sha256
+    does not name its code counts as other code, and code that differs only in comments does not); never, when the
+    notebook could not be read."""
+    return task.code_sha256 is not None and (record.get("code") or {}).get("notebook_code_sha256") not in task.current_codes
 
 
 def code_mark(record: dict, task: Task) -> str:
@@ -317,7 +326,8 @@ def older_code_note(tasks: list[Task]) -> list[str]:
     if not marked:
         return []
     return [f"{OLDER_CODE} Measured with an earlier version of the notebook's code: its code cells have changed since "
-            f"(the record's `notebook_code_sha256` differs, or the record has none), so a rerun may give other numbers "
+            f"in more than comments and docstrings (the record's `notebook_code_sha256` differs, or the record has none, "
+            f"and results/code_aliases.json does not list it), so a rerun may give other numbers "
             f"({', '.join(t.meta['title'] for t in marked)})."]
 
 
