@@ -90,6 +90,8 @@ def get_device(verbose: bool = True) -> torch.device:
     device = choose_device()
     if float64_guard.enabled():
         device = float64_guard.install(device)
+    from common.plot import note_run  # late: matplotlib is not needed to choose a device
+    note_run(device=describe_device(device))
     if verbose:
         name = describe_device(device)  # the CPU's description already starts with "cpu"
         guard = f" (no float64 on it: {float64_guard.ENV} is set)" if float64_guard.enabled() else ""

@@ -1,14 +1,53 @@
-"""Two plots every notebook needs: a grid of images and training curves."""
+"""Two plots every notebook needs (a grid of images and training curves), and the footer every figure carries.
+
+The footer: once a notebook has asked for its preset (`get_preset`) and its device (`get_device`), every figure it
+then makes with pyplot carries one grey line under it naming the preset, the device and the notebook's wall clock
+when the figure was made, e.g. "quick preset · cpu (2 threads, x86_64) · made 12.3 min after the notebook started".
+So a figure copied out of a notebook still says where, in which preset and after how long it was drawn. It is
+matplotlib's `figure.hooks` setting (matplotlib 3.7+) that calls `stamp_footer` on each new pyplot figure;
+`footer_text()` says what the line reads now.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+FOOTER_HOOK = "common.plot:stamp_footer"  # the `figure.hooks` entry (module:function) that stamps new figures
+_RUN: dict[str, str] = {}  # what the footer names: "preset", "device" (set by get_preset and get_device)
+
+
+def note_run(preset: str | None = None, device: str | None = None) -> None:
+    """Remember the preset or the device's description for the footer, and make new pyplot figures carry it."""
+    if preset is not None:
+        _RUN["preset"] = preset
+    if device is not None:
+        _RUN["device"] = device
+    hooks = list(plt.rcParams.get("figure.hooks", []))
+    if FOOTER_HOOK not in hooks:
+        plt.rcParams["figure.hooks"] = hooks + [FOOTER_HOOK]
+
+
+def footer_text() -> str | None:
+    """The footer a figure made now carries: preset, device and minutes since the notebook's first `import common`;
+    None before the preset and the device are known."""
+    if "preset" not in _RUN or "device" not in _RUN:
+        return None
+    from common.record import notebook_seconds  # late: common.record imports this module's package
+    return f"{_RUN['preset']} preset · {_RUN['device']} · made {notebook_seconds() / 60:.1f} min after the notebook started"
+
+
+def stamp_footer(fig: plt.Figure) -> None:
+    """Write `footer_text()` under `fig` (outside its axes: a tight bounding box, as notebooks save, keeps it)."""
+    text = footer_text()
+    if text is not None:
+        fig.text(0.5, 0.0, text, ha="center", va="top", fontsize=7, color="0.45")
 
 
 def show_images(images: torch.Tensor | np.ndarray, nrow: int = 8, titles: Sequence[str] | None = None,

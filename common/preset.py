@@ -70,14 +70,16 @@ def announce_preset() -> str:
 
 def get_preset() -> str:
     """The active preset: `DL_PRESET` if set, else `default_preset()`, whose reason is printed once per process."""
+    from common.plot import note_run  # late: matplotlib is not needed to choose a preset
     value = os.environ.get("DL_PRESET", "").strip().lower()
     if not value:
-        return announce_preset()
-    if value not in PRESETS:
+        value = announce_preset()
+    elif value not in PRESETS:
         raise PresetError(
             f"DL_PRESET={os.environ['DL_PRESET']!r} is not a preset; "
             f"set DL_PRESET to one of: {', '.join(PRESETS)} (or unset it for the default)."
         )
+    note_run(preset=value)  # the footer of the figures made from now on names it
     return value
 
 

@@ -55,6 +55,11 @@ TIMING_POLICY_TEXT = ("train_seconds = optimisation steps only (forward, backwar
 _IMPORTED_AT = time.perf_counter()  # the notebook's first `import common`: the start of `notebook_seconds`
 
 
+def notebook_seconds() -> float:
+    """Wall-clock seconds since the notebook's first `import common` (the record's `timings.notebook`)."""
+    return time.perf_counter() - _IMPORTED_AT
+
+
 class RunClock:
     """Wall-clock seconds per named span (`train`, `compile`, `eval`, ...); at most one span runs at a time.
 
@@ -290,7 +295,7 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
     clock.stop()
     now = dt.datetime.now(dt.timezone.utc)
     timings = {name: round(seconds, 2) for name, seconds in sorted(clock.seconds.items())}
-    timings["notebook"] = round(time.perf_counter() - _IMPORTED_AT, 2)
+    timings["notebook"] = round(notebook_seconds(), 2)
     record = {
         "task": task,
         "preset": preset,

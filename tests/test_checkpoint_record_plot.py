@@ -216,6 +216,36 @@ def test_show_images_accepts_uint8_and_float():
     plt.close(fig)
 
 
+def test_a_figure_names_preset_device_and_clock_once_both_are_known(monkeypatch):
+    import io
+
+    import common.plot
+    from common.device import get_device
+    from common.preset import get_preset
+    monkeypatch.setattr(common.plot, "_RUN", {})
+    monkeypatch.setitem(plt.rcParams, "figure.hooks", [])
+
+    def png_height(fig) -> int:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", bbox_inches="tight")  # as the inline backend shows a figure
+        plt.close(fig)
+        return plt.imread(io.BytesIO(buffer.getvalue())).shape[0]
+
+    monkeypatch.setenv("DL_PRESET", "quick")
+    get_preset()
+    bare, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [1, 0])
+    assert bare.texts == []  # the control: the device is not known yet, so no footer
+    bare_height = png_height(bare)
+    device = get_device(verbose=False)
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [1, 0])
+    (footer,) = fig.texts
+    assert footer.get_text().startswith(f"quick preset · {common.describe_device(device)} · made ")
+    assert footer.get_text().endswith(" min after the notebook started")
+    assert png_height(fig) > bare_height  # the saved picture keeps the line under the figure
+
+
 def test_plot_curves_draws_each_curve():
     fig = plot_curves({"train": ([0, 1, 2], [3.0, 2.0, 1.0]), "val": ([0, 2], [3.1, 1.5])}, logy=True)
     ax = fig.axes[0]
