@@ -220,7 +220,7 @@ def test_dqn_target_bootstraps_after_truncation_not_after_termination(ns: dict) 
     y = ns["dqn_targets"](target_net, online_net, rewards, next_obs, terminated, GAMMA, double=False)
     assert torch.allclose(y, torch.tensor([1.0, 1.0 + GAMMA * 5.0]))  # Eq. 6: max of the target network
     y2 = ns["dqn_targets"](target_net, online_net, rewards, next_obs, terminated, GAMMA, double=True)
-    assert torch.allclose(y2, torch.tensor([1.0, 1.0 + GAMMA * 2.0]))  # Eq. 7: online picks 0, target scores it
+    assert torch.allclose(y2, torch.tensor([1.0, 1.0 + GAMMA * 2.0]))  # Eq. 6′ (Double DQN): online picks 0, target scores it
 
 
 def test_epsilon_decays_linearly_then_stays(ns: dict) -> None:
