@@ -296,3 +296,27 @@ def test_citation_check_finds_a_missing_or_ambiguous_record() -> None:
     assert cited_records(text) == {"t__quick__cpu__20261127T190339872440Z.json", "20261101T000000000000Z.json",
                                    "a__t__full__cpu__20261127T190339872440Z.json", "20261127T190339872440Z.json"}
     assert unresolved_citations(text, committed) == ["20261101T000000000000Z.json", "20261127T190339872440Z.json"]
+
+
+DEVELOPMENT_ISSUE = re.compile(r"\b(?:the|this|an?|that) issue(?:'s)?\b|\bissue's\b|\bby the issue\b", re.IGNORECASE)
+
+
+def development_issue_mentions(text: str) -> list[str]:
+    """The sentences' openings where prose points to a development issue ("the issue's target") instead of saying
+    what it asked; a link to a public issue tracker (`github.com/.../issues/N`) is evidence and is not flagged."""
+    return [text[max(0, m.start() - 40):m.end() + 20].replace("\n", " ") for m in DEVELOPMENT_ISSUE.finditer(text)]
+
+
+@pytest.mark.parametrize("path", load_script("notebook_header").task_notebooks(),
+                         ids=_ids(load_script("notebook_header").task_notebooks()))
+def test_notebook_prose_does_not_point_to_development_issues(path: Path) -> None:
+    """A learner cannot read this project's issues: a target or a request is stated in the notebook itself."""
+    nb = nbformat.read(path, as_version=4)
+    markdown = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    assert development_issue_mentions(markdown) == []
+
+
+def test_the_issue_check_flags_a_development_issue_but_not_a_public_link() -> None:
+    assert len(development_issue_mentions("This meets the issue's `quick` target. The issue asks for two models.")) == 2
+    assert development_issue_mentions("reported at [pytorch/vision#9536](https://github.com/pytorch/vision/issues/9536)"
+                                      "; tissue samples") == []
