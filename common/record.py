@@ -238,13 +238,17 @@ def code_version(task: str) -> dict[str, Any]:
     return info
 
 
-def notebook_code_sha256(path: Path) -> str:
-    """The SHA-256 of a notebook's code cells joined by blank lines (outputs and markdown excluded): what the run
-    record names as `notebook_code_sha256`, and what scripts/campaign.py compares against it."""
-    cells = json.loads(path.read_text()).get("cells", [])
-    code = "\n\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+def notebook_code(notebook_json: str) -> str:
+    """A notebook's code cells (from the text of its .ipynb file) joined by blank lines: outputs and markdown left out."""
+    cells = json.loads(notebook_json).get("cells", [])
+    return "\n\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
                        for c in cells if c.get("cell_type") == "code")
-    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def notebook_code_sha256(path: Path) -> str:
+    """The SHA-256 of `notebook_code` of the notebook at `path`: what the run record names as `notebook_code_sha256`,
+    and what scripts/campaign.py and scripts/code_aliases.py compare against it."""
+    return hashlib.sha256(notebook_code(path.read_text()).encode()).hexdigest()
 
 
 def device_slug(device: torch.device) -> str:

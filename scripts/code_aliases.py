@@ -33,15 +33,16 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(1, str(REPO_ROOT))  # `common`, also where the repository is not pip-installed
 ALIASES = Path("results") / "code_aliases.json"
 WHAT = "the notebook code `from` and `to` differ only in comments, docstrings and layout"
 
 
 def code_cells(notebook_json: str) -> str:
-    """A notebook's code cells joined by blank lines: the text whose SHA-256 a run record names (common.record)."""
-    cells = json.loads(notebook_json).get("cells", [])
-    return "\n\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-                       for c in cells if c.get("cell_type") == "code")
+    """A notebook's code cells joined by blank lines: the text whose SHA-256 a run record names (common.record's
+    `notebook_code`, imported late: `common` imports torch, which `load` and `--help` do not need)."""
+    from common.record import notebook_code
+    return notebook_code(notebook_json)
 
 
 def code_sha256(code: str) -> str:

@@ -19,18 +19,13 @@ read; the paired difference per seed and its spread over seeds say whether the e
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sampling_precision import git_commit  # noqa: E402  (the same commit-and-dirty reading)
+from notebook_measurement import run_in_kernel, write_record  # noqa: E402  (kernel, provenance, record file)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "graph_learning" / "gcn_gat" / "gcn_gat.ipynb"
@@ -96,21 +91,10 @@ def main() -> None:
     main_runs = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "ckpt_path = checkpoint_path(TASK" in c.source)
     nb.cells = nb.cells[:main_runs] + [nbformat.v4.new_code_cell(
         MEASURE.replace("__SEEDS__", str(args.seeds)).replace("__VARIANT__", repr(variant)))]
-    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"} | {"MPLBACKEND": "Agg"}
-    client = NotebookClient(nb, timeout=24 * 3600, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    commit, dirty = git_commit()  # the code that runs: read before it runs
-    start = time.perf_counter()
-    client.execute(env=env)
-    text = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []))
-    result = json.loads(next(line for line in text.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
-    result.update(task="graph_learning/gcn_gat", what="GAT with and without dropout on W h: validation split only",
-                  summary=summarise(result), wall_seconds=time.perf_counter() - start, git_commit=commit,
-                  git_dirty=dirty, python=platform.python_version(),
-                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"wh_dropout__{result['preset']}__{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    result, _ = run_in_kernel(nb, NOTEBOOK, "graph_learning/gcn_gat",
+                              "GAT with and without dropout on W h: validation split only")
+    result["summary"] = summarise(result)
+    path = write_record(result, args.out, "wh_dropout")
     for key, s in result["summary"].items():
         print(f"{key}: with {s['with_mean']:.4f}, without {s['without_mean']:.4f}; paired difference "
               f"{s['paired_difference_mean']:+.4f} +- {s['standard_error']:.4f} (standard error, {args.seeds} seeds); "

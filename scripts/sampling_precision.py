@@ -23,16 +23,13 @@ record (JSON) goes to `results/image_generation/ddpm/sampling_precision/`, a fol
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from notebook_measurement import run_in_kernel, write_record  # noqa: E402  (kernel, provenance, record file)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "image_generation" / "ddpm" / "ddpm.ipynb"
@@ -110,17 +107,6 @@ print("RESULT " + _json.dumps({"runs": _runs, "steps": _steps, "n": __N__, "n_va
 '''
 
 
-def git_commit() -> tuple[str | None, bool | None]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                    capture_output=True, text=True, check=True).stdout.strip())
-        return commit, dirty
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="samples per (seed, precision); fid wants >= 500")
@@ -135,20 +121,8 @@ def main() -> None:
     cells = nb.cells[:loop + 1] + [nbformat.v4.new_code_cell(
         MEASURE.replace("__N__", str(args.n)).replace("__SEEDS__", repr(tuple(args.seeds))))]
     nb.cells = cells
-    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"} | {"MPLBACKEND": "Agg"}
-    client = NotebookClient(nb, timeout=24 * 3600, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    commit, dirty = git_commit()  # the code that runs: read before it runs
-    start = time.perf_counter()
-    client.execute(env=env)
-    text = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []))
-    result = json.loads(next(line for line in text.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
-    result.update(task="image_generation/ddpm", what="sampling precision: fp32 against bf16 autocast",
-                  wall_seconds=time.perf_counter() - start, git_commit=commit, git_dirty=dirty,
-                  python=platform.python_version(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"sampling_precision__{result['preset']}__{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    result, text = run_in_kernel(nb, NOTEBOOK, "image_generation/ddpm", "sampling precision: fp32 against bf16 autocast")
+    path = write_record(result, args.out, "sampling_precision")
     print(text.replace("RESULT ", "").split("\n{")[0])
     print(f"record: {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
 
