@@ -25,8 +25,9 @@ scripts/gpu_check.py it needs no Jupyter: the notebook's code cells run as one P
 `common.slicing.exit_if_slice_over()` between cells.
 
 `next` spends a budget of `--budget` seconds: it first resumes any unfinished run under `--root`, then starts
-the cheapest task (by scripts/campaign.toml's estimate) that has no `full` record for its current notebook code,
-and never starts a task whose shortest useful slice (`min_slice_minutes`) does not fit in what is left.
+the cheapest task (by scripts/campaign.toml's estimate) that has no `full` record made on a GPU for its current
+notebook code (tasks with no `full` record at all first, then those whose only `full` record ran on a CPU), and
+never starts a task whose shortest useful slice (`min_slice_minutes`) does not fit in what is left.
 `list` prints the campaign file with each task's state.
 """
 
@@ -210,32 +211,41 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     return 0
 
 
-def has_full_record(task: str, code: str, preset: str = "full") -> bool:
-    """Whether results/<task>/ holds a record of `preset` whose notebook code is `code`, or differs from it only in
-    comments and docstrings (results/code_aliases.json)."""
+def full_record_devices(task: str, code: str, preset: str = "full") -> set[str]:
+    """The device types ("cuda", "cpu", "mps") of the records of `preset` in results/<task>/ whose notebook code is
+    `code`, or differs from it only in comments and docstrings (results/code_aliases.json)."""
     codes = code_aliases.current_codes(task, code, code_aliases.load(REPO_ROOT))
+    found = set()
     for path in (REPO_ROOT / "results" / task).glob(f"*__{preset}__*.json"):
         record = json.loads(path.read_text())
         if record.get("preset") == preset and (record.get("code") or {}).get("notebook_code_sha256") in codes:
-            return True
-    return False
+            found.add(record.get("device_type", "cpu"))
+    return found
+
+
+def record_status(devices: set[str]) -> str:
+    """How `list` names what full_record_devices found."""
+    if "cuda" in devices:
+        return "GPU record for this code"
+    return "CPU record only for this code: a GPU run still to do" if devices else "no record for this code"
 
 
 def plan(tasks: dict[str, dict[str, Any]], root: Path, budget: float) -> list[tuple[str, str]]:
     """What `next` would do, in order: (task, why) for the unfinished runs under `root` first, then the tasks
-    without a record for their current code, cheapest first, each only if its shortest useful slice fits, and a
-    task whose state cannot travel (`travels = false`) only if its whole estimate fits, or its training's
-    (`train_minutes`) if its state travels once trained (`travels_after_training`)."""
+    without a GPU record for their current code: those without any `full` record cheapest first, then those with a
+    CPU record only (their result is known; their GPU time is not), cheapest first. Each starts only if its
+    shortest useful slice fits, and a task whose state cannot travel (`travels = false`) only if its whole estimate
+    fits, or its training's (`train_minutes`) if its state travels once trained (`travels_after_training`)."""
     available = gpu_check.notebooks()
     order: list[tuple[str, str]] = []
     for task in tasks:
         state = root / task.replace("/", "__") / "state.json"
         if state.is_file() and not json.loads(state.read_text())["finished"]:
             order.append((task, "resume"))
-    fresh = [t for t in tasks if t in available and (t, "resume") not in order
-             and not (root / t.replace("/", "__") / "state.json").is_file()
-             and not has_full_record(t, notebook_code_sha256(available[t]))]
-    for task in sorted(fresh, key=lambda t: tasks[t]["estimate_minutes"]):
+    devices = {t: full_record_devices(t, notebook_code_sha256(available[t])) for t in tasks if t in available}
+    fresh = [t for t in devices if (t, "resume") not in order and "cuda" not in devices[t]
+             and not (root / t.replace("/", "__") / "state.json").is_file()]
+    for task in sorted(fresh, key=lambda t: (bool(devices[t]), tasks[t]["estimate_minutes"])):
         entry = tasks[task]
         travels = entry.get("travels", True)  # false: its state cannot reach the next loan's machine
         on_one_machine = entry["train_minutes"] if entry.get("travels_after_training") else entry["estimate_minutes"]
@@ -284,7 +294,7 @@ def list_campaign(root: Path | None) -> None:
     available = gpu_check.notebooks()
     for task, entry in sorted(campaign().items(), key=lambda kv: kv[1]["estimate_minutes"]):
         code = notebook_code_sha256(available[task]) if task in available else None
-        status = "record for this code" if code and has_full_record(task, code) else "no record for this code"
+        status = record_status(full_record_devices(task, code)) if code else "no notebook"
         if entry.get("travels_after_training"):
             status += f"; its first {entry['train_minutes']} min (training) on one machine, then its state travels"
         elif not entry.get("travels", True):

@@ -268,7 +268,7 @@ def test_the_plan_resumes_first_then_the_cheapest_without_a_record(tmp_path: Pat
              "d/done": {"estimate_minutes": 1, "min_slice_minutes": 1}}
     monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {t: tmp_path / f"{t}.ipynb" for t in tasks})
     monkeypatch.setattr(campaign, "notebook_code_sha256", lambda path: "code")
-    monkeypatch.setattr(campaign, "has_full_record", lambda task, code: task == "d/done")
+    monkeypatch.setattr(campaign, "full_record_devices", lambda task, code: {"cuda"} if task == "d/done" else set())
     (tmp_path / "root" / "c__mid").mkdir(parents=True)
     (tmp_path / "root" / "c__mid" / "state.json").write_text(json.dumps({"finished": False}))
     plan = campaign.plan(tasks, tmp_path / "root", budget=600)
@@ -276,12 +276,41 @@ def test_the_plan_resumes_first_then_the_cheapest_without_a_record(tmp_path: Pat
     assert campaign.plan(tasks, tmp_path / "root", budget=900)[-1] == ("b/dear", "start")
 
 
+def test_a_task_whose_full_record_ran_on_a_cpu_still_waits_for_its_gpu_run(tmp_path: Path, monkeypatch) -> None:
+    """A `full` result measured on a CPU leaves the task's GPU time unmeasured: the plan keeps it, after every task
+    with no `full` record at all (whose result is unknown), however cheap it is; a GPU record ends it."""
+    tasks = {"a/cpu_only": {"estimate_minutes": 1, "min_slice_minutes": 1},
+             "b/none": {"estimate_minutes": 9, "min_slice_minutes": 3},
+             "c/gpu": {"estimate_minutes": 1, "min_slice_minutes": 1},
+             "d/both": {"estimate_minutes": 1, "min_slice_minutes": 1}}
+    monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {t: tmp_path / f"{t}.ipynb" for t in tasks})
+    monkeypatch.setattr(campaign, "notebook_code_sha256", lambda path: "code")
+    found = {"a/cpu_only": {"cpu"}, "b/none": set(), "c/gpu": {"cuda"}, "d/both": {"cpu", "cuda"}}
+    monkeypatch.setattr(campaign, "full_record_devices", lambda task, code: found[task])
+    assert campaign.plan(tasks, tmp_path / "root", budget=600) == [("b/none", "start"), ("a/cpu_only", "start")]
+    assert campaign.record_status({"cpu"}).startswith("CPU record only")
+    assert campaign.record_status({"cpu", "cuda"}) == "GPU record for this code"
+
+
+def test_full_record_devices_reads_the_device_of_records_of_this_code_only(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "results" / "x" / "y"
+    folder.mkdir(parents=True)
+    for name, device, code in (("a", "cpu", "now"), ("b", "cuda", "old"), ("c", "mps", "now")):
+        record = {"preset": "full", "device_type": device, "code": {"notebook_code_sha256": code}}
+        (folder / f"x__y__full__{name}.json").write_text(json.dumps(record))
+    (folder / "x__y__quick__d.json").write_text(json.dumps({"preset": "quick", "device_type": "cuda",
+                                                            "code": {"notebook_code_sha256": "now"}}))
+    monkeypatch.setattr(campaign, "REPO_ROOT", tmp_path)
+    assert campaign.full_record_devices("x/y", "now") == {"cpu", "mps"}  # b: older code; d: another preset
+    assert campaign.full_record_devices("x/y", "old") == {"cuda"}
+
+
 def test_a_run_whose_state_cannot_travel_starts_only_where_it_can_finish(tmp_path: Path, monkeypatch) -> None:
     tasks = {"a/heavy": {"estimate_minutes": 25, "min_slice_minutes": 3, "travels": False},
              "b/light": {"estimate_minutes": 25, "min_slice_minutes": 3}}  # the control: the same task, travelling
     monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {t: tmp_path / f"{t}.ipynb" for t in tasks})
     monkeypatch.setattr(campaign, "notebook_code_sha256", lambda path: "code")
-    monkeypatch.setattr(campaign, "has_full_record", lambda task, code: False)
+    monkeypatch.setattr(campaign, "full_record_devices", lambda task, code: set())
     assert campaign.plan(tasks, tmp_path / "root", budget=600) == [("b/light", "start")]
     assert campaign.plan(tasks, tmp_path / "root", budget=1500) == [("a/heavy", "start"), ("b/light", "start")]
     assert campaign.campaign()["text_generation/rnn_lstm"]["travels"] is False  # measured: 62.5 MiB after one model
@@ -293,7 +322,7 @@ def test_a_run_that_travels_once_trained_starts_with_a_budget_of_its_training(tm
              "b/whole": {"estimate_minutes": 20, "min_slice_minutes": 3, "tail_minutes": 9, "travels": False}}
     monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {t: tmp_path / f"{t}.ipynb" for t in tasks})
     monkeypatch.setattr(campaign, "notebook_code_sha256", lambda path: "code")
-    monkeypatch.setattr(campaign, "has_full_record", lambda task, code: False)
+    monkeypatch.setattr(campaign, "full_record_devices", lambda task, code: set())
     assert campaign.plan(tasks, tmp_path / "root", budget=590) == [("a/trained", "start")], "b/whole: the control"
     assert campaign.plan(tasks, tmp_path / "root", budget=500) == []
     for task in ("image_generation/ddpm", "image_generation/flow_matching"):
