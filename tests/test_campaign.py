@@ -444,6 +444,32 @@ def test_vit_cut_between_side_runs_before_and_after_its_headline_ends_as_the_uni
 
 
 @pytest.mark.notebook
+@pytest.mark.reuses_notebook_run("graph_learning/gcn_gat")
+def test_gcn_gat_cut_inside_a_main_run_and_between_side_runs_ends_as_the_uninterrupted_run(
+        tmp_path: Path, uninterrupted_runs: dict) -> None:
+    """GCN/GAT at smoke: 40 main-run steps at most (2 GCNs and 2 GATs of 10 epochs), then 9 side runs (the MLP, 4
+    ablations, 4 depths). Cut at 25 steps (inside the first GAT) and 5 side runs a slice: every metric equals the
+    uninterrupted run's, no side run trains twice, and train_seconds is the sum of the slices'."""
+    data_dir = os.environ["DL_DATA_DIR"]
+    task = "graph_learning/gcn_gat"
+    a = uninterrupted_record(task, tmp_path, data_dir, uninterrupted_runs)
+    sliced = run_slices(tmp_path / "sliced", data_dir, 25, 5, task)
+    assert len(sliced) == 3, sliced
+    assert "stopped at step 25 of 40, resume with the same command" in sliced[0]
+    assert "stopped at step 40 of 40 and 5 side run(s)" in sliced[1] and "finished in 3 slice(s)" in sliced[2]
+    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    assert a["metrics"] == b["metrics"]
+    assert [(s["from_step"], s["to_step"], s.get("side_runs")) for s in b["slices"]] == [(0, 25, None), (25, 40, 5),
+                                                                                           (40, 40, None)]
+    logs = [(tmp_path / "sliced" / f"slice_{k}.log").read_text() for k in (1, 2, 3)]
+    mlp, depth = re.compile(r"MLP \(features only\): +\d+%"), re.compile(r"depth/2 layers: +\d+%")  # progress bars
+    assert mlp.search(logs[1]) and not mlp.search(logs[2])  # trained in slice 2, kept for slice 3
+    assert not depth.search(logs[1]) and depth.search(logs[2])
+    assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=1e-3)
+    assert all(b["timings"][span] > 0 for span in ("baselines", "ablations", "depth"))  # summed over the slices
+
+
+@pytest.mark.notebook
 @pytest.mark.reuses_notebook_run("image_classification/training_deep_nets")
 def test_training_deep_nets_cut_between_its_sections_ends_as_the_uninterrupted_run(tmp_path: Path,
                                                                                     uninterrupted_runs: dict) -> None:
