@@ -120,6 +120,15 @@ def load_state(state_dir: Path, task: str, preset: str, code: str) -> dict[str, 
     return state
 
 
+def slice_seconds(total: float, done: float) -> float:
+    """A slice's share of a run's seconds: the run's `total` after the slice minus what the earlier slices had
+    (`done`), to 0.1 ms. Earlier slices' shares are rounded, and a finished record's total to 0.01 s, so a slice that
+    trained nothing can come out a few ms below zero: that reads 0.0. A share below -0.01 s is no rounding and is
+    kept, so that the odd number shows."""
+    share = round(total - done, 4)
+    return 0.0 if -0.01 <= share <= 0.0 else share
+
+
 def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset: str = "full",
               device: str = "cuda", tail: float | None = None, slice_steps: int = 0, save: bool = True,
               slice_side_runs: int = 0) -> int:
@@ -174,9 +183,9 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
         stop = json.loads(marker.read_text())
         train = stop["train_seconds"]  # None: the slice stopped before the headline loop's clock existed
         entry.update(device=stop["device"], to_step=stop["step"], of_steps=stop["of"],
-                     train_seconds=round(train - done_train, 4) if train is not None else 0.0)
+                     train_seconds=slice_seconds(train, done_train) if train is not None else 0.0)
         if stop.get("loop_seconds") is not None:
-            entry["loop_seconds"] = round(stop["loop_seconds"] - done_loop, 4)
+            entry["loop_seconds"] = slice_seconds(stop["loop_seconds"], done_loop)
         if "side_runs" in stop:
             entry["side_runs"] = stop["side_runs"]  # side runs finished in this slice (it stopped before the next)
         state["slices"].append(entry)
@@ -193,8 +202,8 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     record = json.loads(new[-1].read_text())
     of_steps = state["slices"][-1]["of_steps"] if state["slices"] else None
     entry.update(device=record["device"], to_step=of_steps, of_steps=of_steps,
-                 train_seconds=round(record["train_seconds"] - done_train, 4),
-                 loop_seconds=round(training_span_seconds(record.get("timings", {})) - done_loop, 4))
+                 train_seconds=slice_seconds(record["train_seconds"], done_train),
+                 loop_seconds=slice_seconds(training_span_seconds(record.get("timings", {})), done_loop))
     state["slices"].append(entry)
     record["slices"] = state["slices"]
     new[-1].write_text(json.dumps(record, indent=2) + "\n")
