@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -12,6 +14,22 @@ from common import announce_cost
 def test_the_probe_measures_a_plausible_cpu_throughput():
     rate = cost.probe_flops("cpu", seconds=0.05, size=128)
     assert 1e7 < rate < 1e13  # between a very slow core and far beyond any CPU
+
+
+def test_a_stall_slows_one_window_of_the_probe_not_its_rate(monkeypatch):
+    """Something else taking the cores for a moment (here a 0.5 s sleep at the first timed synchronisation) must not
+    cut the rate: the probe keeps its fastest window. The control: one window, the old plain average, is cut."""
+    def probe(windows: int) -> float:
+        calls = []
+
+        def stalling_sync(device):
+            calls.append(device)
+            if len(calls) == 2:  # the first call follows the warm-up; the second ends the first timed batch
+                time.sleep(0.5)
+        monkeypatch.setattr(cost, "synchronize", stalling_sync)
+        return cost.probe_flops("cpu", seconds=0.1, size=64, windows=windows)
+    windowed, averaged = probe(5), probe(1)
+    assert windowed > 2 * averaged, (windowed, averaged)
 
 
 def test_the_estimate_is_flops_over_the_probed_rate_and_names_the_way_out(monkeypatch, capsys):
