@@ -370,6 +370,22 @@ def run_slices(state: Path, data_dir: str, slice_steps: int, slice_side_runs: in
     return outputs
 
 
+def the_run_record(state: Path) -> dict:
+    """The one run record a finished run left in its state folder's runs/."""
+    [record] = [json.loads(p.read_text()) for p in (state / "runs").glob("*.json")]
+    return record
+
+
+def slice_logs(state: Path, slices: tuple[int, ...]) -> list[str]:
+    """The logs of those slices (numbered from 1) of the run in `state`."""
+    return [(state / f"slice_{k}.log").read_text() for k in slices]
+
+
+def assert_train_seconds_are_the_slices_sum(record: dict) -> None:
+    """train_seconds is the sum of the slices' shares, to the record's rounding (0.01 s, so within 0.005 s)."""
+    assert record["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in record["slices"]), abs=0.005)
+
+
 def uninterrupted_record(task: str, tmp_path: Path, data_dir: str, uninterrupted_runs: dict[str, dict]) -> dict:
     """The run record of an uninterrupted `smoke` run of `task`: tests/test_notebooks.py's first run of that notebook
     in this process, if it ran (the root conftest.py runs it just before the slice test that names it with
@@ -378,7 +394,7 @@ def uninterrupted_record(task: str, tmp_path: Path, data_dir: str, uninterrupted
         return uninterrupted_runs[task]
     whole = run_slices(tmp_path / "whole", data_dir, 0, task=task)
     assert len(whole) == 1, whole
-    [record] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
+    record = the_run_record(tmp_path / "whole")
     return record
 
 
@@ -394,15 +410,15 @@ def test_a_run_cut_into_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: P
     assert "stopped at step 20 of 30" in sliced[1]
     assert "stopped at step 30 of 30 and 1 side run(s), resume with the same command" in sliced[2]
     assert "finished in 4 slice(s)" in sliced[3]
-    [a] = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "runs").glob("*.json")]
-    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    a = the_run_record(tmp_path / "whole")
+    b = the_run_record(tmp_path / "sliced")
     assert a["metrics"] == b["metrics"] and len(b["metrics"]["side_final_train_loss"]) == 2
     assert [(s["from_step"], s["to_step"]) for s in b["slices"]] == [(0, 10), (10, 20), (20, 30), (30, 30)]
     assert b["slices"][2]["side_runs"] == 1  # the third slice ran the first side run, then stopped before the second
-    logs = [(tmp_path / "sliced" / f"slice_{k}.log").read_text() for k in (3, 4)]
+    logs = slice_logs(tmp_path / "sliced", (3, 4))
     assert "width 32" in logs[0] and "width 64" not in logs[0]
     assert "width 64" in logs[1] and "width 32:" not in logs[1].split("width 64")[0]  # the kept one did not rerun
-    assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=0.005)  # the record: 0.01 s
+    assert_train_seconds_are_the_slices_sum(b)
     assert all(s["device"].startswith("cpu") and s["wall_seconds"] > 0 for s in b["slices"])
     assert len(a["slices"]) == 1 and a["slices"][0]["train_seconds"] == pytest.approx(a["train_seconds"], abs=1e-3)
 
@@ -418,12 +434,12 @@ def test_resnet_cut_between_its_side_runs_ends_exactly_as_the_uninterrupted_run(
     sliced = run_slices(tmp_path / "sliced", data_dir, 0, 8, "image_classification/resnet")
     assert len(sliced) == 3, sliced
     assert "stopped at step 8 of 8 and 8 side run(s)" in sliced[0] and "finished in 3 slice(s)" in sliced[2]
-    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    b = the_run_record(tmp_path / "sliced")
     timing = {"images_per_second"}  # measured, not computed: the only metric that may differ
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
         {k: v for k, v in b["metrics"].items() if k not in timing}
     assert [s.get("side_runs") for s in b["slices"]] == [8, 8, None]
-    logs = [(tmp_path / "sliced" / f"slice_{k}.log").read_text() for k in (1, 2, 3)]
+    logs = slice_logs(tmp_path / "sliced", (1, 2, 3))
     bar = re.compile(r"plain-20: +\d+%")  # the experiment network's progress bar: it trained in that slice
     assert bar.search(logs[0]) and not bar.search(logs[1]) and not bar.search(logs[2])
 
@@ -442,14 +458,14 @@ def test_vit_cut_between_side_runs_before_and_after_its_headline_ends_as_the_uni
     assert len(sliced) == 3, sliced
     assert "stopped at step 0 of 12 and 3 side run(s)" in sliced[0]
     assert "stopped at step 12 of 12 and 3 side run(s)" in sliced[1] and "finished in 3 slice(s)" in sliced[2]
-    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    b = the_run_record(tmp_path / "sliced")
     step_budgeted = ["test_accuracy", "val_accuracy", "subset_test_accuracy_vit", "ablation_val_accuracy__baseline",
                      "ablation_val_accuracy__no_augmentation", "ablation_val_accuracy__no_weight_decay"]
     assert {k: a["metrics"][k] for k in step_budgeted} == {k: b["metrics"][k] for k in step_budgeted}
     assert [(s["from_step"], s["to_step"], s.get("side_runs")) for s in b["slices"]] == [(0, 0, 3), (0, 12, 3),
                                                                                            (12, 12, None)]
     assert b["slices"][0]["train_seconds"] == 0.0
-    assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=0.005)  # the record: 0.01 s
+    assert_train_seconds_are_the_slices_sum(b)
 
 
 @pytest.mark.notebook
@@ -466,15 +482,15 @@ def test_gcn_gat_cut_inside_a_main_run_and_between_side_runs_ends_as_the_uninter
     assert len(sliced) == 3, sliced
     assert "stopped at step 25 of 40, resume with the same command" in sliced[0]
     assert "stopped at step 40 of 40 and 5 side run(s)" in sliced[1] and "finished in 3 slice(s)" in sliced[2]
-    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    b = the_run_record(tmp_path / "sliced")
     assert a["metrics"] == b["metrics"]
     assert [(s["from_step"], s["to_step"], s.get("side_runs")) for s in b["slices"]] == [(0, 25, None), (25, 40, 5),
                                                                                            (40, 40, None)]
-    logs = [(tmp_path / "sliced" / f"slice_{k}.log").read_text() for k in (1, 2, 3)]
+    logs = slice_logs(tmp_path / "sliced", (1, 2, 3))
     mlp, depth = re.compile(r"MLP \(features only\): +\d+%"), re.compile(r"depth/2 layers: +\d+%")  # progress bars
     assert mlp.search(logs[1]) and not mlp.search(logs[2])  # trained in slice 2, kept for slice 3
     assert not depth.search(logs[1]) and depth.search(logs[2])
-    assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=0.005)  # the record: 0.01 s
+    assert_train_seconds_are_the_slices_sum(b)
     assert all(b["timings"][span] > 0 for span in ("baselines", "ablations", "depth"))  # summed over the slices
 
 
@@ -492,17 +508,17 @@ def test_training_deep_nets_cut_between_its_sections_ends_as_the_uninterrupted_r
     assert len(sliced) == 3, sliced
     assert "stopped at step 2 of 5 and 2 side run(s)" in sliced[0]
     assert "stopped at step 4 of 5 and 2 side run(s)" in sliced[1] and "finished in 3 slice(s)" in sliced[2]
-    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    b = the_run_record(tmp_path / "sliced")
     timing = {"section_train_seconds"}  # measured, not computed
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
         {k: v for k, v in b["metrics"].items() if k not in timing}
     assert [(s["from_step"], s["to_step"], s.get("side_runs")) for s in b["slices"]] == [(0, 2, 2), (2, 4, 2),
                                                                                            (4, 5, None)]
-    logs = [(tmp_path / "sliced" / f"slice_{k}.log").read_text() for k in (1, 2, 3)]
+    logs = slice_logs(tmp_path / "sliced", (1, 2, 3))
     assert "section 1:" in logs[0] and "section 1:" in logs[1]  # section 1's summary prints in every later slice
     trained = re.compile(r"  sigmoid/naive: (validation accuracy|DIVERGED)")  # a section-1 run's own line
     assert trained.search(logs[0]) and not any(trained.search(log) for log in logs[1:])  # trained once, in slice 1
-    assert b["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in b["slices"]), abs=0.005)  # the record: 0.01 s
+    assert_train_seconds_are_the_slices_sum(b)
 
 
 def holds_no_trainer(path: Path) -> bool:
@@ -535,7 +551,7 @@ def test_a_diffusion_run_trained_too_late_for_its_tail_leaves_it_to_the_next_sli
     assert not holds_no_trainer(tmp_path / "control.pt")
     sliced += run_slices(tmp_path / "sliced", data_dir, 0, task=task, seconds=280, tail=400)
     assert "finished in 2 slice(s)" in sliced[1]
-    [b] = [json.loads(p.read_text()) for p in (tmp_path / "sliced" / "runs").glob("*.json")]
+    b = the_run_record(tmp_path / "sliced")
     timing = set(tomllib.loads((REPO_ROOT / task / "task.toml").read_text()).get("resume_test_timing_metrics", []))
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
         {k: v for k, v in b["metrics"].items() if k not in timing}
