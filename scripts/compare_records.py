@@ -3,8 +3,9 @@
     python scripts/compare_records.py NEW.json                # against the newest committed record of its task and preset
     python scripts/compare_records.py OLD.json NEW.json
 
-A step-budgeted `quick` run is expected to give every metric again, to the last digit, when the notebook's code, the
-torch version, the thread count and the CPU's kernels (the record's `cpu_kernels`) are all the same; only clock
+A step-budgeted `quick` run is expected to give every metric again, to the last digit, when the notebook's code (or
+code that differs from it only in comments, docstrings and layout, as results/code_aliases.json lists), the torch
+version, the thread count and the CPU's kernels (the record's `cpu_kernels`) are all the same; only clock
 readings differ (the task.toml's `resume_test_timing_metrics`, not compared). The script prints which of those
 conditions differ between the two records, the metrics that differ (each with both values), and one verdict line.
 
@@ -30,6 +31,8 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import code_aliases  # noqa: E402  (which record codes differ from another only in comments, docstrings and layout)
 
 # (label, how to read it from a record): what must be equal for a rerun to reproduce a step-budgeted metric exactly
 CONDITIONS = (
@@ -62,11 +65,11 @@ def same_conditions(new: dict, exclude: Path, root: Path = REPO_ROOT) -> Path | 
     """The newest committed record of `new`'s task and preset, anywhere under results/<task>/ (subfolders included),
     but `exclude`, whose every condition (code, torch, threads, device, CPU kernels, config) is recorded and equal to
     `new`'s; None if there is none."""
-    found = []
+    found, aliases = [], code_aliases.load(root)
     for path in (root / "results" / new["task"]).rglob("*.json"):
         record = json.loads(path.read_text())
         if isinstance(record, dict) and (record.get("task"), record.get("preset")) == (new["task"], new["preset"]) \
-                and path.resolve() != exclude.resolve() and not differing_conditions(record, new):
+                and path.resolve() != exclude.resolve() and not differing_conditions(record, new, aliases):
             found.append((record.get("finished_at", ""), path))
     return max(found)[1] if found else None
 
@@ -92,16 +95,31 @@ def differing_metrics(first: dict, second: dict, clock: set[str] | list[str]) ->
             if k not in first or k not in second or not same(first[k], second[k])]
 
 
-def differing_conditions(old: dict, new: dict) -> dict[str, tuple[object, object]]:
-    """The CONDITIONS that differ between two records (label -> (old, new)); one either record lacks counts."""
-    return {label: (read(old), read(new)) for label, read in CONDITIONS
-            if read(old) is None or read(new) is None or not same(read(old), read(new))}
+def aliased_code(old: dict, new: dict, aliases: list[dict[str, str]]) -> bool:
+    """Whether the two records' notebook codes differ but only in comments, docstrings and layout: results/
+    code_aliases.json (scripts/code_aliases.py proves each entry from git history) maps both to the same code."""
+    task, read = new.get("task"), dict(CONDITIONS)["notebook code"]
+    a, b = read(old), read(new)
+
+    def canonical(sha: str) -> str:
+        return next((x["to"] for x in aliases if x["task"] == task and x["from"] == sha), sha)
+    return None not in (a, b) and a != b and canonical(a) == canonical(b)
 
 
-def compare(old: dict, new: dict, clock: set[str]) -> dict:
+def differing_conditions(old: dict, new: dict, aliases: list[dict[str, str]] = ()) -> dict[str, tuple[object, object]]:
+    """The CONDITIONS that differ between two records (label -> (old, new)); one either record lacks counts. Notebook
+    codes that `aliases` (code_aliases.load) prove equal but for comments count as the same code."""
+    found = {label: (read(old), read(new)) for label, read in CONDITIONS
+             if read(old) is None or read(new) is None or not same(read(old), read(new))}
+    if aliased_code(old, new, list(aliases)):
+        del found["notebook code"]
+    return found
+
+
+def compare(old: dict, new: dict, clock: set[str], aliases: list[dict[str, str]] = ()) -> dict:
     """The conditions that differ (label -> (old, new); a missing entry counts as differing), the metrics compared
     and those that differ (name -> (old, new)), leaving out the `clock` metrics."""
-    conditions = differing_conditions(old, new)
+    conditions = differing_conditions(old, new, aliases)
     names = sorted((set(old["metrics"]) | set(new["metrics"])) - clock)
     differing = {k: (old["metrics"].get(k), new["metrics"].get(k))
                  for k in differing_metrics(old["metrics"], new["metrics"], clock)}
@@ -144,8 +162,11 @@ def report(old_path: Path, new_path: Path) -> int:
     if (old["task"], old["preset"]) != (new["task"], new["preset"]):
         print(f"not comparable: {old['task']} {old['preset']} against {new['task']} {new['preset']}")
         return 2
-    result = compare(old, new, clock_metrics(new["task"]))
+    aliases = code_aliases.load(REPO_ROOT)
+    result = compare(old, new, clock_metrics(new["task"]), aliases)
     print(f"old: {old_path}\nnew: {new_path}")
+    if aliased_code(old, new, aliases):
+        print("  notebook code: the same but for comments, docstrings and layout (results/code_aliases.json)")
     for label, (a, b) in result["conditions"].items():
         print(f"  {label}: {describe_difference(a, b)}")
     for name, (a, b) in result["differing"].items():

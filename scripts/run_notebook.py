@@ -44,15 +44,15 @@ def new_records(since: float) -> list[Path]:
 def rerun_lines(records: list[Path]) -> list[str]:
     """For each record, one line: how it compares with the newest committed record of its task and preset; and a
     second where an older committed record ran under the same conditions (compare_records.same_conditions)."""
-    lines = []
+    lines, aliases = [], compare_records.code_aliases.load(compare_records.REPO_ROOT)
     for path in records:
         new = json.loads(path.read_text())
         olds = compare_records.references(new, path)
         if not olds:
             lines.append(f"{path.name}: no committed {new['preset']} record of {new['task']} to compare with")
             continue
-        results = [compare_records.compare(json.loads(old.read_text()), new, compare_records.clock_metrics(new["task"]))
-                   for old in olds]
+        results = [compare_records.compare(json.loads(old.read_text()), new, compare_records.clock_metrics(new["task"]),
+                                           aliases) for old in olds]
         lines.append(f"{path.name} against the committed {olds[0].name}: {compare_records.verdict(results[0])} "
                      f"(details: python scripts/compare_records.py {olds[0]} {path})")
         if len(olds) == 2:

@@ -57,6 +57,40 @@ def test_the_conditions_that_differ_are_named(tmp_path: Path, capsys) -> None:
     assert "may follow from what differs: torch, CPU kernels, config" in out
 
 
+def test_code_that_differs_only_in_comments_is_the_same_code() -> None:
+    """Two notebook codes that results/code_aliases.json maps to one code are not a differing condition; the
+    control, the same two codes with no alias (or an alias of another task), is."""
+    old, new = record(), record()
+    new["code"] = {"notebook_code_sha256": "b" * 64}
+    alias = {"task": "image_generation/ddpm", "from": "a" * 64, "to": "b" * 64}
+    assert compare_records.differing_conditions(old, new, [alias]) == {}
+    assert compare_records.compare(old, new, set(), [alias])["conditions"] == {}
+    assert "notebook code" in compare_records.differing_conditions(old, new, [])
+    assert "notebook code" in compare_records.differing_conditions(old, new, [{**alias, "task": "image_generation/gan"}])
+    both_older = record()  # two older codes, each aliased to the code now, are the same code too
+    both_older["code"] = {"notebook_code_sha256": "c" * 64}
+    assert compare_records.differing_conditions(old, both_older, [alias, {**alias, "from": "c" * 64}]) == {}
+    assert "notebook code" in compare_records.differing_conditions(old, both_older, [alias])
+
+
+def test_the_report_reads_the_committed_aliases(tmp_path: Path, capsys) -> None:
+    """The report reads results/code_aliases.json: a record of a listed older code against one of the code it is
+    aliased to names no differing condition and says that the code differs only in comments; the control, a code that
+    no alias lists, is named as differing."""
+    aliases = compare_records.code_aliases.load()
+    assert aliases, "results/code_aliases.json lists no alias"
+    task, older, now = aliases[0]["task"], aliases[0]["from"], aliases[0]["to"]
+    old, new, unlisted = record(), record(), record()
+    for r, sha in ((old, older), (new, now), (unlisted, "f" * 64)):
+        r["task"], r["code"] = task, {"notebook_code_sha256": sha}
+    assert compare_records.main([str(write(tmp_path, "a.json", old)), str(write(tmp_path, "b.json", new))]) == 0
+    out = capsys.readouterr().out
+    assert "notebook code: the same but for comments" in out and "reproduced" in out
+    assert compare_records.main([str(write(tmp_path, "c.json", unlisted)), str(write(tmp_path, "b.json", new))]) == 0
+    out = capsys.readouterr().out
+    assert "notebook code: differs" in out and "the same but for comments" not in out
+
+
 def test_one_record_is_compared_with_the_newest_committed_one_of_its_task_and_preset(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "results" / "image_generation" / "ddpm"
     folder.mkdir(parents=True)
