@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 try:
@@ -95,7 +96,7 @@ def differing_metrics(first: dict, second: dict, clock: set[str] | list[str]) ->
             if k not in first or k not in second or not same(first[k], second[k])]
 
 
-def aliased_code(old: dict, new: dict, aliases: list[dict[str, str]]) -> bool:
+def aliased_code(old: dict, new: dict, aliases: Sequence[dict[str, str]]) -> bool:
     """Whether the two records' notebook codes differ but only in comments, docstrings and layout: results/
     code_aliases.json (scripts/code_aliases.py proves each entry from git history) maps both to the same code."""
     task, read = new.get("task"), dict(CONDITIONS)["notebook code"]
@@ -106,17 +107,18 @@ def aliased_code(old: dict, new: dict, aliases: list[dict[str, str]]) -> bool:
     return None not in (a, b) and a != b and canonical(a) == canonical(b)
 
 
-def differing_conditions(old: dict, new: dict, aliases: list[dict[str, str]] = ()) -> dict[str, tuple[object, object]]:
+def differing_conditions(old: dict, new: dict,
+                         aliases: Sequence[dict[str, str]] = ()) -> dict[str, tuple[object, object]]:
     """The CONDITIONS that differ between two records (label -> (old, new)); one either record lacks counts. Notebook
     codes that `aliases` (code_aliases.load) prove equal but for comments count as the same code."""
     found = {label: (read(old), read(new)) for label, read in CONDITIONS
              if read(old) is None or read(new) is None or not same(read(old), read(new))}
-    if aliased_code(old, new, list(aliases)):
+    if aliased_code(old, new, aliases):
         del found["notebook code"]
     return found
 
 
-def compare(old: dict, new: dict, clock: set[str], aliases: list[dict[str, str]] = ()) -> dict:
+def compare(old: dict, new: dict, clock: set[str], aliases: Sequence[dict[str, str]] = ()) -> dict:
     """The conditions that differ (label -> (old, new); a missing entry counts as differing), the metrics compared
     and those that differ (name -> (old, new)), leaving out the `clock` metrics."""
     conditions = differing_conditions(old, new, aliases)
