@@ -25,6 +25,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 try:
@@ -89,6 +90,14 @@ def load(root: Path = REPO_ROOT) -> list[dict[str, str]]:
 def current_codes(task: str, now: str | None, aliases: list[dict[str, str]]) -> set[str]:
     """The code hashes a record of `task` may name and still count as a record of the code now (`now`)."""
     return set() if now is None else {now} | {a["from"] for a in aliases if a["task"] == task and a["to"] == now}
+
+
+def same_code(task: str, a: str, b: str, aliases: Sequence[dict[str, str]]) -> bool:
+    """Whether two code hashes of `task` are one code up to comments, docstrings and layout: equal, or mapped by
+    `aliases` to the same code (each `from` is aliased to the one `to` it differs from only in those)."""
+    def canonical(sha: str) -> str:
+        return next((x["to"] for x in aliases if x["task"] == task and x["from"] == sha), sha)
+    return canonical(a) == canonical(b)
 
 
 def _git(root: Path, *args: str) -> str:

@@ -99,12 +99,9 @@ def differing_metrics(first: dict, second: dict, clock: set[str] | list[str]) ->
 def aliased_code(old: dict, new: dict, aliases: Sequence[dict[str, str]]) -> bool:
     """Whether the two records' notebook codes differ but only in comments, docstrings and layout: results/
     code_aliases.json (scripts/code_aliases.py proves each entry from git history) maps both to the same code."""
-    task, read = new.get("task"), dict(CONDITIONS)["notebook code"]
+    read = dict(CONDITIONS)["notebook code"]
     a, b = read(old), read(new)
-
-    def canonical(sha: str) -> str:
-        return next((x["to"] for x in aliases if x["task"] == task and x["from"] == sha), sha)
-    return None not in (a, b) and a != b and canonical(a) == canonical(b)
+    return None not in (a, b) and a != b and code_aliases.same_code(new.get("task"), a, b, aliases)
 
 
 def differing_conditions(old: dict, new: dict,
