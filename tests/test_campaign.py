@@ -394,8 +394,7 @@ def uninterrupted_record(task: str, tmp_path: Path, data_dir: str, uninterrupted
         return uninterrupted_runs[task]
     whole = run_slices(tmp_path / "whole", data_dir, 0, task=task)
     assert len(whole) == 1, whole
-    record = the_run_record(tmp_path / "whole")
-    return record
+    return the_run_record(tmp_path / "whole")
 
 
 @pytest.mark.notebook
