@@ -121,3 +121,41 @@ def test_the_colour_matrices(simclr: dict) -> None:
     x = torch.rand(2, 3, 4, 4)
     grey = simclr["grey_level"](x, colours.luma)
     torch.testing.assert_close(grey[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
+
+
+class TinyCifar:
+    """Stands in for `load_image_dataset`'s result: `n_train` random 32x32 colour images (and 100 test images)."""
+    classes = [f"class {k}" for k in range(10)]
+
+    def __init__(self, n_train: int) -> None:
+        self.n_train = n_train
+
+    def describe(self) -> str:
+        return f"{self.n_train} random images"
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.n_train if split == "train" else 100
+        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        return images, torch.arange(n) % 10
+
+
+def run_data_cell(simclr: dict, n_train: int) -> dict:
+    """The notebook's Data cell, on `n_train` training images, in a copy of the smoke namespace."""
+    import matplotlib.pyplot as plt
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    [source] = [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("data = load_image_dataset")]
+    namespace = {**simclr, "load_image_dataset": lambda name: TinyCifar(n_train)}
+    try:
+        exec(compile(source, str(NOTEBOOK), "exec"), namespace)
+    finally:
+        plt.close("all")
+    return namespace
+
+
+def test_a_training_file_too_small_for_the_validation_split_is_refused(simclr: dict) -> None:
+    """With no more training images than `n_val` nothing would be left to train on: the Data cell says so (it once
+    died later, in show_images, with a ZeroDivisionError). The control: 100 images more than `n_val` pass."""
+    n_val = simclr["cfg"].n_val
+    assert len(run_data_cell(simclr, n_val + 100)["x_train"]) == 100
+    with pytest.raises(ValueError, match=f"{n_val:,} training images cannot spare a validation split"):
+        run_data_cell(simclr, n_val)
