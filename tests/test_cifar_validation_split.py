@@ -1,0 +1,77 @@
+"""The CIFAR-10 notebooks refuse a training file too small for their validation split, at the Data cell.
+
+ResNet, ViT and SimCLR hold out a fixed count of CIFAR-10's 50,000 training images (5,000 under `quick` and
+`full`). The tests' data folder holds a 5,000-image subset of CIFAR-10: a `quick` run reading it would hold out every
+image and train on none. SimCLR once did, and died three lines later with a ZeroDivisionError in `show_images`; ViT
+would have trained on an empty set until `batch_at` divided by zero. Each notebook now stops at its Data cell with one
+line naming the cause. These tests run each notebook's own Setup, Config and Data cells in the smoke preset (n_val or
+val_size: 500) on random stand-in images: `n_val` images are refused; the control, 100 more, leaves 100 to train on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from tests.notebook_cells import cell_sources, run_sources
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = {  # notebook: (its path, the Config field that sizes its validation split)
+    "resnet": (REPO_ROOT / "image_classification" / "resnet" / "resnet.ipynb", "n_val"),
+    "vit": (REPO_ROOT / "image_classification" / "vit" / "vit.ipynb", "val_size"),
+    "simclr": (REPO_ROOT / "representation_learning" / "simclr" / "simclr.ipynb", "n_val"),
+}
+
+
+class TinyCifar:
+    """Stands in for `load_image_dataset`'s result: `n_train` random 32x32 colour images (and 100 test images)."""
+    classes = [f"class {k}" for k in range(10)]
+
+    def __init__(self, n_train: int) -> None:
+        self.n_train = n_train
+
+    def describe(self) -> str:
+        return f"{self.n_train} random images"
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.n_train if split == "train" else 100
+        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        return images, torch.arange(n) % 10
+
+
+@pytest.fixture(scope="module")
+def setup_and_config() -> dict[str, dict]:
+    """Each notebook's namespace after its Setup and Config cells, in the smoke preset."""
+    namespaces = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DL_PRESET", "smoke")
+        for name, (notebook, _) in NOTEBOOKS.items():
+            setup = cell_sources(notebook, select=lambda s: "PRESET = get_preset()" in s)
+            config = cell_sources(notebook, select=lambda s: "class Config" in s)
+            assert len(setup) == len(config) == 1, f"{notebook.name}: Setup or Config cell not found"
+            namespaces[name] = run_sources(setup + config, notebook)
+    return namespaces
+
+
+def run_data_cell(name: str, base: dict, n_train: int) -> dict:
+    """The notebook's Data cell on `n_train` stand-in training images, in a copy of its Setup and Config namespace."""
+    notebook = NOTEBOOKS[name][0]
+    [data] = cell_sources(notebook, select=lambda s: s.startswith("data = load_image_dataset("))
+    try:
+        return run_sources([data], notebook, {**base, "load_image_dataset": lambda dataset: TinyCifar(n_train)})
+    finally:
+        plt.close("all")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_a_training_file_too_small_for_the_validation_split_is_refused(name: str,
+                                                                       setup_and_config: dict[str, dict]) -> None:
+    field = NOTEBOOKS[name][1]
+    held_out = getattr(setup_and_config[name]["cfg"], field)
+    assert held_out == 500, "the smoke preset's split changed: the stand-in data below is sized for 500"
+    assert len(run_data_cell(name, setup_and_config[name], held_out + 100)["x_train"]) == 100  # the control
+    with pytest.raises(ValueError, match=f"{held_out:,} training images cannot spare a validation split of {field}"):
+        run_data_cell(name, setup_and_config[name], held_out)
