@@ -3,9 +3,10 @@
 ResNet, ViT and SimCLR hold out a fixed count of CIFAR-10's 50,000 training images (5,000 under `quick` and
 `full`). The tests' data folder holds a 5,000-image subset of CIFAR-10: a `quick` run reading it would hold out every
 image and train on none. SimCLR once did, and died three lines later with a ZeroDivisionError in `show_images`, as
-ResNet would have; ViT would have trained on an empty set until `batch_at` divided by zero. Each notebook now stops at its Data cell with one
-line naming the cause. These tests run each notebook's own Setup, Config and Data cells in the smoke preset (n_val or
-val_size: 500) on random stand-in images: `n_val` images are refused; the control, 100 more, leaves 100 to train on.
+ResNet would have; ViT would have trained on an empty set until `batch_at` divided by zero. Each notebook now stops
+at its Data cell with one line naming the cause. These tests run each notebook's own Setup, Config and Data cells
+in the smoke preset (n_val or val_size: 500) on random stand-in images in `common.data.ImageData`, the loader's own
+class: `n_val` images are refused; the control, 100 more, leaves 100 to train on.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
-import torch
 
+from common.data import ImageData
 from tests.notebook_cells import cell_sources, run_sources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,20 +28,11 @@ NOTEBOOKS = {  # notebook: (its path, the Config field that sizes its validation
 }
 
 
-class TinyCifar:
-    """Stands in for `load_image_dataset`'s result: `n_train` random 32x32 colour images (and 100 test images)."""
-    classes = [f"class {k}" for k in range(10)]
-
-    def __init__(self, n_train: int) -> None:
-        self.n_train = n_train
-
-    def describe(self) -> str:
-        return f"{self.n_train} random images"
-
-    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.n_train if split == "train" else 100
-        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-        return images, torch.arange(n) % 10
+def stand_in_cifar(n_train: int) -> ImageData:
+    """What `load_image_dataset("cifar10")` returns, holding `n_train` random 32x32 colour images (and 100 test)."""
+    rng = np.random.default_rng(0)
+    return ImageData("cifar10", rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8), np.arange(n_train) % 10,
+                     rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8), np.arange(100) % 10)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def run_data_cell(name: str, base: dict, n_train: int) -> dict:
     notebook = NOTEBOOKS[name][0]
     [data] = cell_sources(notebook, select=lambda s: s.startswith("data = load_image_dataset("))
     try:
-        return run_sources([data], notebook, {**base, "load_image_dataset": lambda dataset: TinyCifar(n_train)})
+        return run_sources([data], notebook, {**base, "load_image_dataset": lambda dataset: stand_in_cifar(n_train)})
     finally:
         plt.close("all")
 
