@@ -29,6 +29,16 @@ def cell_sources(notebook: Path, tag: str | None = None,
             and (select is None or select(c.source))]
 
 
+def setup_and_config(notebook: Path, edit_config: Callable[[str], str] = lambda source: source) -> list[str]:
+    """The sources of the notebook's Setup cell (the one that reads the preset) and its Config cell (the one that
+    defines `class Config`), the latter passed through `edit_config`: run them first to get `cfg` as the notebook
+    would, in the preset `DL_PRESET` names."""
+    setup = cell_sources(notebook, select=lambda s: "PRESET = get_preset()" in s)
+    config = cell_sources(notebook, select=lambda s: "class Config" in s)
+    assert len(setup) == len(config) == 1, f"{notebook.name}: Setup or Config cell not found"
+    return [setup[0], edit_config(config[0])]
+
+
 def module_source(notebook: Path) -> str:
     """The notebook's code cells as one module, shell and magic lines (`!pip`, `%matplotlib`) left out."""
     return "\n".join(line for source in cell_sources(notebook) for line in source.splitlines()

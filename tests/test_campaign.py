@@ -394,22 +394,25 @@ def uninterrupted_record(task: str, tmp_path: Path, data_dir: str, uninterrupted
         return uninterrupted_runs[task]
     whole = run_slices(tmp_path / "whole", data_dir, 0, task=task)
     assert len(whole) == 1, whole
-    return the_run_record(tmp_path / "whole")
+    record = the_run_record(tmp_path / "whole")
+    assert len(record["slices"]) == 1 and record["slices"][0]["train_seconds"] == pytest.approx(record["train_seconds"],
+                                                                                                abs=1e-3)
+    return record
 
 
 @pytest.mark.notebook
-def test_a_run_cut_into_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: Path) -> None:
-    """The template in smoke (30 steps, then two side runs), once whole and once cut into slices of at most 10 steps
-    and one side run: the same metrics, train_seconds is the sum of the slices', and no side run runs twice."""
+@pytest.mark.reuses_notebook_run("templates/task_template")
+def test_a_run_cut_into_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: Path, uninterrupted_runs: dict) -> None:
+    """The template in smoke (30 steps, then two side runs), cut into slices of at most 10 steps and one side run:
+    the same metrics as its uninterrupted run, train_seconds is the sum of the slices', and no side run runs twice."""
     data_dir = os.environ["DL_DATA_DIR"]  # the root conftest's sandbox; the user's data is in DL_EXTRA_DATA_DIRS
-    whole = run_slices(tmp_path / "whole", data_dir, 0)
+    a = uninterrupted_record("templates/task_template", tmp_path, data_dir, uninterrupted_runs)
     sliced = run_slices(tmp_path / "sliced", data_dir, 10, 1)
-    assert len(whole) == 1 and len(sliced) == 4
+    assert len(sliced) == 4
     assert "stopped at step 10 of 30, resume with the same command" in sliced[0]
     assert "stopped at step 20 of 30" in sliced[1]
     assert "stopped at step 30 of 30 and 1 side run(s), resume with the same command" in sliced[2]
     assert "finished in 4 slice(s)" in sliced[3]
-    a = the_run_record(tmp_path / "whole")
     b = the_run_record(tmp_path / "sliced")
     assert a["metrics"] == b["metrics"] and len(b["metrics"]["side_final_train_loss"]) == 2
     assert [(s["from_step"], s["to_step"]) for s in b["slices"]] == [(0, 10), (10, 20), (20, 30), (30, 30)]
@@ -419,7 +422,6 @@ def test_a_run_cut_into_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: P
     assert "width 64" in logs[1] and "width 32:" not in logs[1].split("width 64")[0]  # the kept one did not rerun
     assert_train_seconds_are_the_slices_sum(b)
     assert all(s["device"].startswith("cpu") and s["wall_seconds"] > 0 for s in b["slices"])
-    assert len(a["slices"]) == 1 and a["slices"][0]["train_seconds"] == pytest.approx(a["train_seconds"], abs=1e-3)
 
 
 @pytest.mark.notebook

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from common.data import ImageData
-from tests.notebook_cells import cell_sources, run_sources
+from tests.notebook_cells import cell_sources, run_sources, setup_and_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {  # notebook: (its path, the Config field that sizes its validation split)
@@ -36,16 +36,13 @@ def stand_in_cifar(n_train: int) -> ImageData:
 
 
 @pytest.fixture(scope="module")
-def setup_and_config() -> dict[str, dict]:
+def after_setup_and_config() -> dict[str, dict]:
     """Each notebook's namespace after its Setup and Config cells, in the smoke preset."""
     namespaces = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DL_PRESET", "smoke")
         for name, (notebook, _) in NOTEBOOKS.items():
-            setup = cell_sources(notebook, select=lambda s: "PRESET = get_preset()" in s)
-            config = cell_sources(notebook, select=lambda s: "class Config" in s)
-            assert len(setup) == len(config) == 1, f"{notebook.name}: Setup or Config cell not found"
-            namespaces[name] = run_sources(setup + config, notebook)
+            namespaces[name] = run_sources(setup_and_config(notebook), notebook)
     return namespaces
 
 
@@ -61,9 +58,9 @@ def run_data_cell(name: str, base: dict, n_train: int) -> dict:
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_a_training_file_too_small_for_the_validation_split_is_refused(name: str,
-                                                                       setup_and_config: dict[str, dict]) -> None:
+                                                                       after_setup_and_config: dict[str, dict]) -> None:
     field = NOTEBOOKS[name][1]
-    held_out = getattr(setup_and_config[name]["cfg"], field)
-    assert len(run_data_cell(name, setup_and_config[name], held_out + 100)["x_train"]) == 100  # the control
+    held_out = getattr(after_setup_and_config[name]["cfg"], field)
+    assert len(run_data_cell(name, after_setup_and_config[name], held_out + 100)["x_train"]) == 100  # the control
     with pytest.raises(ValueError, match=f"{held_out:,} training images cannot spare a validation split of {field}"):
-        run_data_cell(name, setup_and_config[name], held_out)
+        run_data_cell(name, after_setup_and_config[name], held_out)

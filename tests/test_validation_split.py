@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.notebook_cells import cell_sources, run_sources
+from tests.notebook_cells import cell_sources, run_sources, setup_and_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = [REPO_ROOT / "image_generation" / "gan" / "gan.ipynb",
@@ -31,11 +31,9 @@ def split_sizes(notebook: Path, preset: str, monkeypatch: pytest.MonkeyPatch,
                 edit_config: Callable[[str], str] = lambda source: source) -> tuple[int, int, int]:
     """(all training images, trained on, held out) after the notebook's Setup, Config and Data cells in `preset`."""
     monkeypatch.setenv("DL_PRESET", preset)
-    setup = cell_sources(notebook, select=lambda s: "PRESET = get_preset()" in s)
-    config = cell_sources(notebook, select=lambda s: "class Config" in s)
     data = cell_sources(notebook, select=lambda s: "held_out = " in s)
-    assert len(setup) == len(config) == len(data) == 1, f"{notebook.name}: Setup, Config or Data cell not found"
-    namespace = run_sources(setup + [edit_config(config[0])] + data, notebook)
+    assert len(data) == 1, f"{notebook.name}: Data cell not found"
+    namespace = run_sources(setup_and_config(notebook, edit_config) + data, notebook)
     n_all, n_train, n_val = len(namespace["x_all"]), len(namespace["x_train"]), len(namespace["x_val"])
     assert n_train + n_val == n_all
     return n_all, n_train, n_val
