@@ -403,21 +403,21 @@ def uninterrupted_record(task: str, tmp_path: Path, data_dir: str, uninterrupted
 @pytest.mark.notebook
 @pytest.mark.reuses_notebook_run("templates/task_template")
 def test_a_run_cut_into_slices_ends_exactly_as_the_uninterrupted_run(tmp_path: Path, uninterrupted_runs: dict) -> None:
-    """The template in smoke (30 steps, then two side runs), cut into slices of at most 10 steps and one side run:
-    the same metrics as its uninterrupted run, train_seconds is the sum of the slices', and no side run runs twice."""
+    """The template in smoke (30 steps, then two side runs), cut into slices of at most 15 steps and one side run:
+    the same metrics as its uninterrupted run, train_seconds is the sum of the slices', and no side run runs twice.
+    The second slice resumes mid-run and stops again, between the side runs."""
     data_dir = os.environ["DL_DATA_DIR"]  # the root conftest's sandbox; the user's data is in DL_EXTRA_DATA_DIRS
     a = uninterrupted_record("templates/task_template", tmp_path, data_dir, uninterrupted_runs)
-    sliced = run_slices(tmp_path / "sliced", data_dir, 10, 1)
-    assert len(sliced) == 4
-    assert "stopped at step 10 of 30, resume with the same command" in sliced[0]
-    assert "stopped at step 20 of 30" in sliced[1]
-    assert "stopped at step 30 of 30 and 1 side run(s), resume with the same command" in sliced[2]
-    assert "finished in 4 slice(s)" in sliced[3]
+    sliced = run_slices(tmp_path / "sliced", data_dir, 15, 1)
+    assert len(sliced) == 3
+    assert "stopped at step 15 of 30, resume with the same command" in sliced[0]
+    assert "stopped at step 30 of 30 and 1 side run(s), resume with the same command" in sliced[1]
+    assert "finished in 3 slice(s)" in sliced[2]
     b = the_run_record(tmp_path / "sliced")
     assert a["metrics"] == b["metrics"] and len(b["metrics"]["side_final_train_loss"]) == 2
-    assert [(s["from_step"], s["to_step"]) for s in b["slices"]] == [(0, 10), (10, 20), (20, 30), (30, 30)]
-    assert b["slices"][2]["side_runs"] == 1  # the third slice ran the first side run, then stopped before the second
-    logs = slice_logs(tmp_path / "sliced", (3, 4))
+    assert [(s["from_step"], s["to_step"]) for s in b["slices"]] == [(0, 15), (15, 30), (30, 30)]
+    assert b["slices"][1]["side_runs"] == 1  # the second slice ran the first side run, then stopped before the second
+    logs = slice_logs(tmp_path / "sliced", (2, 3))
     assert "width 32" in logs[0] and "width 64" not in logs[0]
     assert "width 64" in logs[1] and "width 32:" not in logs[1].split("width 64")[0]  # the kept one did not rerun
     assert_train_seconds_are_the_slices_sum(b)
