@@ -17,6 +17,8 @@ with different classifiers. A number from a record of other notebook code than t
 `OLDER_CODE`, with a footnote: the code has changed since it was measured, and a rerun would refresh it. A change to
 comments or docstrings alone does not count: results/code_aliases.json (scripts/code_aliases.py, which proves each
 entry from git history) lists the record codes that equal the code now but for comments, docstrings and layout.
+A record of older code is left out once a record of the code now exists for the same preset, device (GPU by name)
+and dataset (`table_records`); a row whose records span several datasets names the dataset beside each time.
 
 The second generated block is the learning path: a tree that follows each task's `next` list (task folders),
 starting from the tasks nobody lists as next, with the `coming` names (tasks not written yet) as leaves.
@@ -113,6 +115,23 @@ def older_code(record: dict, task: Task) -> bool:
 
 def code_mark(record: dict, task: Task) -> str:
     return OLDER_CODE if older_code(record, task) else ""
+
+
+def dataset_name(record: dict) -> str:
+    """The dataset a record measured, without the details of its split that its `data` text goes on to give:
+    "MNIST (8,000 train / ...)" -> "MNIST", "CIFAR-10 (...); validation = ..." -> "CIFAR-10"."""
+    return record["data"].split(" (")[0].split(";")[0].strip()
+
+
+def table_records(task: Task) -> list[dict]:
+    """The task's records the table may show: all but those of older notebook code on a preset, device (each GPU by
+    name, any CPU) and dataset where a record of the code now exists. A code change often rewords a record's `data`
+    text (a split described in more detail, a section trained on other images), and the table keeps the newest record
+    per `data` text: without this, the superseded run would stay beside the new one."""
+    def key(r: dict) -> tuple[str, str, str]:
+        return r["preset"], gpu_name(r) if r["device_type"] == "cuda" else r["device_type"], dataset_name(r)
+    now = {key(r) for r in task.records if not older_code(r, task)}
+    return [r for r in task.records if not (older_code(r, task) and key(r) in now)]
 
 
 DESKTOP_4090 = re.compile(r"(NVIDIA )?(GeForce )?RTX 4090", re.IGNORECASE)
@@ -225,9 +244,9 @@ def headline_records(task: Task) -> tuple[list[dict], str | None]:
     """The records whose metric the row shows (the newest `full` RTX 4090 runs, else other GPUs', else `full` runs
     on a CPU, else the `quick` CPU runs), and where they ran (None: each on its own GPU)."""
     m = task.meta
-    for recs, where in ((newest(task.records, "full", "4090"), "full, RTX 4090"),
-                        (newest(task.records, "full", "gpu"), None), (newest(task.records, "full", "cpu"), "full, CPU"),
-                        (newest(task.records, "quick", "cpu"), "quick, CPU")):
+    for recs, where in ((newest(table_records(task), "full", "4090"), "full, RTX 4090"),
+                        (newest(table_records(task), "full", "gpu"), None), (newest(table_records(task), "full", "cpu"), "full, CPU"),
+                        (newest(table_records(task), "quick", "cpu"), "quick, CPU")):
         shown = [r for r in recs if m["metric"] in r["metrics"]]
         if shown:
             return shown, where
@@ -245,13 +264,14 @@ def cpu_name(record: dict) -> str:
 
 
 def row(task: Task, committed: set[str] = frozenset()) -> str:
-    """One table row; a task measured on several datasets (or GPUs) lists each, one line per record. A fid
+    """One table row; a task measured on several datasets (or GPUs) lists each, one line per record, and then every
+    time names its dataset (the headline names it always). A fid
     headline names its classifier's SHA-256 (first 8 hex digits) when the record carries it, and is marked
     `OTHER_CLASSIFIER` when that is not a `committed` classifier (none committed: nothing is marked). Every number
     from a record of older notebook code is marked `OLDER_CODE`."""
     m = task.meta
-    gpu, cpu = newest(task.records, "full", "gpu"), newest(task.records, "quick", "cpu")
-    cpu_full = newest(task.records, "full", "cpu")
+    gpu, cpu = newest(table_records(task), "full", "gpu"), newest(table_records(task), "quick", "cpu")
+    cpu_full = newest(table_records(task), "full", "cpu")
     shown, where = headline_records(task)
 
     def yardstick(r: dict) -> str:
@@ -265,8 +285,13 @@ def row(task: Task, committed: set[str] = frozenset()) -> str:
     headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} "
                            f"({where or 'full, ' + gpu_name(r)}; {r['data']}{yardstick(r)}){code_mark(r, task)}"
                            for r in shown) or NOT_MEASURED
-    gpu_cost = times(gpu, gpu_name, lambda r: code_mark(r, task))
-    cpu_cost = times(cpu + cpu_full, lambda r: cpu_name(r) if r["preset"] == "quick" else f"`full`, {cpu_name(r)}",
+    several = len({dataset_name(r) for r in shown + gpu + cpu + cpu_full}) > 1  # then each time names its dataset
+
+    def on(device: Callable[[dict], str]) -> Callable[[dict], str]:
+        return (lambda r: f"{dataset_name(r)}; {device(r)}") if several else device
+
+    gpu_cost = times(gpu, on(gpu_name), lambda r: code_mark(r, task))
+    cpu_cost = times(cpu + cpu_full, on(lambda r: cpu_name(r) if r["preset"] == "quick" else f"`full`, {cpu_name(r)}"),
                      lambda r: code_mark(r, task))  # `quick` runs, then any `full` run made on a CPU
     path = f"{task.folder}/{m['notebook']}"
     link = f"[{m['notebook']}]({path}) {colab_badge(path)}"
@@ -277,7 +302,7 @@ def other_gpus_line(tasks: list[Task]) -> str:
     """The `full` training time measured on GPUs other than the RTX 4090, per GPU (newest run per task)."""
     per_gpu: dict[str, dict[str, float]] = {}
     for t in tasks:
-        for r in newest(t.records, "full", "gpu"):
+        for r in newest(table_records(t), "full", "gpu"):
             if not is_4090(r):  # a run in slices on several GPUs counts under each, with its slices' seconds
                 for name, seconds in seconds_per_device(r).items():
                     per_gpu.setdefault(name, {})[t.folder] = seconds
@@ -322,7 +347,7 @@ def other_classifier_note(tasks: list[Task], committed: set[str]) -> list[str]:
 def older_code_note(tasks: list[Task]) -> list[str]:
     """The footnote under the table when some number in it is marked `OLDER_CODE`."""
     marked = [t for t in tasks if any(older_code(r, t) for r in (
-        headline_records(t)[0] + newest(t.records, "full", "gpu") + newest(t.records, "quick", "cpu")))]
+        headline_records(t)[0] + newest(table_records(t), "full", "gpu") + newest(table_records(t), "quick", "cpu")))]
     if not marked:
         return []
     return [f"{OLDER_CODE} Measured with an earlier version of the notebook's code: its code cells have changed since "
@@ -337,7 +362,7 @@ def render_table(tasks: list[Task], root: Path = REPO_ROOT) -> str:
     lines = ["| Task | Paper | Notebook | Headline metric | Training time, GPU (`full`) | Training time, CPU (`quick`; `full` where run on a CPU) |",
              "|---|---|---|---|---|---|"]
     lines += [row(t, committed) for t in tasks]
-    measured = [newest(t.records, "full", "4090")[-1:] for t in tasks]  # per task, its newest full 4090 run
+    measured = [newest(table_records(t), "full", "4090")[-1:] for t in tasks]  # per task, its newest full 4090 run
     if tasks and all(measured):
         hours = sum(r[0]["train_seconds"] for r in measured) / 3600
         lines.append(f"\n**N = {hours:.2f}** 4090-hours: the sum of the `full` training times on an RTX 4090 above.")

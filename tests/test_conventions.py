@@ -232,7 +232,7 @@ def test_readme_lists_each_dataset_of_a_task(tmp_path: Path) -> None:
         (results / f"{i}.json").write_text(json.dumps(record))
     table = update_readme.render_table(update_readme.load_tasks(tmp_path))
     assert "NLL: 230 (quick, CPU; Fashion)<br>NLL: 99 (quick, CPU; MNIST)" in table  # newest per dataset
-    assert "NLL: 100 " not in table and "1.0 min (cpu)<br>1.0 min (cpu)" in table
+    assert "NLL: 100 " not in table and "1.0 min (Fashion; cpu)<br>1.0 min (MNIST; cpu)" in table  # which is which
 
 
 def test_n_counts_only_rtx_4090_runs_and_other_gpus_are_named(tmp_path: Path) -> None:

@@ -246,3 +246,36 @@ def test_a_run_in_slices_waits_for_all_its_slices_not_the_last_one(tmp_path: Pat
     gan = next(line for line in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path).splitlines()
                if "gan.ipynb" in line)
     assert "whole notebook 113.1 min)" in gan
+
+
+def test_a_record_of_older_code_leaves_the_table_once_the_code_now_has_one_on_its_dataset(tmp_path: Path) -> None:
+    """A code change that rewords a record's `data` text (the training-deep-nets section 5 on other images, SimCLR's
+    validation split described) left the superseded run beside the new one, as a second line of the same dataset."""
+    from common.record import notebook_code_sha256
+    scratch = tmp_path / "scratch.ipynb"
+    scratch.write_text(notebook_json("x = 1"))
+    now, old = notebook_code_sha256(scratch), "0" * 64
+    fashion = "Fashion-MNIST (60,000 train / 10,000 test images); section 5 trains on"
+    add_task(tmp_path, "vae", "nelbo", [
+        {"data": f"{fashion} 2,000 images", "code": {"notebook_code_sha256": old}, "train_seconds": 120.0},  # 50
+        {"data": f"{fashion} 1,000 images", "code": {"notebook_code_sha256": now}, "train_seconds": 180.0}])  # 51
+    notebook = tmp_path / "image_generation" / "vae" / "vae.ipynb"
+    notebook.write_text(notebook_json("x = 1"))
+    headline, _, cpu_time = vae_cells(tmp_path)[3:6]
+    assert headline == f"nelbo: 51 (quick, CPU; {fashion} 1,000 images)" and cpu_time == "3.0 min (cpu)"
+
+    notebook.write_text(notebook_json("x = 2"))  # the control: no record of the code now, so both stay, marked
+    headline, _, cpu_time = vae_cells(tmp_path)[3:6]
+    assert "nelbo: 50 " in headline and "nelbo: 51 " in headline and cpu_time == "2.0 min (cpu)‡<br>3.0 min (cpu)‡"
+
+
+def test_an_older_record_on_another_dataset_stays_and_every_time_names_its_dataset(tmp_path: Path) -> None:
+    from common.record import notebook_code_sha256
+    scratch = tmp_path / "scratch.ipynb"
+    scratch.write_text(notebook_json("x = 1"))
+    now = notebook_code_sha256(scratch)
+    add_task(tmp_path, "vae", "nelbo", [
+        {"data": "Fashion-MNIST (60,000 train)", "code": {"notebook_code_sha256": "0" * 64}},
+        {"data": "MNIST (8,000 train)", "code": {"notebook_code_sha256": now}, "train_seconds": 180.0}])
+    (tmp_path / "image_generation" / "vae" / "vae.ipynb").write_text(notebook_json("x = 1"))
+    assert vae_cells(tmp_path)[5] == "1.0 min (Fashion-MNIST; cpu)‡<br>3.0 min (MNIST; cpu)"
