@@ -15,7 +15,8 @@
 #
 # Runs that outlast a loan: every unfinished run's state folder (checkpoints, kept side runs, state.json) is packed
 # too, into $OUT/state.tgz.part-0, -1, ... (parts of LOAN_PART_MIB, default 15 MiB: what comes back is at most 8
-# files of 16 MiB, 64 MiB in all, so at most 5 parts beside gpu.txt and the two archives). Fetch them, then
+# files of 16 MiB, 64 MiB in all, so at most 5 parts beside gpu.txt and the two archives, and at most LOAN_BACK_MIB,
+# default 60, of parts: 4 of 15 MiB, the rest of the 64 left to the archives). Fetch them, then
 # `LOAN_STATE=<folder holding the parts> bash scripts/loan.sh prepare` puts them into .loan/state/, and the next
 # loan's `run` unpacks them before its first task, so `campaign.py` resumes those runs. What travels there is the
 # repository, .loan's data and the state together: at most 64 MiB.
@@ -25,6 +26,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 part_mib=${LOAN_PART_MIB:-15}
+back_mib=${LOAN_BACK_MIB:-60}  # MiB of parts that can come back: 64 MiB in all, less the results and logs archives
 pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut into parts; nothing when none is unfinished
   local root=$1 out=$2 runs=() d tmp
   for d in "$root"/*/; do
@@ -39,7 +41,8 @@ pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut int
   mv "$tmp"/state.tgz.part-* "$out"/ && rmdir "$tmp"
   local n; n=$(ls "$out"/state.tgz.part-* | wc -l)
   echo "state of ${runs[*]}: $(du -ch "$out"/state.tgz.part-* | tail -1 | cut -f1) in $n part(s) of at most $part_mib MiB"
-  (( n <= 5 )) || echo "warning: $n parts: at most 5 come back (8 files in all); this state cannot travel"
+  local most=$(( back_mib / part_mib < 5 ? back_mib / part_mib : 5 ))  # 8 files in all; 64 MiB in all
+  (( n <= most )) || echo "warning: $n parts: at most $most of $part_mib MiB come back (8 files and 64 MiB in all); this state cannot travel"
 }
 unpack_state() {  # PARTS ROOT
   ls "$1"/state.tgz.part-* >/dev/null 2>&1 || return 0

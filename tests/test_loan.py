@@ -14,9 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOAN = REPO_ROOT / "scripts" / "loan.sh"
 
 
-def loan(*args: str, part_mib: int = 1) -> str:
+def loan(*args: str, part_mib: int = 1, back_mib: int = 60) -> str:
     result = subprocess.run(["bash", str(LOAN), *args], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "LOAN_PART_MIB": str(part_mib)})
+                            env={**os.environ, "LOAN_PART_MIB": str(part_mib), "LOAN_BACK_MIB": str(back_mib)})
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -54,8 +54,18 @@ def test_nothing_unfinished_leaves_no_parts_and_too_big_a_state_is_flagged(tmp_p
     make_run(root, "a", finished=True, mib=0.1)
     loan("pack-state", str(root), str(out))
     assert not list(out.glob("state.tgz.part-*"))
-    make_run(root, "b", finished=False, mib=5.5)  # 6 parts of 1 MiB: more than the 5 that can come back
+    make_run(root, "b", finished=False, mib=5.5)  # 6 parts of 1 MiB: more than the 5 files that can come back
     assert "warning: 6 parts" in loan("pack-state", str(root), str(out))
+
+
+def test_parts_that_would_exceed_what_comes_back_in_bytes_are_flagged(tmp_path: Path) -> None:
+    """5 parts pass the 8-file limit but not the bytes: 5 of the default 15 MiB are 75 MiB, over the 64 MiB that
+    come back. Scaled down: parts of 1 MiB against 4 MiB of room."""
+    root, out = tmp_path / "state", tmp_path / "out"
+    out.mkdir()
+    make_run(root, "b", finished=False, mib=4.5)  # 5 parts of 1 MiB
+    assert "warning: 5 parts: at most 4" in loan("pack-state", str(root), str(out), back_mib=4)
+    assert "warning" not in loan("pack-state", str(root), str(out), back_mib=5)  # the control: room for all 5
 
 
 @pytest.mark.parametrize("command", ["pack-state", "unpack-state"])
