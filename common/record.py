@@ -156,6 +156,13 @@ def _fold(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
     return max(a[0], b[0]), max(a[1], b[1])
 
 
+def _cuda_key(device: torch.device | str) -> str:
+    """One name per GPU: "cuda" (the current device) and "cuda:0" are the same card when 0 is current, and a tensor's
+    `.device` always carries the index while `get_device()` may not."""
+    device = torch.device(device)
+    return f"cuda:{torch.cuda.current_device() if device.index is None else device.index}"
+
+
 def _peak_since_reset(device: torch.device) -> tuple[int, int]:
     return int(torch.cuda.max_memory_allocated(device)), int(torch.cuda.max_memory_reserved(device))
 
@@ -165,9 +172,9 @@ def _reset_peak_memory(device: torch.device) -> None:
     `device` (several clocks may be) and to the process-wide peak, so that no measurement loses its part."""
     peak = _peak_since_reset(device)
     for clock in list(_RUNNING):
-        if clock.current is not None and torch.device(clock.device) == torch.device(device):
+        if clock.current is not None and _cuda_key(clock.device) == _cuda_key(device):
             clock._span_peak = _fold(clock._span_peak, peak)
-    _PROCESS_PEAK[str(torch.device(device))] = _fold(_PROCESS_PEAK.get(str(torch.device(device)), (0, 0)), peak)
+    _PROCESS_PEAK[_cuda_key(device)] = _fold(_PROCESS_PEAK.get(_cuda_key(device), (0, 0)), peak)
     torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -176,7 +183,7 @@ def peak_memory_bytes(device: torch.device) -> int | None:
     the peak statistics), else the process's peak resident set size; None (unknown) where the platform has no
     `resource` module (Windows)."""
     if device.type == "cuda":
-        before = _PROCESS_PEAK.get(str(torch.device(device)), (0, 0))
+        before = _PROCESS_PEAK.get(_cuda_key(device), (0, 0))
         return _fold(before, _peak_since_reset(device))[0]
     try:
         import resource  # POSIX only: imported here so that `import common` works on Windows

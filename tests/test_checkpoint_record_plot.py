@@ -268,6 +268,7 @@ class FakeCudaMemory:
             monkeypatch.setattr(torch.cuda, name, getattr(self, name))
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4090")
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
 
     def use(self, n):
         self.allocated += n
@@ -336,6 +337,22 @@ def test_a_second_clock_does_not_erase_the_first_ones_peak(monkeypatch):
     main.stop()
     assert main.peak_memory["train"]["allocated_bytes"] == 700 * MiB
     assert side.peak_memory["experiment"]["allocated_bytes"] == 200 * MiB
+
+
+def test_two_names_of_one_gpu_share_its_peak(monkeypatch):
+    """`get_device()` says "cuda", a tensor's `.device` "cuda:0" (the GCN/GAT and ViT notebooks time side runs with
+    the latter): a side clock's reset must hand the main clock's peak on, whatever the spelling."""
+    gpu = FakeCudaMemory(monkeypatch)
+    monkeypatch.setattr(common.record, "_PROCESS_PEAK", {})  # no other test's peaks
+    main, side = RunClock(torch.device("cuda")), RunClock(torch.device("cuda", 0))
+    main.start("train")
+    gpu.use(2000 * MiB), gpu.free(2000 * MiB)
+    with side.span("experiment"):
+        gpu.use(500 * MiB), gpu.free(500 * MiB)
+    main.stop()
+    assert main.peak_memory["train"]["allocated_bytes"] == 2000 * MiB
+    assert common.record.peak_memory_bytes(torch.device("cuda")) == 2000 * MiB
+    assert common.record.peak_memory_bytes(torch.device("cuda", 0)) == 2000 * MiB
 
 
 def test_memory_tracking_is_a_no_op_on_the_cpu(monkeypatch, runs_tmp):
