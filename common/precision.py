@@ -98,11 +98,15 @@ def precision_ran() -> str:
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     """A GradScaler that is enabled exactly when `precision_mode(device)` is 'fp16'; elsewhere its calls pass
     through (`scale(loss)` returns `loss`, `step(opt)` calls `opt.step()`), so one training loop fits all."""
+    device = torch.device(device)  # "cuda" as a string works too, as it does for `autocast`
     return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
 
 
 def enable_tf32() -> None:
-    """Let fp32 matrix multiplies and convolutions use TF32 tensor cores on CUDA (no-op elsewhere)."""
+    """Let fp32 matrix multiplies and convolutions use TF32 tensor cores on CUDA. Its
+    `set_float32_matmul_precision("high")` also sets `torch.backends.mkldnn.matmul.fp32_precision` to "tf32" (torch
+    2.14): oneDNN may then use reduced precision for CPU matmuls where the CPU supports it. `fp32_exact()` undoes
+    all three settings inside its block."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision("high")
@@ -116,7 +120,7 @@ def to_channels_last(obj: nn.Module | torch.Tensor, device: torch.device) -> nn.
     EPYC: 1.12x for a ResNet-20 training step, 1.55x for SimCLR's encoder), so notebooks that
     want it there convert explicitly, as `resnet` and `simclr` do.
     """
-    if device.type != "cuda":
+    if torch.device(device).type != "cuda":
         return obj
     if isinstance(obj, torch.Tensor):
         return obj.contiguous(memory_format=torch.channels_last) if obj.dim() == 4 else obj

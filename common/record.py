@@ -160,7 +160,9 @@ def _cuda_key(device: torch.device | str) -> str:
     """One name per GPU: "cuda" (the current device) and "cuda:0" are the same card when 0 is current, and a tensor's
     `.device` always carries the index while `get_device()` may not."""
     device = torch.device(device)
-    return f"cuda:{torch.cuda.current_device() if device.index is None else device.index}"
+    if device.index is not None:
+        return f"cuda:{device.index}"
+    return f"cuda:{torch.cuda.current_device() if torch.cuda.is_initialized() else 0}"  # before CUDA starts: GPU 0
 
 
 def _peak_since_reset(device: torch.device) -> tuple[int, int]:

@@ -57,13 +57,17 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore the generators saved by `rng_state` (CUDA's and MPS's only if the state has them and the device is
-    here: a checkpoint written on the CPU resumes on a GPU with the GPU's streams as they are)."""
+    here: a checkpoint written on the CPU resumes on a GPU with the GPU's streams as they are; one written on more
+    GPUs than this machine has restores the streams of the GPUs it has)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, key, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, key.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if state["cuda"] and torch.cuda.is_available():
+        # CUDA first: before it is initialised torch queues these calls and, on initialisation, runs queued seeding
+        # (an earlier `seed_everything`) after them, which would put the streams back at the run's start.
+        torch.cuda.init()
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]][:torch.cuda.device_count()])
     if state.get("mps") is not None and torch.backends.mps.is_available():  # absent from older checkpoints
         torch.mps.set_rng_state(state["mps"].cpu())

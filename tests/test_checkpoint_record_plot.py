@@ -429,3 +429,35 @@ def test_common_imports_and_writes_a_record_without_the_resource_module(tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     assert "PEAK None" in result.stdout and "peak memory unknown" in result.stdout
     assert len(list((tmp_path / "runs").glob("*.json"))) == 1
+
+
+class StepOnGpu(torch.Tensor):
+    """Stands for a `step` counter that `torch.load(map_location=cuda)` put on a GPU: `.cpu()` gives a plain tensor."""
+
+    def cpu(self, *args, **kwargs):
+        return torch.Tensor.cpu(self).as_subclass(torch.Tensor)
+
+
+def test_optimiser_step_counters_load_onto_the_cpu(tmp_path, monkeypatch):
+    """Adam keeps `step` on the CPU; loaded onto a GPU (map_location=device) it would stay there
+    (`Optimizer.load_state_dict` moves it only for fused or capturable optimisers) and cost a synchronisation per
+    parameter and step of a resumed run. This machine has no GPU: a subclass stands for a step loaded onto one."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "ckpt.pt", {"model": model.state_dict(), "opt": opt.state_dict(), "extra": [1]})
+    real_load = torch.load
+
+    def load_onto_gpu(*args, **kwargs):
+        state = real_load(*args, **kwargs)
+        for entry in state["opt"]["state"].values():
+            entry["step"] = entry["step"].as_subclass(StepOnGpu)
+        state["model"]["bias"] = state["model"]["bias"].as_subclass(StepOnGpu)  # the control: not a step counter
+        return state
+    monkeypatch.setattr(torch, "load", load_onto_gpu)
+    state = load_checkpoint(tmp_path / "ckpt.pt")
+    steps = [entry["step"] for entry in state["opt"]["state"].values()]
+    assert steps and all(type(step) is torch.Tensor for step in steps)
+    assert type(state["model"]["bias"]) is StepOnGpu and state["extra"] == [1]  # the rest as loaded
+    opt.load_state_dict(state["opt"])

@@ -313,3 +313,11 @@ def test_the_record_tells_a_verified_compiled_run_from_an_unverified_one(monkeyp
     assert precision._COMPILE_OUTCOMES[off]["status"] == "eager"
     report = compile_report()
     assert report["status"] == "mixed" and len(report["models"]) >= 2
+
+
+def test_a_device_given_as_a_string_works_as_for_autocast():
+    from common import grad_scaler, to_channels_last
+    assert not grad_scaler("cpu").is_enabled()
+    x = torch.zeros(1, 2, 3, 3)
+    assert to_channels_last(x, "cuda").is_contiguous(memory_format=torch.channels_last)
+    assert to_channels_last(x, "cpu") is x

@@ -258,3 +258,22 @@ def test_set_rng_state_accepts_a_numpy_key_loaded_onto_an_accelerator():
     np.random.seed(0)
     set_rng_state(moved)
     assert np.array_equal(np.random.rand(4), expected)
+
+
+def test_cuda_streams_are_restored_after_cuda_starts_and_only_for_the_gpus_here(monkeypatch):
+    """Before CUDA starts, torch queues `set_rng_state_all` and runs queued seeding (an earlier `seed_everything`)
+    after it, which would put a resumed run's GPU streams back at the run's start; a checkpoint from 2 GPUs
+    resumed on 1 must not ask for the second."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "init", lambda: calls.append("init"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.append(("set", len(states))))
+    state = rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]  # two GPUs' streams
+    set_rng_state(state)
+    assert calls == ["init", ("set", 1)]
+    calls.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the control: a CPU-only machine asks nothing
+    set_rng_state(state)
+    assert calls == []
