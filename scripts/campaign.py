@@ -275,21 +275,38 @@ def shortest_resume_minutes(entry: dict[str, Any], state_dir: Path) -> float:
     return entry["min_slice_minutes"]
 
 
+def cannot_resume(task: str, entry: dict[str, Any], state_dir: Path, left: float) -> str | None:
+    """Why an unfinished run cannot be resumed in this command (None: it can): its shortest useful slice does not
+    fit in the `left` seconds (a diffusion run's tail waits for a longer command), or its notebook code has changed
+    since its first slice (its checkpoint is of other code)."""
+    need = shortest_resume_minutes(entry, state_dir)
+    if 60 * need > left:
+        return f"its shortest useful slice ({need} min) does not fit in the {left:.0f} s left"
+    notebook = gpu_check.notebooks().get(task)
+    saved = json.loads((state_dir / "state.json").read_text()).get("notebook_code_sha256")
+    if notebook is None or saved != notebook_code_sha256(notebook):
+        return "its notebook code changed since its first slice: start it again in an empty state folder"
+    return None
+
+
 def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: bool) -> int:
-    """Spend `budget` seconds: resume unfinished runs, then start new ones, while a useful slice still fits."""
+    """Spend `budget` seconds: resume unfinished runs, then start new ones, while a useful slice still fits. An
+    unfinished run that cannot be resumed now (`cannot_resume`) is said and passed over, so it never blocks the
+    tasks after it."""
     tasks, end, failed = campaign(), time.time() + budget, 0
     while True:
         left = end - time.time()
-        order = plan(tasks, root, left)
+        order = []
+        for task, why in plan(tasks, root, left):
+            reason = cannot_resume(task, tasks[task], root / task.replace("/", "__"), left) if why == "resume" else None
+            if reason:
+                print(f"campaign: {task} is unfinished, but {reason}; passed over")
+            else:
+                order.append((task, why))
         if not order:
             print(f"campaign: nothing more fits in the {left:.0f} s left")
             return 1 if failed else 0
         task, why = order[0]
-        need = shortest_resume_minutes(tasks[task], root / task.replace("/", "__"))
-        if why == "resume" and 60 * need > left:
-            print(f"campaign: {task} is unfinished, but its shortest useful slice ({need} min) does not fit in the "
-                  f"{left:.0f} s left")
-            return 1 if failed else 0
         print(f"campaign: {why} {task} with {left:.0f} s left")
         rc = run_slice(task, left, root / task.replace("/", "__"), data_dir, device=device, save=save)
         failed += rc != 0

@@ -14,7 +14,7 @@
 # repository root, commit the records unedited, run scripts/update_readme.py.
 #
 # Runs that outlast a loan: every unfinished run's state folder (checkpoints, kept side runs, state.json) is packed
-# too, into $OUT/state.tgz.part-0, -1, ... (parts of LOAN_PART_MIB, default 15 MiB: what comes back is at most 8
+# too, into $OUT/state.tgz.part-00, -01, ... (parts of LOAN_PART_MIB, default 15 MiB: what comes back is at most 8
 # files of 16 MiB, 64 MiB in all, so at most 5 parts beside gpu.txt and the two archives, and at most LOAN_BACK_MIB,
 # default 60, of parts: 4 of 15 MiB, the rest of the 64 left to the archives). Fetch them, then
 # `LOAN_STATE=<folder holding the parts> bash scripts/loan.sh prepare` puts them into .loan/state/, and the next
@@ -34,15 +34,20 @@ pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut int
     python3 -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['finished'])" "$d/state.json" \
       && runs+=("$(basename "$d")")
   done
-  rm -f "$out"/state.tgz.part-*
-  [ ${#runs[@]} -eq 0 ] && return 0
+  if [ ${#runs[@]} -eq 0 ]; then rm -f "$out"/state.tgz.part-*; return 0; fi
   tmp=$(mktemp -d)  # parts appear in OUT only once all are written: a command killed meanwhile leaves none
-  tar czf - -C "$root" --exclude=notebook.py "${runs[@]}" | split -b "${part_mib}M" -d -a 1 - "$tmp/state.tgz.part-"
-  mv "$tmp"/state.tgz.part-* "$out"/ && rmdir "$tmp"
-  local n; n=$(ls "$out"/state.tgz.part-* | wc -l)
-  echo "state of ${runs[*]}: $(du -ch "$out"/state.tgz.part-* | tail -1 | cut -f1) in $n part(s) of at most $part_mib MiB"
+  local ok=1
+  tar czf - -C "$root" --exclude=notebook.py "${runs[@]}" | split -b "${part_mib}M" -d -a 2 - "$tmp/state.tgz.part-" \
+    || ok=0  # more parts than two-digit names: far too many anyway
+  local n; n=$(ls "$tmp"/state.tgz.part-* | wc -l)
   local most=$(( back_mib / part_mib < 5 ? back_mib / part_mib : 5 ))  # 8 files in all; 64 MiB in all
-  (( n <= most )) || echo "warning: $n parts: at most $most of $part_mib MiB come back (8 files and 64 MiB in all); this state cannot travel"
+  echo "state of ${runs[*]}: $(du -ch "$tmp"/state.tgz.part-* | tail -1 | cut -f1) in $n part(s) of at most $part_mib MiB"
+  if (( ok && n <= most )); then
+    rm -f "$out"/state.tgz.part-* && mv "$tmp"/state.tgz.part-* "$out"/ && rmdir "$tmp"
+  else  # kept out of OUT: too many bytes there could cost the records and logs that must come back
+    rm -f "$out"/state.tgz.part-* && rm -rf "$tmp"
+    echo "warning: $n parts: at most $most of $part_mib MiB come back (8 files and 64 MiB in all); this state cannot travel and stays here"
+  fi
 }
 unpack_state() {  # PARTS ROOT
   ls "$1"/state.tgz.part-* >/dev/null 2>&1 || return 0

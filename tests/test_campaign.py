@@ -556,3 +556,33 @@ def test_a_diffusion_run_trained_too_late_for_its_tail_leaves_it_to_the_next_sli
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
         {k: v for k, v in b["metrics"].items() if k not in timing}
     assert [(s["from_step"], s["to_step"]) for s in b["slices"]] == [(0, total), (total, total)]
+
+
+def test_an_unfinished_run_that_cannot_resume_now_does_not_block_the_next_task(tmp_path: Path, monkeypatch) -> None:
+    """A trained DDPM waits for its 9-minute tail, which a 540-s command never holds, and a run whose notebook code
+    changed cannot resume at all: `next` used to stop at either, loan after loan; it now says why and goes on."""
+    ddpm, vae, gan = "image_generation/ddpm", "image_generation/vae", "image_generation/gan"
+    notebooks = campaign.gpu_check.notebooks()
+    tasks = {ddpm: {"min_slice_minutes": 3, "tail_minutes": 9, "travels_after_training": True},
+             gan: {"min_slice_minutes": 3}, vae: {"min_slice_minutes": 3}}
+    for task, code, to_step in ((ddpm, campaign.notebook_code_sha256(notebooks[ddpm]), 10), (gan, "0" * 64, 5)):
+        folder = tmp_path / task.replace("/", "__")
+        folder.mkdir()
+        (folder / "state.json").write_text(json.dumps({
+            "task": task, "preset": "full", "notebook_code_sha256": code, "finished": False,
+            "slices": [{"from_step": 0, "to_step": to_step, "of_steps": 10}]}))
+    ran = []
+
+    def fake_slice(task, seconds, state_dir, data_dir, **kwargs):
+        ran.append(task)
+        state_dir.mkdir(exist_ok=True)
+        (state_dir / "state.json").write_text(json.dumps({"finished": True}))
+        return 0
+    monkeypatch.setattr(campaign, "campaign", lambda: tasks)
+    monkeypatch.setattr(campaign, "run_slice", fake_slice)
+    monkeypatch.setattr(campaign, "plan", lambda tasks, root, budget: [(t, "resume") for t in (ddpm, gan)] +
+                        ([] if (root / vae.replace("/", "__")).exists() else [(vae, "start")]))
+    assert campaign.run_campaign(530, tmp_path, tmp_path, "cuda", save=False) == 0
+    assert ran == [vae]
+    assert campaign.cannot_resume(ddpm, tasks[ddpm], tmp_path / ddpm.replace("/", "__"), 600) is None  # the control
+    assert "code changed" in campaign.cannot_resume(gan, tasks[gan], tmp_path / gan.replace("/", "__"), 600)

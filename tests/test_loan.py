@@ -39,7 +39,7 @@ def test_unfinished_runs_travel_in_parts_that_can_come_back_and_unpack_exactly(t
     make_run(root, "text_generation__char_gpt", finished=True, mib=0.1)
     printed = loan("pack-state", str(root), str(out))
     parts = sorted(out.glob("state.tgz.part-*"))
-    assert [p.name for p in parts] == ["state.tgz.part-0", "state.tgz.part-1", "state.tgz.part-2"]
+    assert [p.name for p in parts] == ["state.tgz.part-00", "state.tgz.part-01", "state.tgz.part-02"]
     assert all(p.stat().st_size <= 2**20 for p in parts) and "warning" not in printed
     loan("unpack-state", str(out), str(there))
     assert (there / "image_classification__resnet" / "checkpoints" / "model.pt").read_bytes() == payload
@@ -56,6 +56,7 @@ def test_nothing_unfinished_leaves_no_parts_and_too_big_a_state_is_flagged(tmp_p
     assert not list(out.glob("state.tgz.part-*"))
     make_run(root, "b", finished=False, mib=5.5)  # 6 parts of 1 MiB: more than the 5 files that can come back
     assert "warning: 6 parts" in loan("pack-state", str(root), str(out))
+    assert not list(out.glob("state.tgz.part-*"))  # kept out of OUT, where they would crowd out the records
 
 
 def test_parts_that_would_exceed_what_comes_back_in_bytes_are_flagged(tmp_path: Path) -> None:
@@ -65,6 +66,7 @@ def test_parts_that_would_exceed_what_comes_back_in_bytes_are_flagged(tmp_path: 
     out.mkdir()
     make_run(root, "b", finished=False, mib=4.5)  # 5 parts of 1 MiB
     assert "warning: 5 parts: at most 4" in loan("pack-state", str(root), str(out), back_mib=4)
+    assert not list(out.glob("state.tgz.part-*"))
     assert "warning" not in loan("pack-state", str(root), str(out), back_mib=5)  # the control: room for all 5
 
 
