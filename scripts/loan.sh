@@ -107,7 +107,8 @@ run)
   fi
   [ -f $data/build_cifar10_full.py ] && (cd $data && python3 build_cifar10_full.py .)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-  python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
+  # the version without importing torch: a cold first import on a fresh machine takes seconds the first task needs
+  python3 -c "import importlib.metadata as m; print('torch', m.version('torch'))" | tee -a "$out/gpu.txt"
   touch /tmp/loan_t0
   pack() {
     find results -newer /tmp/loan_t0 -name '*.json' | tar czf "$out/results.tgz" -T -
