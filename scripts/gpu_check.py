@@ -6,7 +6,9 @@
     python scripts/gpu_check.py --device cpu --only templates/task_template    # the same path on a CPU (tests)
 
 It needs no Jupyter and no internet: each notebook's code cells are concatenated into a plain Python script
-(PyTorch, NumPy, Matplotlib and tqdm are enough) and run in a fresh process with `DL_PRESET`, `DL_DATA_DIR`,
+(PyTorch, NumPy, Matplotlib and tqdm are enough for most; the seq2seq notebook also needs `num2words`, the
+reinforcement-learning one `gymnasium`: each task's requirements.txt says; on a lent machine `scripts/loan.sh`
+brings them as wheels and its records back through $OUT, which this script alone does not) and run in a fresh process with `DL_PRESET`, `DL_DATA_DIR`,
 `DL_DEVICE` and a temporary `DL_RUNS_DIR`/`DL_CHECKPOINT_DIR` set, so nothing of yours is overwritten. On
 CUDA the notebooks take their GPU path: bf16 autocast (fp16 with loss scaling below compute capability 8.0),
 TF32, channels_last, `torch.compile` where their Config turns it on. The smoke runs check that each notebook
