@@ -227,12 +227,17 @@ class _CompiledOrEager:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self.failed:
+            # Until a whole step has run compiled, a failure can come after a compiled part of the forward already
+            # ran (a graph break splits it): its batch-norm statistics and random draws are put back first.
+            saved = None if self.verified else _snapshot(self.model)
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as e:
                 if not is_compile_error(e):
                     raise  # out of memory, or a bug in the model: not a reason to fall back
                 self.fall_back(e, "forward")
+                if saved is not None:
+                    _restore(saved)
         return self.model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

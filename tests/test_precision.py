@@ -114,6 +114,32 @@ def test_maybe_compile_falls_back_to_eager_when_compiling_fails(monkeypatch, cap
     assert fn.weight is model.weight  # attributes are the eager model's
 
 
+def test_a_forward_that_fails_after_a_compiled_part_ran_is_rerun_from_the_same_state(monkeypatch, capsys):
+    """A graph break splits a forward: its first compiled part can update batch-norm statistics and draw random
+    numbers before a later part fails to compile. The eager rerun must start from the state before the call."""
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.Dropout(0.5))
+    reference = nn.Sequential(nn.BatchNorm1d(3), nn.Dropout(0.5))
+    reference.load_state_dict(model.state_dict())
+
+    def compile_failing_midway(m):
+        def run(x):
+            m[0](x)  # the first compiled part: running statistics move
+            torch.rand(1)  # and a random number is drawn
+            raise compile_error("a later graph failed to compile")
+        return run
+    monkeypatch.setattr(precision.torch, "compile", compile_failing_midway)
+    monkeypatch.setattr(precision, "compile_unavailable_reason", lambda device: None)
+    fn = maybe_compile(model, True, CPU)
+    x = torch.randn(8, 3)
+    torch.manual_seed(5)
+    out = fn(x)
+    torch.manual_seed(5)
+    expected = reference(x)
+    assert torch.equal(out, expected)  # the same dropout mask: the random stream was put back
+    assert torch.equal(model[0].running_mean, reference[0].running_mean)  # the statistics moved once, not twice
+    assert model[0].num_batches_tracked.item() == 1
+
+
 # ---------------------------------------------------------------- precision by compute capability
 
 CUDA = torch.device("cuda")
