@@ -28,7 +28,9 @@ scripts/gpu_check.py it needs no Jupyter: the notebook's code cells run as one P
 the cheapest task (by scripts/campaign.toml's estimate) that has no `full` record made on a GPU for its current
 notebook code (tasks with no `full` record at all first, then those whose only `full` record ran on a CPU), and
 never starts a task whose shortest useful slice (`min_slice_minutes`) does not fit in what is left.
-`list` prints the campaign file with each task's state.
+`list` prints the campaign file with each task's state. `need TASK --root STATE` prints the seconds one command
+must hold for that task's next slice (a diffusion run's tail, or the whole of a run that cannot travel): loan.sh
+skips a named task that would not fit, rather than see it killed at the command's limit with its record.
 """
 
 from __future__ import annotations
@@ -256,12 +258,29 @@ def plan(tasks: dict[str, dict[str, Any]], root: Path, budget: float) -> list[tu
              and not (root / t.replace("/", "__") / "state.json").is_file()]
     for task in sorted(fresh, key=lambda t: (bool(devices[t]), tasks[t]["estimate_minutes"])):
         entry = tasks[task]
-        travels = entry.get("travels", True)  # false: its state cannot reach the next loan's machine
-        on_one_machine = entry["train_minutes"] if entry.get("travels_after_training") else entry["estimate_minutes"]
-        fits = 60 * entry["min_slice_minutes"] <= budget
-        if fits and (travels or 60 * on_one_machine <= budget):
+        if 60 * first_slice_minutes(entry) <= budget:
             order.append((task, "start"))
     return order
+
+
+def first_slice_minutes(entry: dict[str, Any]) -> float:
+    """The minutes one command must hold to start a task: its shortest useful slice, and for a task whose state
+    cannot travel (`travels = false`) its whole estimate, or its training's (`train_minutes`) if its state travels
+    once trained (`travels_after_training`)."""
+    if entry.get("travels", True):
+        return entry["min_slice_minutes"]
+    on_one_machine = entry["train_minutes"] if entry.get("travels_after_training") else entry["estimate_minutes"]
+    return max(entry["min_slice_minutes"], on_one_machine)
+
+
+def slice_need_minutes(task: str, entry: dict[str, Any], root: Path) -> float:
+    """The minutes one command must hold for `task`'s next slice: to resume its unfinished run under `root`,
+    `shortest_resume_minutes` (a diffusion run's tail included); to start it, `first_slice_minutes`."""
+    state_dir = root / task.replace("/", "__")
+    state = state_dir / "state.json"
+    if state.is_file() and not json.loads(state.read_text())["finished"]:
+        return shortest_resume_minutes(entry, state_dir)
+    return first_slice_minutes(entry)
 
 
 def shortest_resume_minutes(entry: dict[str, Any], state_dir: Path) -> float:
@@ -348,6 +367,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     nxt = sub.add_parser("next", help="spend a budget on the campaign")
     nxt.add_argument("--budget", type=float, required=True, help="seconds to spend")
     nxt.add_argument("--root", type=Path, required=True, help="the folder holding one state folder per task")
+    need = sub.add_parser("need", help="the seconds one command must hold for a task's next slice (loan.sh)")
+    need.add_argument("task")
+    need.add_argument("--root", type=Path, required=True, help="the folder holding one state folder per task")
     lst = sub.add_parser("list", help="the campaign file and each task's state")
     lst.add_argument("--root", type=Path, default=None)
     for p in (one, nxt):
@@ -361,6 +383,9 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.command == "list":
         list_campaign(args.root)
+        return 0
+    if args.command == "need":  # no torch: loan.sh asks before every named task
+        print(int(60 * slice_need_minutes(args.task, campaign()[args.task], args.root)))
         return 0
     if args.device == "cuda":
         import torch

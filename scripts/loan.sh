@@ -121,8 +121,8 @@ run)
   fi
   for task in "$@"; do
     left=$(( end - $(date +%s) ))
-    need=$(python3 -c "import sys, tomllib; print(int(60 * tomllib.load(open('scripts/campaign.toml', 'rb'))['task'][sys.argv[1]]['min_slice_minutes']))" "$task")
-    if (( left < need )); then echo "skip $task: $left s left, its shortest useful slice is $need s"; continue; fi
+    need=$(python3 scripts/campaign.py need "$task" --root /tmp/loan_state)  # a tail or a whole run that cannot travel
+    if (( left < need )); then echo "skip $task: $left s left, its next slice needs $need s in one command"; continue; fi
     echo "=== $task with $left s left ($(date -u +%T))"
     python3 scripts/campaign.py run "$task" --seconds $left --state "/tmp/loan_state/${task//\//__}" --data-dir $data
     pack

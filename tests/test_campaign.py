@@ -586,3 +586,25 @@ def test_an_unfinished_run_that_cannot_resume_now_does_not_block_the_next_task(t
     assert ran == [vae]
     assert campaign.cannot_resume(ddpm, tasks[ddpm], tmp_path / ddpm.replace("/", "__"), 600) is None  # the control
     assert "code changed" in campaign.cannot_resume(gan, tasks[gan], tmp_path / gan.replace("/", "__"), 600)
+
+
+def test_a_named_task_needs_its_tail_or_its_whole_run_in_one_command(tmp_path: Path) -> None:
+    """loan.sh asks `campaign.py need` before each named task. It used to read `min_slice_minutes` alone, so a
+    diffusion run's 9-minute tail or a run that cannot travel could start in a command too short for it, be killed
+    at the command's limit, and lose its record."""
+    tasks = campaign.campaign()
+    ddpm, bpe, vae = "image_generation/ddpm", "text_generation/bpe_gpt", "image_generation/vae"
+
+    def need(task: str) -> int:
+        out = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "campaign.py"), "need", task, "--root",
+                              str(tmp_path)], capture_output=True, text=True, check=True, timeout=60).stdout
+        return int(out)
+    assert need(vae) == 60 * tasks[vae]["min_slice_minutes"]  # the control: a run that travels needs a slice
+    assert need(bpe) == 60 * tasks[bpe]["estimate_minutes"] > 60 * tasks[ddpm]["min_slice_minutes"]
+    assert need(ddpm) == 60 * tasks[ddpm]["train_minutes"]  # its training on one machine
+    folder = tmp_path / ddpm.replace("/", "__")
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps({"finished": False, "slices": [{"to_step": 10, "of_steps": 10}]}))
+    assert need(ddpm) == 60 * max(tasks[ddpm]["min_slice_minutes"], tasks[ddpm]["tail_minutes"])  # its tail
+    for task, entry in tasks.items():  # `next`'s plan and `need` agree on what starting a task takes
+        assert campaign.first_slice_minutes(entry) == campaign.slice_need_minutes(task, entry, tmp_path / "none")
