@@ -308,10 +308,11 @@ def cannot_resume(task: str, entry: dict[str, Any], state_dir: Path, left: float
     return None
 
 
-def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: bool) -> int:
+def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: bool,
+                 after_slice: str | None = None) -> int:
     """Spend `budget` seconds: resume unfinished runs, then start new ones, while a useful slice still fits. An
     unfinished run that cannot be resumed now (`cannot_resume`) is said and passed over, so it never blocks the
-    tasks after it."""
+    tasks after it. `after_slice`, a shell command, runs after every slice (loan.sh packs what finished)."""
     tasks, end, failed = campaign(), time.time() + budget, 0
     while True:
         left = end - time.time()
@@ -329,6 +330,8 @@ def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: b
         print(f"campaign: {why} {task} with {left:.0f} s left")
         rc = run_slice(task, left, root / task.replace("/", "__"), data_dir, device=device, save=save)
         failed += rc != 0
+        if after_slice:
+            subprocess.run(after_slice, shell=True, check=False)
         state = json.loads((root / task.replace("/", "__") / "state.json").read_text()) \
             if (root / task.replace("/", "__") / "state.json").is_file() else {"finished": False}
         if rc != 0 or not state["finished"]:
@@ -367,6 +370,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     nxt = sub.add_parser("next", help="spend a budget on the campaign")
     nxt.add_argument("--budget", type=float, required=True, help="seconds to spend")
     nxt.add_argument("--root", type=Path, required=True, help="the folder holding one state folder per task")
+    nxt.add_argument("--after-slice", default=None, help="a shell command to run after every slice (loan.sh packs)")
     need = sub.add_parser("need", help="the seconds one command must hold for a task's next slice (loan.sh)")
     need.add_argument("task")
     need.add_argument("--root", type=Path, required=True, help="the folder holding one state folder per task")
@@ -396,7 +400,7 @@ def main(argv: list[str]) -> int:
     if args.command == "run":
         return run_slice(args.task, args.seconds, args.state.resolve(), data_dir, args.preset, args.device,
                          args.tail, args.slice_steps, not args.no_save, args.slice_side_runs)
-    return run_campaign(args.budget, args.root.resolve(), data_dir, args.device, not args.no_save)
+    return run_campaign(args.budget, args.root.resolve(), data_dir, args.device, not args.no_save, args.after_slice)
 
 
 if __name__ == "__main__":

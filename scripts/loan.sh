@@ -53,7 +53,13 @@ unpack_state() {  # PARTS ROOT
   ls "$1"/state.tgz.part-* >/dev/null 2>&1 || return 0
   mkdir -p "$2" && cat "$1"/state.tgz.part-* | tar xzf - -C "$2" && echo "resumable state unpacked: $(ls "$2")"
 }
+pack_all() {  # OUT: this loan's new records, the slices' logs and the unfinished runs' state, into OUT
+  find results -newer /tmp/loan_t0 -name '*.json' | tar czf "$1/results.tgz" -T -
+  (cd /tmp/loan_state && tar czf "$1/logs.tgz" --exclude=checkpoints --exclude=notebook.py .)
+  pack_state /tmp/loan_state "$1"
+}
 case "${1:-}" in
+pack-all) pack_all "${2:?the out folder}" ;;  # what `run` calls after every slice, also from campaign.py next
 pack-state) pack_state "${2:?the state root folder}" "${3:?the out folder}" ;;
 unpack-state) unpack_state "${2:?the parts folder}" "${3:?the state root folder}" ;;
 prepare)
@@ -110,13 +116,10 @@ run)
   # the version without importing torch: a cold first import on a fresh machine takes seconds the first task needs
   python3 -c "import importlib.metadata as m; print('torch', m.version('torch'))" | tee -a "$out/gpu.txt"
   touch /tmp/loan_t0
-  pack() {
-    find results -newer /tmp/loan_t0 -name '*.json' | tar czf "$out/results.tgz" -T -
-    (cd /tmp/loan_state && tar czf "$out/logs.tgz" --exclude=checkpoints --exclude=notebook.py .)
-    pack_state /tmp/loan_state "$out"
-  }
-  if [ $# -eq 0 ]; then
-    python3 scripts/campaign.py next --budget $(( end - $(date +%s) )) --root /tmp/loan_state --data-dir $data
+  pack() { pack_all "$out"; }
+  if [ $# -eq 0 ]; then  # packed after every slice, so a command killed at its limit still returns what finished
+    python3 scripts/campaign.py next --budget $(( end - $(date +%s) )) --root /tmp/loan_state --data-dir $data \
+      --after-slice "bash scripts/loan.sh pack-all $out"
     pack
   fi
   for task in "$@"; do

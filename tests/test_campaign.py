@@ -582,8 +582,10 @@ def test_an_unfinished_run_that_cannot_resume_now_does_not_block_the_next_task(t
     monkeypatch.setattr(campaign, "run_slice", fake_slice)
     monkeypatch.setattr(campaign, "plan", lambda tasks, root, budget: [(t, "resume") for t in (ddpm, gan)] +
                         ([] if (root / vae.replace("/", "__")).exists() else [(vae, "start")]))
-    assert campaign.run_campaign(530, tmp_path, tmp_path, "cuda", save=False) == 0
+    marker = tmp_path / "packed"
+    assert campaign.run_campaign(530, tmp_path, tmp_path, "cuda", save=False, after_slice=f"touch {marker}") == 0
     assert ran == [vae]
+    assert marker.exists()  # loan.sh's packing ran after the slice, not only when the whole command ended
     assert campaign.cannot_resume(ddpm, tasks[ddpm], tmp_path / ddpm.replace("/", "__"), 600) is None  # the control
     assert "code changed" in campaign.cannot_resume(gan, tasks[gan], tmp_path / gan.replace("/", "__"), 600)
 
