@@ -147,8 +147,11 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     entry = campaign().get(task, {})
     tail = 60 * entry.get("tail_minutes", 0) if tail is None else tail
     reserve = END_MARGIN + (tail if may_finish(state["slices"], seconds, entry) else 0)
+    if not (state_dir / "state.json").is_file():  # before the first slice runs: a slice killed at its limit leaves a
+        (state_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # state that travels and resumes
+    checkpointed = any((state_dir / "checkpoints").glob("*"))  # a killed slice's periodic checkpoints count too
     script = state_dir / "notebook.py"
-    script.write_text(slice_script(path, resume=bool(state["slices"])))
+    script.write_text(slice_script(path, resume=bool(state["slices"]) or checkpointed))
     marker, runs = state_dir / "marker.json", state_dir / "runs"
     marker.unlink(missing_ok=True)
     runs.mkdir(exist_ok=True)

@@ -610,3 +610,22 @@ def test_a_named_task_needs_its_tail_or_its_whole_run_in_one_command(tmp_path: P
     assert need(ddpm) == 60 * max(tasks[ddpm]["min_slice_minutes"], tasks[ddpm]["tail_minutes"])  # its tail
     for task, entry in tasks.items():  # `next`'s plan and `need` agree on what starting a task takes
         assert campaign.first_slice_minutes(entry) == campaign.slice_need_minutes(task, entry, tmp_path / "none")
+
+
+def test_a_first_slice_killed_at_its_limit_leaves_a_state_that_resumes(tmp_path: Path, monkeypatch) -> None:
+    """A first slice killed before it could stop used to leave no state.json: loan.sh did not pack its folder, and
+    the next slice started again from step 0 although periodic checkpoints were there."""
+    state_dir, scripts = tmp_path / "state", []
+
+    def killed(args, **kwargs):
+        scripts.append(Path(args[1]).read_text())
+        (state_dir / "checkpoints").mkdir(exist_ok=True)
+        (state_dir / "checkpoints" / "run.pt").write_bytes(b"periodic checkpoint")
+        raise subprocess.TimeoutExpired(args, kwargs.get("timeout"))
+    monkeypatch.setattr(campaign.subprocess, "run", killed)
+    task = "templates/task_template"
+    assert campaign.run_slice(task, 60, state_dir, tmp_path, device="cpu", save=False) == 1
+    state = json.loads((state_dir / "state.json").read_text())
+    assert state["slices"] == [] and not state["finished"]  # there, so loan.sh packs the folder
+    assert campaign.run_slice(task, 60, state_dir, tmp_path, device="cpu", save=False) == 1
+    assert campaign.RESUME_FALSE in scripts[0] and campaign.RESUME_TRUE in scripts[1]  # the control: the first started
