@@ -116,11 +116,10 @@ run)
   # the version without importing torch: a cold first import on a fresh machine takes seconds the first task needs
   python3 -c "import importlib.metadata as m; print('torch', m.version('torch'))" | tee -a "$out/gpu.txt"
   touch /tmp/loan_t0
-  pack() { pack_all "$out"; }
   if [ $# -eq 0 ]; then  # packed after every slice, so a command killed at its limit still returns what finished
     python3 scripts/campaign.py next --budget $(( end - $(date +%s) )) --root /tmp/loan_state --data-dir $data \
       --after-slice "bash scripts/loan.sh pack-all $out"
-    pack
+    pack_all "$out"
   fi
   for task in "$@"; do
     left=$(( end - $(date +%s) ))
@@ -128,7 +127,7 @@ run)
     if (( left < need )); then echo "skip $task: $left s left, its next slice needs $need s in one command"; continue; fi
     echo "=== $task with $left s left ($(date -u +%T))"
     python3 scripts/campaign.py run "$task" --seconds $left --state "/tmp/loan_state/${task//\//__}" --data-dir $data
-    pack
+    pack_all "$out"
   done
   (cd /tmp/loan_state && du -sh ./*/checkpoints 2>/dev/null)
   ;;

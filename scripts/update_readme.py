@@ -244,9 +244,10 @@ def headline_records(task: Task) -> tuple[list[dict], str | None]:
     """The records whose metric the row shows (the newest `full` RTX 4090 runs, else other GPUs', else `full` runs
     on a CPU, else the `quick` CPU runs), and where they ran (None: each on its own GPU)."""
     m = task.meta
-    for recs, where in ((newest(table_records(task), "full", "4090"), "full, RTX 4090"),
-                        (newest(table_records(task), "full", "gpu"), None), (newest(table_records(task), "full", "cpu"), "full, CPU"),
-                        (newest(table_records(task), "quick", "cpu"), "quick, CPU")):
+    records = table_records(task)
+    for recs, where in ((newest(records, "full", "4090"), "full, RTX 4090"),
+                        (newest(records, "full", "gpu"), None), (newest(records, "full", "cpu"), "full, CPU"),
+                        (newest(records, "quick", "cpu"), "quick, CPU")):
         shown = [r for r in recs if m["metric"] in r["metrics"]]
         if shown:
             return shown, where
@@ -270,8 +271,8 @@ def row(task: Task, committed: set[str] = frozenset()) -> str:
     `OTHER_CLASSIFIER` when that is not a `committed` classifier (none committed: nothing is marked). Every number
     from a record of older notebook code is marked `OLDER_CODE`."""
     m = task.meta
-    gpu, cpu = newest(table_records(task), "full", "gpu"), newest(table_records(task), "quick", "cpu")
-    cpu_full = newest(table_records(task), "full", "cpu")
+    records = table_records(task)
+    gpu, cpu, cpu_full = newest(records, "full", "gpu"), newest(records, "quick", "cpu"), newest(records, "full", "cpu")
     shown, where = headline_records(task)
 
     def yardstick(r: dict) -> str:

@@ -193,6 +193,14 @@ def notebook_json(code: str, markdown: str = "# A task") -> str:
     return json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
 
 
+def code_sha(tmp_path: Path, code: str) -> str:
+    """The notebook-code SHA-256 of a one-cell notebook holding `code` (what a record of that code names)."""
+    from common.record import notebook_code_sha256
+    scratch = tmp_path / "scratch.ipynb"
+    scratch.write_text(notebook_json(code))
+    return notebook_code_sha256(scratch)
+
+
 def vae_cells(root: Path) -> list[str]:
     """The VAE row's cells: task, paper, notebook, headline, GPU time, CPU time."""
     table = update_readme.render_table(update_readme.load_tasks(root), root)
@@ -201,10 +209,7 @@ def vae_cells(root: Path) -> list[str]:
 
 
 def test_a_number_from_older_notebook_code_is_marked_and_explained(tmp_path: Path) -> None:
-    from common.record import notebook_code_sha256
-    scratch = tmp_path / "scratch.ipynb"
-    scratch.write_text(notebook_json("x = 1"))
-    now = notebook_code_sha256(scratch)
+    now = code_sha(tmp_path, "x = 1")
     gpu_full = {"preset": "full", "train_seconds": 30.0, "code": {"notebook_code_sha256": "0" * 64},
                 **gpu_record("NVIDIA H100 80GB HBM3")}
     add_task(tmp_path, "vae", "nelbo", [{"code": {"notebook_code_sha256": now}}, gpu_full])
@@ -251,10 +256,7 @@ def test_a_run_in_slices_waits_for_all_its_slices_not_the_last_one(tmp_path: Pat
 def test_a_record_of_older_code_leaves_the_table_once_the_code_now_has_one_on_its_dataset(tmp_path: Path) -> None:
     """A code change that rewords a record's `data` text (the training-deep-nets section 5 on other images, SimCLR's
     validation split described) left the superseded run beside the new one, as a second line of the same dataset."""
-    from common.record import notebook_code_sha256
-    scratch = tmp_path / "scratch.ipynb"
-    scratch.write_text(notebook_json("x = 1"))
-    now, old = notebook_code_sha256(scratch), "0" * 64
+    now, old = code_sha(tmp_path, "x = 1"), "0" * 64
     fashion = "Fashion-MNIST (60,000 train / 10,000 test images); section 5 trains on"
     add_task(tmp_path, "vae", "nelbo", [
         {"data": f"{fashion} 2,000 images", "code": {"notebook_code_sha256": old}, "train_seconds": 120.0},  # 50
@@ -270,10 +272,7 @@ def test_a_record_of_older_code_leaves_the_table_once_the_code_now_has_one_on_it
 
 
 def test_an_older_record_on_another_dataset_stays_and_every_time_names_its_dataset(tmp_path: Path) -> None:
-    from common.record import notebook_code_sha256
-    scratch = tmp_path / "scratch.ipynb"
-    scratch.write_text(notebook_json("x = 1"))
-    now = notebook_code_sha256(scratch)
+    now = code_sha(tmp_path, "x = 1")
     add_task(tmp_path, "vae", "nelbo", [
         {"data": "Fashion-MNIST (60,000 train)", "code": {"notebook_code_sha256": "0" * 64}},
         {"data": "MNIST (8,000 train)", "code": {"notebook_code_sha256": now}, "train_seconds": 180.0}])
