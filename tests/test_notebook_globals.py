@@ -29,7 +29,6 @@ KNOWN = {  # notebook -> {function: the variables it reads}, as of 2026-11-28
     "image_classification/mlp_backprop": {"standardise": {"pixel_mean", "pixel_std"}, "get_batch": {"background"},
                                           "train_hand": {"x_train", "x_val", "y_train", "y_val"},
                                           "replay_autograd": {"x_train", "y_train"}},
-    "text_generation/char_gpt": {"encode": {"stoi"}, "decode": {"itos"}},
 }
 
 
