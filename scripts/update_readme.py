@@ -345,10 +345,17 @@ def other_classifier_note(tasks: list[Task], committed: set[str]) -> list[str]:
             f"({', '.join(t.meta['title'] for t in marked)})."]
 
 
+def row_records(task: Task) -> list[dict]:
+    """Every record whose numbers `row` shows: the headline's, then the newest `full` runs on GPUs, `quick` runs on a
+    CPU and `full` runs on a CPU (the same lists `row` reads)."""
+    records = table_records(task)
+    return (headline_records(task)[0] + newest(records, "full", "gpu") + newest(records, "quick", "cpu")
+            + newest(records, "full", "cpu"))
+
+
 def older_code_note(tasks: list[Task]) -> list[str]:
     """The footnote under the table when some number in it is marked `OLDER_CODE`."""
-    marked = [t for t in tasks if any(older_code(r, t) for r in (
-        headline_records(t)[0] + newest(table_records(t), "full", "gpu") + newest(table_records(t), "quick", "cpu")))]
+    marked = [t for t in tasks if any(older_code(r, t) for r in row_records(t))]
     if not marked:
         return []
     return [f"{OLDER_CODE} Measured with an earlier version of the notebook's code: its code cells have changed since "

@@ -237,6 +237,25 @@ def test_a_number_from_older_notebook_code_is_marked_and_explained(tmp_path: Pat
     assert gan_row().endswith("(cpu)‡ |")  # with one, a record that names no code counts as older code
 
 
+def test_the_footnote_names_a_task_whose_only_older_number_is_a_full_run_on_a_cpu(tmp_path: Path) -> None:
+    """The CPU column shows `full` runs made on a CPU too; the footnote that explains ‡ read only the headline, the
+    GPU runs and the `quick` CPU runs, so a ‡ on such a run stood under no footnote naming its task."""
+    now = code_sha(tmp_path, "x = 1")
+    gpu_full = {"preset": "full", "code": {"notebook_code_sha256": now}, **gpu_record("NVIDIA H100 80GB HBM3")}
+    cpu_full = {"preset": "full", "train_seconds": 600.0, "code": {"notebook_code_sha256": "0" * 64}}
+    add_task(tmp_path, "vae", "nelbo", [{"code": {"notebook_code_sha256": now}}, gpu_full, cpu_full])
+    (tmp_path / "image_generation" / "vae" / "vae.ipynb").write_text(notebook_json("x = 1"))
+    headline, gpu_time, cpu_time = vae_cells(tmp_path)[3:6]
+    assert "‡" not in headline + gpu_time and cpu_time == "1.0 min (cpu)<br>10.0 min (`full`, cpu)‡"
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "‡ Measured with an earlier version of the notebook's code" in table and "(VAE)" in table
+    cpu_full["code"] = {"notebook_code_sha256": now}  # the control: the same run of the code now, no ‡, no footnote
+    (tmp_path / "results" / "image_generation" / "vae" / "2.json").write_text(json.dumps(
+        {**json.loads((tmp_path / "results" / "image_generation" / "vae" / "2.json").read_text()), **cpu_full}))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "‡" not in table
+
+
 def test_a_run_in_slices_waits_for_all_its_slices_not_the_last_one(tmp_path: Path) -> None:
     """A sliced record's `notebook` timing covers its last slice only (the seq2seq `full` CPU run: 113 of 181 min)."""
     slices = [{"device": "cpu", "train_seconds": 4033.3, "wall_seconds": 4066.2},
