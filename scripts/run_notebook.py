@@ -81,6 +81,8 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     save = "--no-save" not in args
     paths = [a for a in args if a != "--no-save"]
-    if len(paths) != 1:
+    if len(paths) != 1 or paths[0].startswith("-"):  # -h, --help, an unknown option: the usage
         sys.exit(__doc__)
+    if not Path(paths[0]).is_file():
+        sys.exit(f"{paths[0]}: no such notebook")
     run(Path(paths[0]).resolve(), save=save)

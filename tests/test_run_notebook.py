@@ -59,3 +59,36 @@ def test_a_new_record_is_compared_with_the_newest_committed_one(tmp_path: Path, 
     (tmp_path / "smoke.json").write_text(json.dumps(smoke))
     assert run_notebook.rerun_lines([tmp_path / "smoke.json"]) == [
         "smoke.json: no committed smoke record of image_generation/ddpm to compare with"]
+
+
+
+def run_script(args: list[str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "run_notebook.py"), *args], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], [], ["a.ipynb", "b.ipynb"], ["no_such_notebook.ipynb"]])
+def test_usage_errors_stop_before_any_notebook_is_read(args: list[str], tmp_path: Path) -> None:
+    """An option, a wrong number of paths or a missing file ends with the usage or a one-line message and status 1,
+    instead of nbformat's traceback for a file named "--help" (what the script did before)."""
+    done = run_script(args, tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert ("no such notebook" in done.stderr) == (args == ["no_such_notebook.ipynb"]), done.stderr
+    assert ("Execute a notebook" in done.stderr) == (args != ["no_such_notebook.ipynb"]), done.stderr
+
+
+@pytest.mark.notebook
+def test_the_control_a_real_notebook_with_no_save_runs_and_is_left_as_it_was(tmp_path: Path) -> None:
+    """The control for the usage test: the same call with one existing notebook (and --no-save) passes the checks,
+    runs it (status 0) and leaves the file unchanged."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print(6 * 7)")]
+    path = tmp_path / "ok.ipynb"
+    nbformat.write(nb, path)
+    before = path.read_text()
+    done = run_script(["--no-save", str(path)], tmp_path)
+    assert done.returncode == 0 and "outputs not saved" in done.stdout, done.stderr
+    assert path.read_text() == before
