@@ -227,20 +227,23 @@ def code_version(task: str) -> dict[str, Any]:
     """What code ran: the git commit and whether the tree was dirty (when in a git checkout), and the
     SHA-256 of the task notebook's code cells (outputs excluded, so it identifies the code that ran).
 
-    `DL_GIT_COMMIT`, when set, names the commit instead (dirtiness unknown): a copy of the tree sent to another
-    machine (the GPU check) may carry a stale or no `.git`, so the sender names what it sent."""
+    `DL_GIT_COMMIT`, when set, names the commit instead: a copy of the tree sent to another machine (the GPU check)
+    may carry a stale or no `.git`, so the sender names what it sent. Its dirtiness is then unknown (None), unless
+    this checkout's own git is at that very commit, which then tells it (a local run that set the variable)."""
     info: dict[str, Any] = {"git_commit": None, "git_dirty": None, "notebook_code_sha256": None}
-    if os.environ.get("DL_GIT_COMMIT"):
-        info["git_commit"] = os.environ["DL_GIT_COMMIT"]
-    else:
-        try:
-            def git(*args: str) -> str:
-                return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
-                                      check=True).stdout.strip()
-            info["git_commit"] = git("rev-parse", "HEAD")
+    named = os.environ.get("DL_GIT_COMMIT")
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        head = git("rev-parse", "HEAD")
+        if not named or head == named:
             info["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
-        except (OSError, subprocess.SubprocessError):
-            pass
+        info["git_commit"] = head
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if named:
+        info["git_commit"] = named
     notebooks = sorted((REPO_ROOT / task).glob("*.ipynb"))
     if len(notebooks) == 1:
         info["notebook_code_sha256"] = notebook_code_sha256(notebooks[0])

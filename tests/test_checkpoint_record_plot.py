@@ -407,6 +407,39 @@ def test_the_commit_named_by_the_sender_wins_over_the_copys_git(monkeypatch):
     assert sent["notebook_code_sha256"] == own["notebook_code_sha256"]
 
 
+def test_a_named_commit_that_is_this_checkouts_head_keeps_its_dirtiness(monkeypatch, tmp_path):
+    """A local run with DL_GIT_COMMIT set to the checkout's own HEAD (2026-11-29: a char-GPT seed run made beside
+    uncommitted files) recorded `git_dirty: null`, hiding that the tree was dirty. Where the checkout's git is at
+    the named commit, it now says whether the tree is dirty; a stale `.git` (another HEAD) still says unknown."""
+    import subprocess
+
+    from common import record
+
+    repo = tmp_path / "repo"
+    (repo / "image_generation" / "vae").mkdir(parents=True)
+    tracked = repo / "image_generation" / "vae" / "notes.txt"
+    tracked.write_text("a\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "HEAD")
+    monkeypatch.setattr(record, "REPO_ROOT", repo)
+    monkeypatch.setenv("DL_GIT_COMMIT", head)
+    assert record.code_version("image_generation/vae")["git_dirty"] is False
+    tracked.write_text("b\n")  # an uncommitted change
+    assert record.code_version("image_generation/vae") == {"git_commit": head, "git_dirty": True,
+                                                           "notebook_code_sha256": None}
+    monkeypatch.setenv("DL_GIT_COMMIT", "0" * 40)  # the control: a copy whose .git is at another commit
+    assert record.code_version("image_generation/vae")["git_dirty"] is None
+    monkeypatch.delenv("DL_GIT_COMMIT")
+    assert record.code_version("image_generation/vae") == {"git_commit": head, "git_dirty": True,
+                                                           "notebook_code_sha256": None}
+
+
 def test_common_imports_and_writes_a_record_without_the_resource_module(tmp_path):
     """Windows has no `resource` module: `import common` must still work there, and a record on the CPU says the
     process's peak memory is unknown (None) rather than failing or guessing. A fresh interpreter where importing
