@@ -109,11 +109,26 @@ def folder_mib(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
-def load_state(state_dir: Path, task: str, preset: str, code: str) -> dict[str, Any]:
+def state_folder(root: Path, task: str) -> Path:
+    """The folder under `root` that holds `task`'s run state (image_generation/ddpm -> image_generation__ddpm)."""
+    return root / task.replace("/", "__")
+
+
+def run_state(state_dir: Path) -> dict[str, Any] | None:
+    """The run state saved in `state_dir` (its state.json), or None where no run has started there."""
     path = state_dir / "state.json"
-    if not path.is_file():
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_state(state_dir: Path, state: dict[str, Any]) -> None:
+    """Write `state` as `state_dir`'s state.json (what `run_state` reads back)."""
+    (state_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+
+
+def load_state(state_dir: Path, task: str, preset: str, code: str) -> dict[str, Any]:
+    state = run_state(state_dir)
+    if state is None:
         return {"task": task, "preset": preset, "notebook_code_sha256": code, "slices": [], "finished": False}
-    state = json.loads(path.read_text())
     if (state["task"], state["preset"]) != (task, preset):
         raise SystemExit(f"{state_dir} holds a {state['preset']} run of {state['task']}, not {preset} of {task}")
     if state["notebook_code_sha256"] != code:
@@ -147,8 +162,8 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     entry = campaign().get(task, {})
     tail = 60 * entry.get("tail_minutes", 0) if tail is None else tail
     reserve = END_MARGIN + (tail if may_finish(state["slices"], seconds, entry) else 0)
-    if not (state_dir / "state.json").is_file():  # before the first slice runs: a slice killed at its limit leaves a
-        (state_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # state that travels and resumes
+    if run_state(state_dir) is None:  # before the first slice runs: a slice killed at its limit leaves a state that
+        save_state(state_dir, state)  # travels and resumes
     checkpointed = any((state_dir / "checkpoints").glob("*"))  # a killed slice's periodic checkpoints count too
     script = state_dir / "notebook.py"
     script.write_text(slice_script(path, resume=bool(state["slices"]) or checkpointed))
@@ -194,7 +209,7 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
         if "side_runs" in stop:
             entry["side_runs"] = stop["side_runs"]  # side runs finished in this slice (it stopped before the next)
         state["slices"].append(entry)
-        (state_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+        save_state(state_dir, state)
         side = f" and {stop['side_runs']} side run(s)" if "side_runs" in stop else ""
         print(f"{task}: stopped at step {stop['step']} of {stop['of']}{side}, resume with the same command "
               f"(slice {len(state['slices'])}: {wall:.0f} s wall, {loop_seconds(entry):.1f} s of steps on "
@@ -218,7 +233,7 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(new[-1], target)
         state["record"] = str(target.relative_to(REPO_ROOT))
-    (state_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    save_state(state_dir, state)
     devices = sorted({s["device"] for s in state["slices"]})
     print(f"{task}: finished in {len(state['slices'])} slice(s) on {', '.join(devices)}: {record['train_seconds']:.1f} s "
           f"of steps; record {state['record']}")
@@ -253,12 +268,12 @@ def plan(tasks: dict[str, dict[str, Any]], root: Path, budget: float) -> list[tu
     available = gpu_check.notebooks()
     order: list[tuple[str, str]] = []
     for task in tasks:
-        state = root / task.replace("/", "__") / "state.json"
-        if state.is_file() and not json.loads(state.read_text())["finished"]:
+        state = run_state(state_folder(root, task))
+        if state is not None and not state["finished"]:
             order.append((task, "resume"))
     devices = {t: full_record_devices(t, notebook_code_sha256(available[t])) for t in tasks if t in available}
     fresh = [t for t in devices if (t, "resume") not in order and "cuda" not in devices[t]
-             and not (root / t.replace("/", "__") / "state.json").is_file()]
+             and run_state(state_folder(root, t)) is None]
     for task in sorted(fresh, key=lambda t: (bool(devices[t]), tasks[t]["estimate_minutes"])):
         entry = tasks[task]
         if 60 * first_slice_minutes(entry) <= budget:
@@ -279,9 +294,9 @@ def first_slice_minutes(entry: dict[str, Any]) -> float:
 def slice_need_minutes(task: str, entry: dict[str, Any], root: Path) -> float:
     """The minutes one command must hold for `task`'s next slice: to resume its unfinished run under `root`,
     `shortest_resume_minutes` (a diffusion run's tail included); to start it, `first_slice_minutes`."""
-    state_dir = root / task.replace("/", "__")
-    state = state_dir / "state.json"
-    if state.is_file() and not json.loads(state.read_text())["finished"]:
+    state_dir = state_folder(root, task)
+    state = run_state(state_dir)
+    if state is not None and not state["finished"]:
         return shortest_resume_minutes(entry, state_dir)
     return first_slice_minutes(entry)
 
@@ -289,8 +304,7 @@ def slice_need_minutes(task: str, entry: dict[str, Any], root: Path) -> float:
 def shortest_resume_minutes(entry: dict[str, Any], state_dir: Path) -> float:
     """The shortest slice worth resuming a run with: `min_slice_minutes`, or for a run left with its tail alone
     (`travels_after_training`, stopped at its last step) the tail, which no deadline cuts."""
-    path = state_dir / "state.json"
-    slices = json.loads(path.read_text())["slices"] if path.is_file() else []
+    slices = (run_state(state_dir) or {"slices": []})["slices"]
     trained = bool(slices) and slices[-1].get("to_step") is not None and slices[-1]["to_step"] == slices[-1]["of_steps"]
     if trained and entry.get("travels_after_training"):
         return max(entry["min_slice_minutes"], entry.get("tail_minutes", 0))
@@ -305,7 +319,7 @@ def cannot_resume(task: str, entry: dict[str, Any], state_dir: Path, left: float
     if 60 * need > left:
         return f"its shortest useful slice ({need} min) does not fit in the {left:.0f} s left"
     notebook = gpu_check.notebooks().get(task)
-    saved = json.loads((state_dir / "state.json").read_text()).get("notebook_code_sha256")
+    saved = (run_state(state_dir) or {}).get("notebook_code_sha256")
     if notebook is None or saved != notebook_code_sha256(notebook):
         return "its notebook code changed since its first slice: start it again in an empty state folder"
     return None
@@ -321,7 +335,7 @@ def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: b
         left = end - time.time()
         order = []
         for task, why in plan(tasks, root, left):
-            reason = cannot_resume(task, tasks[task], root / task.replace("/", "__"), left) if why == "resume" else None
+            reason = cannot_resume(task, tasks[task], state_folder(root, task), left) if why == "resume" else None
             if reason:
                 print(f"campaign: {task} is unfinished, but {reason}; passed over")
             else:
@@ -331,12 +345,11 @@ def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: b
             return 1 if failed else 0
         task, why = order[0]
         print(f"campaign: {why} {task} with {left:.0f} s left")
-        rc = run_slice(task, left, root / task.replace("/", "__"), data_dir, device=device, save=save)
+        rc = run_slice(task, left, state_folder(root, task), data_dir, device=device, save=save)
         failed += rc != 0
         if after_slice:
             subprocess.run(after_slice, shell=True, check=False)
-        state = json.loads((root / task.replace("/", "__") / "state.json").read_text()) \
-            if (root / task.replace("/", "__") / "state.json").is_file() else {"finished": False}
+        state = run_state(state_folder(root, task)) or {"finished": False}
         if rc != 0 or not state["finished"]:
             return 1 if failed else 0  # a slice that stopped used the budget; a failure needs a look
 
@@ -350,9 +363,8 @@ def list_campaign(root: Path | None) -> None:
             status += f"; its first {entry['train_minutes']} min (training) on one machine, then its state travels"
         elif not entry.get("travels", True):
             status += f"; all {entry['estimate_minutes']} min on one machine (its state cannot travel)"
-        state = root / task.replace("/", "__") / "state.json" if root else None
-        if state and state.is_file():
-            s = json.loads(state.read_text())
+        s = run_state(state_folder(root, task)) if root else None
+        if s is not None:
             status += f"; {len(s['slices'])} slice(s){', finished' if s['finished'] else ''}"
         print(f"{task:<40} ~{entry['estimate_minutes']:>5} min  data {', '.join(entry['data'])}  [{status}]")
 
