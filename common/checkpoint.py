@@ -99,7 +99,7 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu",
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict. "
                               f"Delete it, or set resume=False to start afresh.")
-    state = _optimizer_steps_on_cpu(state)
+    _optimizer_steps_on_cpu(state)
     if config is not None and "config" in state:
         differing = config_differences(state["config"], config, ignore)
         if differing:
@@ -108,22 +108,23 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu",
     return state
 
 
-def _optimizer_steps_on_cpu(value: Any) -> Any:
-    """`value` with the `step` counters of every optimiser state dict in it (a dict with `state` and
-    `param_groups`) on the CPU, where torch's optimisers keep them: loaded onto a GPU they stay there
+def _optimizer_steps_on_cpu(value: Any) -> None:
+    """Move the `step` counters of every optimiser state dict in `value` (a dict with `state` and `param_groups`)
+    to the CPU, in place, where torch's optimisers keep them: loaded onto a GPU they stay there
     (`Optimizer.load_state_dict` moves them only for fused or capturable optimisers), and Adam then reads each one
-    back to the host at every step, a GPU synchronisation per parameter that slows a resumed run down."""
+    back to the host at every step, a GPU synchronisation per parameter that slows a resumed run down. In place, so
+    that every other object of the freshly loaded checkpoint stays as `torch.load` made it (a model state dict
+    keeps its `_metadata`)."""
     if isinstance(value, dict):
         if "state" in value and "param_groups" in value and isinstance(value["state"], dict):
-            value = dict(value)
-            value["state"] = {k: ({**v, "step": v["step"].cpu()} if isinstance(v, dict)
-                                  and isinstance(v.get("step"), torch.Tensor) else v)
-                              for k, v in value["state"].items()}
-            return value
-        return type(value)((k, _optimizer_steps_on_cpu(v)) for k, v in value.items())
+            for per_param in value["state"].values():
+                if isinstance(per_param, dict) and isinstance(per_param.get("step"), torch.Tensor):
+                    per_param["step"] = per_param["step"].cpu()
+            return
+        value = list(value.values())
     if isinstance(value, (list, tuple)):
-        return type(value)(_optimizer_steps_on_cpu(v) for v in value)
-    return value
+        for item in value:
+            _optimizer_steps_on_cpu(item)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

@@ -493,4 +493,5 @@ def test_optimiser_step_counters_load_onto_the_cpu(tmp_path, monkeypatch):
     steps = [entry["step"] for entry in state["opt"]["state"].values()]
     assert steps and all(type(step) is torch.Tensor for step in steps)
     assert type(state["model"]["bias"]) is StepOnGpu and state["extra"] == [1]  # the rest as loaded
+    assert state["model"]._metadata == model.state_dict()._metadata  # not rebuilt: torch's version metadata kept
     opt.load_state_dict(state["opt"])
