@@ -172,11 +172,11 @@ def _peak_since_reset(device: torch.device) -> tuple[int, int]:
 def _reset_peak_memory(device: torch.device) -> None:
     """Reset CUDA's peak memory statistics, first handing the peak so far to every span that is running on
     `device` (several clocks may be) and to the process-wide peak, so that no measurement loses its part."""
-    peak = _peak_since_reset(device)
+    peak, key = _peak_since_reset(device), _cuda_key(device)
     for clock in list(_RUNNING):
-        if clock.current is not None and _cuda_key(clock.device) == _cuda_key(device):
+        if clock.current is not None and _cuda_key(clock.device) == key:
             clock._span_peak = _fold(clock._span_peak, peak)
-    _PROCESS_PEAK[_cuda_key(device)] = _fold(_PROCESS_PEAK.get(_cuda_key(device), (0, 0)), peak)
+    _PROCESS_PEAK[key] = _fold(_PROCESS_PEAK.get(key, (0, 0)), peak)
     torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -230,20 +230,18 @@ def code_version(task: str) -> dict[str, Any]:
     `DL_GIT_COMMIT`, when set, names the commit instead: a copy of the tree sent to another machine (the GPU check)
     may carry a stale or no `.git`, so the sender names what it sent. Its dirtiness is then unknown (None), unless
     this checkout's own git is at that very commit, which then tells it (a local run that set the variable)."""
-    info: dict[str, Any] = {"git_commit": None, "git_dirty": None, "notebook_code_sha256": None}
-    named = os.environ.get("DL_GIT_COMMIT")
+    named = os.environ.get("DL_GIT_COMMIT") or None
+    info: dict[str, Any] = {"git_commit": named, "git_dirty": None, "notebook_code_sha256": None}
     try:
         def git(*args: str) -> str:
             return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
                                   check=True).stdout.strip()
         head = git("rev-parse", "HEAD")
-        if not named or head == named:
+        if named in (None, head):
+            info["git_commit"] = head
             info["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
-        info["git_commit"] = head
     except (OSError, subprocess.SubprocessError):
         pass
-    if named:
-        info["git_commit"] = named
     notebooks = sorted((REPO_ROOT / task).glob("*.ipynb"))
     if len(notebooks) == 1:
         info["notebook_code_sha256"] = notebook_code_sha256(notebooks[0])
