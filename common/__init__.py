@@ -21,7 +21,7 @@ from common.planetoid import Graph, load_planetoid
 from common.plot import plot_curves, show_images
 from common.precision import (amp_dtype, autocast, compile_report, compile_unavailable_reason, enable_tf32, fp32_exact,
                               grad_scaler, guarded_step, is_compile_error, maybe_compile, precision_mode,
-                              to_channels_last)
+                              precision_ran, to_channels_last)
 from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
 from common.seed import rng_state, seed_everything, seed_from_env, set_rng_state
@@ -72,6 +72,7 @@ __all__ = [
     "pick",
     "plot_curves",
     "precision_mode",
+    "precision_ran",
     "rng_state",
     "runs_dir",
     "save_checkpoint",

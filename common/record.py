@@ -294,7 +294,8 @@ def _train_peak_text(record: Mapping[str, Any]) -> str:
 
 
 def write_run_record(task: str, preset: str, device: torch.device, clock: RunClock,
-                     metrics: Mapping[str, Any], data: str, config: Mapping[str, Any] | None = None) -> Path:
+                     metrics: Mapping[str, Any], data: str, config: Mapping[str, Any] | None = None,
+                     precision: str | None = None) -> Path:
     """Write the record of a finished run to `runs_dir()` and return its path.
 
     Args:
@@ -305,6 +306,8 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         metrics: the task's metrics, by the names its README row and issue use.
         data: the data the numbers were measured on, e.g. `ImageData.describe()`.
         config: the run's configuration (e.g. `dataclasses.asdict(cfg)`).
+        precision: what the training's forward passes ran in, where they ran in other processes (the ranks of a
+            `torchrun` launch): their `common.precision_ran()`. Default: this process's own.
     """
     clock.stop()
     now = dt.datetime.now(dt.timezone.utc)
@@ -320,7 +323,7 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         "cpu_kernels": cpu_kernels(),  # two CPU runs agree to the last digit only where these agree
         "data": data,
         # what the forward passes ran in: the dtype common.autocast ran in (bf16, fp16 with loss scaling), else fp32
-        "precision": precision_ran(),
+        "precision": precision if precision is not None else precision_ran(),
         "compile": compile_report(),  # compiled, or fell back to eager (and why), per maybe_compile'd model
         "timing": TIMING_POLICY,
         "timing_policy": TIMING_POLICY_TEXT,

@@ -326,6 +326,17 @@ def test_each_span_records_its_own_cuda_memory_peak(monkeypatch, runs_tmp):
     assert record["precision"] == "fp32" and record["gpu"] == "NVIDIA GeForce RTX 4090"
 
 
+def test_the_record_takes_the_precision_its_other_processes_ran_in(monkeypatch, runs_tmp):
+    """A run whose training ran in torchrun's ranks (bf16 there) must not record the notebook's own fp32."""
+    monkeypatch.setattr(common.precision, "_AUTOCAST_RAN", set())  # the notebook process never entered autocast
+    clock = RunClock(torch.device("cpu"))
+    ranks = write_run_record("templates/task_template", "smoke", torch.device("cpu"), clock, {"loss": 1.0},
+                             data="none", precision="bf16")
+    own = write_run_record("templates/task_template", "smoke", torch.device("cpu"), clock, {"loss": 1.0}, data="none")
+    assert json.loads(ranks.read_text())["precision"] == "bf16"
+    assert json.loads(own.read_text())["precision"] == "fp32"  # the control: without it, this process's own
+
+
 def test_a_second_clock_does_not_erase_the_first_ones_peak(monkeypatch):
     gpu = FakeCudaMemory(monkeypatch)
     cuda = torch.device("cuda")
