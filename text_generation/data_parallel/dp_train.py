@@ -419,7 +419,7 @@ def train(data: torch.Tensor, val: torch.Tensor, vocab: int, cfg: SimpleNamespac
     pbar.close()
     this_run = {k: v - before.get(k, 0.0) for k, v in clock.state_dict().items()}
     return {"history": history, "clock": clock.state_dict(), "clock_this_run": this_run, "steps": step,
-            "world_size": world}
+            "world_size": world, "precision": common.precision_ran()}  # what the ranks' forward passes ran in
 
 
 def now(device: torch.device) -> float:
