@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_cells import cell_sources, run_sources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "text_generation" / "data_parallel" / "data_parallel.ipynb"
@@ -133,3 +134,31 @@ def test_the_script_beside_the_notebook_is_the_notebooks_script() -> None:
     committed = NOTEBOOK.parent / "dp_train.py"
     assert committed.is_file(), "dp_train.py is missing beside the notebook: run the notebook in its folder"
     assert committed.read_text() == expected, "dp_train.py is stale: rerun the notebook (scripts/run_notebook.py)"
+
+
+OLD_GPU_WORLD_SIZES = "tuple(range(1, max(1, N_GPUS) + 1))"  # every count from 1 to N: 256 does not split over 3 ranks
+
+
+def full_config(monkeypatch, n_gpus: int, world_sizes: str | None = None):
+    """The notebook's `full` Config as a machine with `n_gpus` GPUs would build it (its cell asserts that the
+    global batch splits over every world size it uses); `world_sizes` replaces the notebook's GPU_WORLD_SIZES."""
+    monkeypatch.setenv("DL_PRESET", "full")
+    edit = (lambda s: s) if world_sizes is None else (
+        lambda s: re.sub(r"^GPU_WORLD_SIZES = .*$", f"GPU_WORLD_SIZES = {world_sizes}", s, count=1, flags=re.M))
+    (setup,) = cell_sources(NOTEBOOK, select=lambda source: "PRESET = common.get_preset()" in source)
+    (config,) = cell_sources(NOTEBOOK, select=lambda source: "class Config" in source)
+    namespace = run_sources([setup], NOTEBOOK)
+    namespace["N_GPUS"] = n_gpus  # as torch.cuda.device_count() would say there
+    return run_sources([edit(config)], NOTEBOOK, namespace)["cfg"]
+
+
+@pytest.mark.parametrize("n_gpus", range(1, 9))
+def test_the_full_config_splits_its_batch_on_any_number_of_gpus(monkeypatch, n_gpus: int) -> None:
+    cfg = full_config(monkeypatch, n_gpus)
+    assert cfg.world_size == n_gpus and {1, n_gpus} <= set(cfg.scaling_world_sizes)
+
+
+def test_timing_every_world_size_from_1_to_n_fails_on_4_gpus(monkeypatch) -> None:
+    """The control: the world sizes the notebook timed before 2026-11-29 stop its Config cell on 4 GPUs."""
+    with pytest.raises(AssertionError, match="split evenly"):
+        full_config(monkeypatch, 4, OLD_GPU_WORLD_SIZES)
