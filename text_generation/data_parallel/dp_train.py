@@ -362,15 +362,16 @@ def train(data: torch.Tensor, val: torch.Tensor, vocab: int, cfg: SimpleNamespac
     gen = torch.Generator().manual_seed(cfg.seed)  # the same seed on every rank: the same global batches
     clock, step, history = common.RunClock(device), 0, {"step": [], "train": [], "val": [], "seconds": []}
     loss_sum, n_logged = torch.zeros((), device=device), 0  # summed on the device: no host sync per step
-    state = common.load_checkpoint(ckpt, map_location=device, config=vars(cfg)) if cfg.resume else None
+    resumable = ("resume", "compile", "stop_after_steps", "world_size")  # the global batches do not depend on the ranks
+    state = common.load_checkpoint(ckpt, map_location=device, config=vars(cfg), ignore=resumable) if cfg.resume else None
     if state is not None:  # every rank reads the same file, so all ranks start from the same state
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         scaler.load_state_dict(state["scaler"])
         gen.set_state(state["batch_gen"].cpu())
         step, history, n_logged = state["step"], state["history"], state["n_logged"]
-        if rank == 0:  # the ranks' summed loss since the last log: the next log's all-reduce adds the rest
-            loss_sum = state["loss_sum"].to(device)
+        if rank == 0:  # the global mean losses since the last log, as this many ranks' sum: the next all-reduce adds the rest
+            loss_sum = state["mean_loss_sum"].to(device) * world
         clock.load_state_dict(state["clock"])
         say(f"resumed from {os.path.basename(ckpt)} at step {step} ({clock['train']:.0f} s of training)")
     before = clock.state_dict()
@@ -394,7 +395,8 @@ def train(data: torch.Tensor, val: torch.Tensor, vocab: int, cfg: SimpleNamespac
             with clock.span("checkpoint"):
                 logged = loss_sum.clone()
                 dist.all_reduce(logged)  # every rank's part of the loss since the last log, for rank 0 to save
-                save_state(ckpt, model, opt, scaler, gen, {"step": step, "history": history, "loss_sum": logged,
+                save_state(ckpt, model, opt, scaler, gen, {"step": step, "history": history,
+                                                           "mean_loss_sum": logged / world,  # any world size resumes it
                                                            "n_logged": n_logged}, clock, cfg)
         if stopping:
             say(f"stopped after step {step} (stop_after_steps): set resume=True to continue")
