@@ -132,7 +132,10 @@ def _to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, dict):
-        return type(value)((k, _to_device(v, device)) for k, v in value.items())
+        moved = type(value)((k, _to_device(v, device)) for k, v in value.items())
+        if hasattr(value, "_metadata"):  # a model state dict's versions, which load_state_dict reads
+            moved._metadata = value._metadata
+        return moved
     if isinstance(value, (list, tuple)):
         return type(value)(_to_device(v, device) for v in value)
     return value
@@ -149,6 +152,9 @@ def load_failure(path: Path, error: BaseException, map_location: object = "cpu")
     if refused:
         return (f"{path} holds objects that safe loading refuses ({refused.group(0)}): it was not written by "
                 f"save_checkpoint, or it holds more than tensors, numbers, strings and containers. {afresh}")
+    if isinstance(error, TypeError) and "float64" in text:  # MPS (and the float64 guard) hold no float64
+        return (f"{path} holds float64 tensors, which {map_location} cannot hold (Apple's MPS has no float64). The "
+                f"file is fine: load it with map_location='cpu' and keep its float64 tensors on the CPU.")
     if isinstance(error, RuntimeError) and re.search(r"\b(CUDA|MPS|device)\b", text):
         cause = text.split(". ")[0]
         return (f"{path} cannot be loaded onto {map_location} ({cause}). The file may be fine: load it with "

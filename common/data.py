@@ -145,6 +145,8 @@ class ImageData:
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, labels) of `split` ('train' or 'test') as torch tensors: uint8 (N, C, H, W) and int64 (N,)."""
+        if split not in ("train", "test"):  # a typo must not hand out the test images
+            raise ValueError(f"split must be 'train' or 'test', not {split!r}")
         x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
         images = torch.from_numpy(x)
         images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # -> (N, C, H, W)
@@ -328,7 +330,9 @@ class DeviceImageLoader:
 
     A plain batcher: each batch is converted to float, scaled to [0, 1] and normalised with
     `mean`/`std`. Augmentation is left to the caller (the notebooks write their own, on the
-    device, where a learner reads it; `loader.generator` is there to seed it). One pass over
+    device, where a learner reads it, with a generator of their own: `loader.generator` draws the shuffles, and a
+    resumed epoch replays its shuffle from the epoch's start, so draws taken from it between batches would not
+    repeat). One pass over
     the loader is one epoch.
 
     Args:

@@ -20,6 +20,7 @@ the dtype(s) `autocast` was entered with in this process ('bf16', 'fp16', or 'bf
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -71,7 +72,12 @@ class _Autocast(AbstractContextManager):
     def __init__(self, device: torch.device) -> None:
         self.dtype = amp_dtype(device)
         self.device_type = device.type
-        self.inner = torch.autocast(device_type=device.type, dtype=self.dtype, enabled=self.dtype is not None)
+        try:
+            self.inner = torch.autocast(device_type=device.type, dtype=self.dtype, enabled=self.dtype is not None)
+        except RuntimeError:  # torch < 2.5 has no autocast for MPS, not even a disabled one
+            if self.dtype is not None:
+                raise
+            self.inner = contextlib.nullcontext()
 
     def __enter__(self) -> "_Autocast":
         self.inner.__enter__()
@@ -289,8 +295,9 @@ def guarded_step(train_model: Callable[..., Any], step: Callable[..., Any], *arg
 
     The backward of a compiled model is compiled lazily, inside the first `loss.backward()`, where the guard of
     `maybe_compile`'s forward cannot catch it. Here a compile error (only: see `is_compile_error`) makes the
-    model eager; the gradients, buffers and random generators are put back as they were before the step, and
-    the step runs again, eagerly. `step` must fail before its optimiser step changes the weights, which a
+    model eager; until a whole step has run compiled, the gradients, buffers and random generators are put back
+    as they were before the step (later, a recompilation that fails, e.g. for a new batch shape, reruns the step
+    without that restore, so its buffers and random draws advance twice), and the step runs again, eagerly. `step` must fail before its optimiser step changes the weights, which a
     compile failure of the model does. For an eager `train_model` this is just `step(*args, **kwargs)`.
     """
     if not isinstance(train_model, _CompiledOrEager) or train_model.failed:

@@ -41,8 +41,10 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import torch
 
+from common.checkpoint import atomic_write
 from common.paths import REPO_ROOT, runs_dir
 from common.device import describe_device, synchronize
 from common.fid_classifier import scored_classifiers
@@ -268,16 +270,19 @@ def device_slug(device: torch.device) -> str:
 
 
 def _clean(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        value = value.item() if value.numel() == 1 else value.tolist()
+    """`value` as JSON can hold it: tensors and numpy arrays as numbers or lists, numpy scalars as Python numbers,
+    a NaN or infinity (which JSON has no spelling for) as the string "nan", "inf" or "-inf"."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        size = value.numel() if isinstance(value, torch.Tensor) else value.size
+        value = value.item() if size == 1 else value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, Mapping):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
     return value
 
 
@@ -347,7 +352,8 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         record["fid_classifier_sha256"] = next(iter(scored.values())) if len(scored) == 1 else scored
     name = f"{task.replace('/', '__')}__{preset}__{device_slug(device)}__{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"
     path = runs_dir() / name
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_write(path) as f:  # a run killed while writing leaves no half record in runs/
+        f.write((json.dumps(record, indent=2) + "\n").encode())
     others = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k != "train")
     print(f"Run record written: {path.name} (train {record['train_seconds']:.1f} s; {others}; "
           f"{_peak_text(record['peak_memory_bytes'])}{_train_peak_text(record)})")

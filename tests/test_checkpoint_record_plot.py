@@ -506,3 +506,30 @@ def test_optimiser_step_counters_load_onto_the_cpu(tmp_path, monkeypatch):
     assert type(state["model"]["bias"]) is StepOnGpu and state["extra"] == [1]  # the rest as loaded
     assert state["model"]._metadata == model.state_dict()._metadata  # not rebuilt: torch's version metadata kept
     opt.load_state_dict(state["opt"])
+
+
+def test_the_record_writes_numpy_arrays_and_numpy_nans_as_json(runs_tmp):
+    """A numpy array of several numbers used to stop the record (`.item()` of an array), and a numpy NaN went out as
+    the bare NaN that JSON does not have: every NaN and infinity must be a string, as a Python float's is."""
+    clock = RunClock(torch.device("cpu"))
+    path = write_run_record("templates/task_template", "smoke", torch.device("cpu"), clock,
+                            {"curve": np.array([1.0, 2.5]), "bad": np.float32("nan"), "worse": [np.float64("-inf")],
+                             "count": np.int64(3)}, data="none")
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["metrics"] == {"curve": [1.0, 2.5], "bad": "nan", "worse": ["-inf"], "count": 3}
+
+
+def test_a_float64_checkpoint_on_a_device_without_float64_is_not_called_corrupt(tmp_path):
+    """Apple's MPS refuses float64 with a TypeError: the advice must be to load onto the CPU, not to delete the file."""
+    error = TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64.")
+    text = common.checkpoint.load_failure(tmp_path / "run.pt", error, "mps")
+    assert "float64" in text and "map_location='cpu'" in text and "corrupt" not in text and "Delete" not in text
+    control = common.checkpoint.load_failure(tmp_path / "run.pt", ValueError("bad bytes"), "mps")
+    assert "corrupt" in control  # garbage is still called garbage
+
+
+def test_moving_a_checkpoint_to_the_guarded_cpu_keeps_a_state_dicts_metadata():
+    state = nn.BatchNorm1d(3).state_dict()
+    moved = common.checkpoint._to_device({"model": state}, torch.device("cpu"))["model"]
+    assert moved._metadata == state._metadata  # load_state_dict reads the module versions from it

@@ -90,6 +90,8 @@ def test_npz_round_trip_and_description(data_tmp):
     assert ds.sha256 == data_mod.sha256_of(data_tmp / "mnist.npz")
     images, labels = ds.tensors("test")
     assert images.shape == (10, 1, 28, 28) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    with pytest.raises(ValueError, match="'train' or 'test'"):  # a typo used to hand out the test split
+        ds.tensors("val")
 
 
 def test_colour_images_become_nchw(data_tmp):
@@ -195,9 +197,10 @@ def test_loader_state_of_a_fresh_loader_restarts_it():
     assert _labels(a) == _labels(b)
 
 
-@pytest.mark.skipif(find_data_file("mnist.npz") is None, reason="needs DL_DATA_DIR with the shared datasets")
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28)), ("cifar10", (32, 32, 3))])
 def test_real_shared_datasets_load(name, shape):
+    if find_data_file(f"{name}.npz") is None:  # each dataset its own condition: never a download from a test
+        pytest.skip(f"needs {name}.npz in DL_DATA_DIR (the shared datasets)")
     ds = load_image_dataset(name)
     assert ds.x_train.shape[1:] == shape and set(np.unique(ds.y_train)) == set(range(10))
     assert 30 < ds.x_train.mean() < 140  # real photos and digits, not blank or noise

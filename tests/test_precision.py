@@ -347,3 +347,19 @@ def test_a_device_given_as_a_string_works_as_for_autocast():
     x = torch.zeros(1, 2, 3, 3)
     assert to_channels_last(x, "cuda").is_contiguous(memory_format=torch.channels_last)
     assert to_channels_last(x, "cpu") is x
+
+
+def test_autocast_on_a_device_torch_has_no_autocast_for_runs_in_full_precision(monkeypatch):
+    """torch before 2.5 has no autocast for Apple's MPS and raises even for a disabled one: `autocast` must then
+    be a no-op (it runs in fp32 there anyway), while a real autocast dtype still raises."""
+    real = torch.autocast
+
+    def no_mps(device_type, *args, **kwargs):
+        if device_type == "mps":
+            raise RuntimeError("User specified an unsupported autocast device_type 'mps'")
+        return real(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", no_mps)
+    with autocast(torch.device("mps")):
+        x = torch.ones(2) * 2
+    assert x.dtype == torch.float32
