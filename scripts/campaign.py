@@ -1,6 +1,6 @@
 """`full` runs in slices, and the campaign that spends a short GPU loan on them.
 
-    python scripts/campaign.py run image_generation/ddpm --seconds 540 --state STATE/ddpm --data-dir DATA
+    python scripts/campaign.py run image_generation/ddpm --seconds 540 --state STATE/image_generation__ddpm --data-dir DATA
     python scripts/campaign.py next --budget 780 --root STATE --data-dir DATA
     python scripts/campaign.py list
 
