@@ -23,6 +23,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from common.precision import fp32_exact
+
 SUPPORTED_DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist")
 FORMAT_VERSION = 1  # the layout and recipe version of the committed files (scripts/train_fid_classifier.py)
 WIDTHS = (24, 48, 96)  # channels of the three conv blocks
@@ -108,17 +110,11 @@ def pinned_sha256(weights_dir: Path | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def exact_fp32() -> Iterator[None]:
-    """Plain fp32: TF32 (which notebooks switch on) and autocast off, so features are the same on every device."""
-    old_matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
-                                        benchmark=torch.backends.cudnn.benchmark,
-                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False), \
-                torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old_matmul
+    """Plain fp32: TF32 (which notebooks switch on, also oneDNN's on the CPU) and autocast off, so features are the
+    same on every device. It is `common.fp32_exact`, which sets the matmul precision through torch's one API: the
+    legacy `allow_tf32` flags alone left oneDNN in TF32 and made a nested `fp32_exact` raise."""
+    with fp32_exact():
+        yield
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:

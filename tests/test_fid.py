@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -467,3 +468,22 @@ def test_the_script_keeps_the_recipe_of_the_committed_files() -> None:
         entry = torch.load(classifier_path(dataset), weights_only=True)
         assert entry["recipe"] == train_script.recipe(train_script.BUDGETS["trained"]) and entry["level"] == "trained"
         assert entry["train_steps"] == train_script.BUDGETS["trained"].steps and entry["dataset"] == dataset
+
+
+def test_the_fid_classifiers_fp32_block_turns_off_tf32_everywhere_after_enable_tf32():
+    """After a notebook's `enable_tf32()`, the yardstick's block must run matmuls in full fp32 on the CPU's oneDNN
+    too, and a `fp32_exact` inside it must work: with only the legacy flags reset, the first stayed TF32 and the
+    second raised torch's "mix of the legacy and new APIs". In a fresh process: enable_tf32 is global state."""
+    code = """
+import torch, common
+from common.fid_classifier import exact_fp32
+common.enable_tf32()
+with exact_fp32():
+    mkldnn = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "ieee")
+    assert mkldnn == "ieee", mkldnn
+    with common.fp32_exact():
+        pass
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]
