@@ -209,7 +209,8 @@ def is_compile_error(error: BaseException) -> bool:
     return isinstance(error, _compile_error_types())
 
 
-_COMPILE_OUTCOMES: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_COMPILE_OUTCOMES: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()  # by model
+_OUTCOMES_IN_ORDER: list[dict[str, Any]] = []  # every model's outcome, also once the model is garbage-collected
 
 
 class _CompiledOrEager:
@@ -261,6 +262,8 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Call
     """
     outcome: dict[str, Any] = {"model": type(model).__name__, "requested": bool(enabled), "status": "eager",
                                "reason": None if enabled else "not requested"}
+    earlier = _COMPILE_OUTCOMES.get(model)
+    _OUTCOMES_IN_ORDER[:] = [o for o in _OUTCOMES_IN_ORDER if o is not earlier] + [outcome]  # a model counts once
     _COMPILE_OUTCOMES[model] = outcome
     if not enabled:
         return model
@@ -323,7 +326,7 @@ def compile_report() -> dict[str, Any] | None:
     is 'compiled' (a whole training step ran compiled), 'compiled_unverified' (compiled, but no step ran
     through `guarded_step`), 'fell_back', 'unavailable' or 'eager' (not requested), or 'mixed' when the
     models differ; None if `maybe_compile` was never called."""
-    models = [dict(outcome) for outcome in _COMPILE_OUTCOMES.values()]
+    models = [dict(outcome) for outcome in _OUTCOMES_IN_ORDER]
     if not models:
         return None
     statuses = {m["status"] for m in models}

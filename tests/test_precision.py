@@ -363,3 +363,19 @@ def test_autocast_on_a_device_torch_has_no_autocast_for_runs_in_full_precision(m
     with autocast(torch.device("mps")):
         x = torch.ones(2) * 2
     assert x.dtype == torch.float32
+
+
+def test_the_record_keeps_the_outcome_of_a_model_that_is_gone():
+    """A side model compiled inside a function (SimCLR's supervised reference) is garbage-collected before the
+    record is written: its outcome must stay in `compile_report`, once, however often the model was registered."""
+    import gc
+
+    def side_run() -> None:
+        model = nn.Linear(2, 2)
+        maybe_compile(model, False, CPU)
+        maybe_compile(model, False, CPU)  # registered twice: still one entry
+
+    before = len((compile_report() or {"models": []})["models"])
+    side_run()
+    gc.collect()
+    assert len(compile_report()["models"]) == before + 1
