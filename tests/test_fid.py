@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 import common.fid_classifier as classifier_module
-from common.data import DatasetError, ImageData, data_dir, load_image_dataset
+from common.data import DatasetError, ImageData, load_image_dataset
+from common.paths import find_data_file
 from common.fid import (
     SUPPORTED_DATASETS,
     FIDClassifier,
@@ -307,6 +308,7 @@ def test_fid_loads_the_committed_classifier_and_never_trains_or_writes_it(
     result = fid(mnist.tensors("test")[0][:300], dataset="mnist", device="cpu")
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert result["fid"] >= 0 and sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mnist.npz"]
+    assert (tmp_path / "data" / "mnist.npz").is_symlink()  # not rewritten under the same name
     assert classifier_module.scored_classifiers() == {"fid_classifier_mnist.pt": pinned_sha256()["fid_classifier_mnist.pt"]}
 
 
@@ -388,15 +390,19 @@ def test_fid_puts_no_float64_on_the_device(model: FIDClassifier, test_images: tu
 
 
 def _fresh_fid_state(monkeypatch: pytest.MonkeyPatch, folder: Path) -> list[str]:
-    """Point DL_DATA_DIR at `folder` (holding only MNIST), forget every per-process cache of common.fid, and
-    return a list that collects the name of every dataset load from then on."""
+    """Point DL_DATA_DIR at `folder` (holding only MNIST, as a link to the real file, and no read-only data folders
+    beside it), forget every per-process cache of common.fid, and return a list that collects the name of every
+    dataset load from then on."""
     import sys
 
     import common.fid_classifier as classifier_module
     fid_module = sys.modules["common.fid"]  # the submodule (`common.fid`, the attribute, is the function)
     folder.mkdir()
-    (folder / "mnist.npz").symlink_to(data_dir() / "mnist.npz")
+    real = find_data_file("mnist.npz")  # the sandbox's copy or the user's read-only folder: wherever it is now
+    assert real is not None, "the fid tests need mnist.npz"
+    (folder / "mnist.npz").symlink_to(real.resolve())
     monkeypatch.setenv("DL_DATA_DIR", str(folder))
+    monkeypatch.delenv("DL_EXTRA_DATA_DIRS", raising=False)
     for name in ("_REFERENCE", "_DATA"):
         if hasattr(fid_module, name):
             monkeypatch.setattr(fid_module, name, {})
