@@ -325,20 +325,47 @@ def cannot_resume(task: str, entry: dict[str, Any], state_dir: Path, left: float
     return None
 
 
+def missing_inputs(entry: dict[str, Any], data_dir: Path) -> list[str]:
+    """The entries of the task's `needs` (campaign.toml) that this machine lacks: a file or folder not in
+    `data_dir`, Fashion-MNIST neither there nor in Debian's folder, a Python package (`module:NAME`) not
+    installed. A run started without them fails offline, and used to end the whole command."""
+    import importlib.util
+
+    from common.data import DEBIAN_FASHION_MNIST
+
+    missing = []
+    for need in entry.get("needs", []):
+        if need.startswith("module:"):
+            found = importlib.util.find_spec(need.split(":", 1)[1]) is not None
+        elif need == "fashion_mnist":
+            found = (data_dir / "fashion_mnist.npz").is_file() or DEBIAN_FASHION_MNIST.is_dir()
+        else:
+            found = (data_dir / need).exists()
+        if not found:
+            missing.append(need)
+    return missing
+
+
 def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: bool,
                  after_slice: str | None = None) -> int:
     """Spend `budget` seconds: resume unfinished runs, then start new ones, while a useful slice still fits. An
-    unfinished run that cannot be resumed now (`cannot_resume`) is said and passed over, so it never blocks the
-    tasks after it. `after_slice`, a shell command, runs after every slice (loan.sh packs what finished)."""
-    tasks, end, failed = campaign(), time.time() + budget, 0
+    unfinished run that cannot be resumed now (`cannot_resume`), a task whose data or packages this machine lacks
+    (`missing_inputs`) and a task whose slice failed in this command are said and passed over, so none of them
+    blocks the tasks after it. `after_slice`, a shell command, runs after every slice (loan.sh packs what
+    finished)."""
+    tasks, end, failed, said = campaign(), time.time() + budget, set(), set()
     while True:
         left = end - time.time()
         order = []
         for task, why in plan(tasks, root, left):
-            reason = cannot_resume(task, tasks[task], state_folder(root, task), left) if why == "resume" else None
-            if reason:
-                print(f"campaign: {task} is unfinished, but {reason}; passed over")
-            else:
+            missing = missing_inputs(tasks[task], data_dir)
+            reason = (f"this machine lacks {', '.join(missing)}" if missing
+                      else "its slice failed in this command (see its log)" if task in failed
+                      else cannot_resume(task, tasks[task], state_folder(root, task), left) if why == "resume" else None)
+            if reason and (task, reason) not in said:
+                said.add((task, reason))
+                print(f"campaign: {task} ({why}): {reason}; passed over")
+            if not reason:
                 order.append((task, why))
         if not order:
             print(f"campaign: nothing more fits in the {left:.0f} s left")
@@ -346,12 +373,13 @@ def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: b
         task, why = order[0]
         print(f"campaign: {why} {task} with {left:.0f} s left")
         rc = run_slice(task, left, state_folder(root, task), data_dir, device=device, save=save)
-        failed += rc != 0
+        if rc != 0:
+            failed.add(task)  # a failure needs a look, but the time left goes to the other tasks
         if after_slice:
             subprocess.run(after_slice, shell=True, check=False)
         state = run_state(state_folder(root, task)) or {"finished": False}
-        if rc != 0 or not state["finished"]:
-            return 1 if failed else 0  # a slice that stopped used the budget; a failure needs a look
+        if rc == 0 and not state["finished"]:
+            return 1 if failed else 0  # a slice that stopped at its deadline used the budget
 
 
 def list_campaign(root: Path | None) -> None:

@@ -629,3 +629,40 @@ def test_a_first_slice_killed_at_its_limit_leaves_a_state_that_resumes(tmp_path:
     assert state["slices"] == [] and not state["finished"]  # there, so loan.sh packs the folder
     assert campaign.run_slice(task, 60, state_dir, tmp_path, device="cpu", save=False) == 1
     assert campaign.RESUME_FALSE in scripts[0] and campaign.RESUME_TRUE in scripts[1]  # the control: the first started
+
+
+def test_a_task_is_started_only_where_its_data_and_packages_are(tmp_path: Path, monkeypatch) -> None:
+    """Prepared with LOAN_FASHION=0, a loan has no Fashion-MNIST: `next` used to start the MLP there, which failed
+    offline and ended the command. Every task names what it reads (`needs`), and the machine is asked."""
+    monkeypatch.setattr("common.data.DEBIAN_FASHION_MNIST", tmp_path / "no-debian-folder")
+    (tmp_path / "mnist.npz").write_bytes(b"")
+    (tmp_path / "planetoid").mkdir()
+    entry = {"needs": ["mnist.npz", "planetoid", "cifar10.npz", "fashion_mnist", "module:json",
+                       "module:no_such_package_here"]}
+    assert campaign.missing_inputs(entry, tmp_path) == ["cifar10.npz", "fashion_mnist", "module:no_such_package_here"]
+    (tmp_path / "no-debian-folder").mkdir()  # Debian's dataset-fashion-mnist, as loan.sh lays it out
+    assert campaign.missing_inputs(entry, tmp_path) == ["cifar10.npz", "module:no_such_package_here"]
+    for task, entry in campaign.campaign().items():
+        assert entry.get("needs"), f"{task} says nothing of what it reads"
+
+
+def test_the_campaign_passes_over_missing_data_and_goes_on_after_a_failed_slice(tmp_path: Path, monkeypatch) -> None:
+    tasks = {"a/no_data": {"needs": ["absent.npz"]}, "b/fails": {"needs": []}, "c/works": {"needs": []}}
+    ran = []
+
+    def fake_slice(task, seconds, state_dir, data_dir, **kwargs):
+        ran.append(task)
+        state_dir.mkdir(exist_ok=True)
+        (state_dir / "state.json").write_text(json.dumps({"finished": task == "c/works"}))
+        return 1 if task == "b/fails" else 0
+    monkeypatch.setattr(campaign, "campaign", lambda: tasks)
+    monkeypatch.setattr(campaign, "run_slice", fake_slice)
+    monkeypatch.setattr(campaign, "plan", lambda tasks, root, budget: [
+        (t, "resume" if (root / t.replace("/", "__")).exists() else "start") for t in tasks
+        if not (state_of(root / t.replace("/", "__")) or {}).get("finished")])
+    assert campaign.run_campaign(530, tmp_path, tmp_path, "cuda", save=False) == 1  # a failure is still reported
+    assert ran == ["b/fails", "c/works"]  # the failed slice no longer ends the command
+
+
+def state_of(folder: Path) -> dict | None:
+    return json.loads((folder / "state.json").read_text()) if (folder / "state.json").is_file() else None
