@@ -49,9 +49,12 @@ pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut int
     echo "warning: $n parts: at most $most of $part_mib MiB come back (8 files and 64 MiB in all); this state cannot travel and stays here"
   fi
 }
-unpack_state() {  # PARTS ROOT
+unpack_state() {  # PARTS ROOT: once per machine for the same parts, so a later command keeps the progress made since
   ls "$1"/state.tgz.part-* >/dev/null 2>&1 || return 0
-  mkdir -p "$2" && cat "$1"/state.tgz.part-* | tar xzf - -C "$2" && echo "resumable state unpacked: $(ls "$2")"
+  local mark; mark="$2/.unpacked-$(cat "$1"/state.tgz.part-* | sha256sum | cut -c1-16)"
+  if [ -e "$mark" ]; then echo "resumable state already unpacked on this machine: $(ls "$2")"; return 0; fi
+  mkdir -p "$2" && cat "$1"/state.tgz.part-* | tar xzf - -C "$2" && touch "$mark" \
+    && echo "resumable state unpacked: $(ls "$2")"
 }
 pack_all() {  # OUT: this loan's new records, the slices' logs and the unfinished runs' state, into OUT
   find results -newer /tmp/loan_t0 -name '*.json' | tar czf "$1/results.tgz" -T -
@@ -111,7 +114,7 @@ run)
   if ls .loan/fashion-mnist/*.gz >/dev/null 2>&1; then
     mkdir -p /usr/share/datasets/fashion-mnist && cp .loan/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/
   fi
-  [ -f $data/build_cifar10_full.py ] && (cd $data && python3 build_cifar10_full.py .)
+  [ -f $data/build_cifar10_full.py ] && [ ! -f $data/cifar10.npz ] && (cd $data && python3 build_cifar10_full.py .)  # once a machine
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
   # the version without importing torch: a cold first import on a fresh machine takes seconds the first task needs
   python3 -c "import importlib.metadata as m; print('torch', m.version('torch'))" | tee -a "$out/gpu.txt"

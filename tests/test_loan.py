@@ -45,6 +45,11 @@ def test_unfinished_runs_travel_in_parts_that_can_come_back_and_unpack_exactly(t
     assert (there / "image_classification__resnet" / "checkpoints" / "model.pt").read_bytes() == payload
     assert not (there / "text_generation__char_gpt").exists()  # finished: its record came back, its state need not
     assert not (there / "image_classification__resnet" / "notebook.py").exists()  # campaign.py writes it again
+    # a second command on the same machine carries the same parts: the progress made since must stay
+    progressed = there / "image_classification__resnet" / "state.json"
+    progressed.write_text(json.dumps({"finished": True}))
+    assert "already unpacked" in loan("unpack-state", str(out), str(there))
+    assert json.loads(progressed.read_text()) == {"finished": True}
 
 
 def test_nothing_unfinished_leaves_no_parts_and_too_big_a_state_is_flagged(tmp_path: Path) -> None:
