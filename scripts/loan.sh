@@ -57,8 +57,10 @@ unpack_state() {  # PARTS ROOT: once per machine for the same parts, so a later 
     && echo "resumable state unpacked: $(ls "$2")"
 }
 pack_all() {  # OUT: this loan's new records, the slices' logs and the unfinished runs' state, into OUT
-  find results -newer /tmp/loan_t0 -name '*.json' | tar czf "$1/results.tgz" -T -
-  (cd /tmp/loan_state && tar czf "$1/logs.tgz" --exclude=checkpoints --exclude=notebook.py .)
+  # each archive replaces the last one only once whole: a command killed while packing keeps the earlier one
+  find results -newer /tmp/loan_t0 -name '*.json' | tar czf "$1/.results.tgz.tmp" -T - && mv "$1/.results.tgz.tmp" "$1/results.tgz"
+  (cd /tmp/loan_state && tar czf "$1/.logs.tgz.tmp" --exclude=checkpoints --exclude=notebook.py .) \
+    && mv "$1/.logs.tgz.tmp" "$1/logs.tgz"
   pack_state /tmp/loan_state "$1"
 }
 case "${1:-}" in
@@ -90,7 +92,7 @@ prepare)
     mkdir -p .loan/state && cp "$LOAN_STATE"/state.tgz.part-* .loan/state/ || echo "warning: no state parts in $LOAN_STATE"
   fi
   git rev-parse HEAD >.loan/commit
-  [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "warning: uncommitted changes travel but the records name $(cat .loan/commit)"
+  [ -z "$(git status --porcelain)" ] || echo "warning: uncommitted changes or untracked files travel, but the records name $(cat .loan/commit): commit first"
   tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1); loan=$(du -sb .loan | cut -f1)
   echo "travels: $(( (tree + loan) / 1048576 )) MiB of at most 64 (the repository $(( tree / 1048576 )), .loan $(( loan / 1048576 )))"
   if (( tree + loan > 64 * 1048576 )); then  # the device tool would refuse the call: say what to leave out now
