@@ -255,7 +255,7 @@ def test_n_counts_only_rtx_4090_runs_and_other_gpus_are_named(tmp_path: Path) ->
     assert "12.0 min (NVIDIA GeForce RTX 4090)" in table and "6.0 min (NVIDIA H100 80GB HBM3)" in table
 
 
-CITED_RECORD = re.compile(r"(?:\.\.\.|\b)([\w.-]*?\d{8}T\d{12}Z\.json)")  # a record's name, whole or `...`-shortened
+CITED_RECORD = re.compile(r"(?:\.\.\.|\b)([\w.-]*?\d{8}T\d{6}(?:\d{6})?Z\.json)")  # a record's name, whole or `...`-shortened; the measurement scripts' names have seconds only
 READMES = [REPO_ROOT / "README.md", REPO_ROOT / "CONTRIBUTING.md",
            *(REPO_ROOT / c / "README.md" for c in update_readme.CATEGORIES)]
 PROSE_FILES = [p for p in READMES if p.exists()] + load_script("notebook_header").task_notebooks()
@@ -296,14 +296,21 @@ def test_citation_check_finds_a_missing_or_ambiguous_record() -> None:
     assert cited_records(text) == {"t__quick__cpu__20261127T190339872440Z.json", "20261101T000000000000Z.json",
                                    "a__t__full__cpu__20261127T190339872440Z.json", "20261127T190339872440Z.json"}
     assert unresolved_citations(text, committed) == ["20261101T000000000000Z.json", "20261127T190339872440Z.json"]
+    # the measurement scripts name their records to the second: a typo in one must be caught too
+    measured = [Path("results/g/t/wh_dropout/wh_dropout__full__20261128T100523Z.json")]
+    assert unresolved_citations("`...wh_dropout__full__20261128T100523Z.json`", measured) == []
+    assert unresolved_citations("`...wh_dropout__full__20261128T100599Z.json`", measured) == [
+        "wh_dropout__full__20261128T100599Z.json"]
 
 
+PUBLIC_ISSUE_LINK = re.compile(r"\[[^\]]*\]\(https?://github\.com/[\w.-]+/[\w.-]+/issues/\d+\)")
 DEVELOPMENT_ISSUE = re.compile(r"\b(?:the|this|an?|that) issue(?:'s)?\b|\bissue's\b|\bby the issue\b", re.IGNORECASE)
 
 
 def development_issue_mentions(text: str) -> list[str]:
     """The sentences' openings where prose points to a development issue ("the issue's target") instead of saying
     what it asked; a link to a public issue tracker (`github.com/.../issues/N`) is evidence and is not flagged."""
+    text = PUBLIC_ISSUE_LINK.sub("[a public issue]", text)
     return [text[max(0, m.start() - 40):m.end() + 20].replace("\n", " ") for m in DEVELOPMENT_ISSUE.finditer(text)]
 
 
@@ -320,3 +327,5 @@ def test_the_issue_check_flags_a_development_issue_but_not_a_public_link() -> No
     assert len(development_issue_mentions("This meets the issue's `quick` target. The issue asks for two models.")) == 2
     assert development_issue_mentions("reported at [pytorch/vision#9536](https://github.com/pytorch/vision/issues/9536)"
                                       "; tissue samples") == []
+    assert development_issue_mentions("see [the issue](https://github.com/pytorch/vision/issues/9536)") == []
+    assert len(development_issue_mentions("see [the issue](https://example.org/notes)")) == 1  # not a tracker

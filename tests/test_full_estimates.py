@@ -29,6 +29,8 @@ ESTIMATES: dict[str, list[str]] = {
         rf"full_train = 3 \* full_unet_flops \* (?P<steps>{NUM}) \* (?P<batch_size>{NUM})",
         rf"full_passes = (?P<num_timesteps>{NUM}) \+ sum\((?P<ddim_steps>{TUPLE})\) \+ (?P<guidance_steps>{NUM}) \*",
         rf"full_sample = full_unet_flops \* (?P<n_fid_samples>{NUM}) \* full_passes",
+        rf"side_train, side_sample = 3 \* full_unet_flops \* arms \* (?P<side_steps>{NUM}) \* (?P<batch_size>{NUM}), "
+        rf"full_unet_flops \* arms \* (?P<side_n>{NUM}) \* (?P<side_ddim_steps>{NUM})",
     ],
     "image_generation/flow_matching/flow_matching.ipynb": [
         rf"full_unet_flops = forward_flops\(UNet\((?P<channels>{TUPLE}), num_classes, (?P<attn_heads>{NUM})\)\)",
@@ -120,4 +122,7 @@ def test_the_check_finds_a_full_value_changed_in_the_config_alone() -> None:
     assert stale_copies(changed, ESTIMATES[notebook]) == ["steps: the estimate uses 40_000, the full preset 50000"]
     rewritten = source.replace("full_train = 3 * full_unet_flops", "full_train = 3.0 * full_unet_flops")
     assert len(stale_copies(rewritten, ESTIMATES[notebook])) == 1
+    side = source.replace("side_n: int = pick(smoke=50, quick=500, full=10_000)", "side_n: int = pick(smoke=50, quick=500, full=20_000)")
+    assert side != source and stale_copies(side, ESTIMATES[notebook]) == [
+        "side_n: the estimate uses 10_000, the full preset 20000"]  # the side experiment's copy is checked too
     assert stale_copies(source, ESTIMATES[notebook]) == []
