@@ -151,9 +151,15 @@ def test_records_of_other_tasks_are_not_compared(tmp_path: Path, capsys) -> None
 
 
 @pytest.mark.parametrize("task", ["image_generation/ddpm", "image_classification/resnet"])
-def test_the_committed_records_compare_with_themselves(task: str, capsys) -> None:
-    """Every committed record of a task is reproduced by itself (the comparison reads real records whole)."""
+def test_the_committed_records_compare_with_themselves(task: str, tmp_path: Path, capsys) -> None:
+    """Every committed record of a task is reproduced by itself (the comparison reads real records whole), and the
+    control: a copy with one metric moved in its last digits is not."""
     paths = sorted((compare_records.REPO_ROOT / "results" / task).glob("*.json"))
     assert paths
+    clock = compare_records.clock_metrics(task)
     for path in paths:
         assert compare_records.main([str(path), str(path)]) == 0
+        moved = json.loads(path.read_text())
+        name = next(k for k, v in moved["metrics"].items() if isinstance(v, float) and k not in clock)
+        moved["metrics"][name] *= 1 + 1e-12
+        assert compare_records.main([str(path), str(write(tmp_path, path.name, moved))]) == 1, (path.name, name)

@@ -78,3 +78,21 @@ def test_a_cuda_run_whose_compile_fell_back_fails_the_check():
     cpu = {"status": "ok", "record": {"device_type": "cpu", "compile": None}}
     gpu_check.check_record(cpu, "cpu")
     assert cpu["status"] == "ok"
+
+
+def test_no_save_keeps_a_full_record_out_of_results(tmp_path: Path, monkeypatch) -> None:
+    """`--no-save` is about `full` records, which go to results/ otherwise: the CPU-path test above runs no `full`
+    preset, so it could not see a copy made anyway. Here a faked `full` run's record must stay out of results/ with
+    `--no-save`, and (the control) land there without it."""
+    rec = tmp_path / "rec.json"
+    rec.write_text(json.dumps({"device_type": "cpu", "peak_memory_bytes": 0}))
+    real = gpu_check.notebooks()
+    monkeypatch.setattr(gpu_check, "notebooks", lambda: real)
+    monkeypatch.setattr(gpu_check, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(gpu_check, "run_one", lambda task, script, preset, env, workdir, timeout: {
+        "task": task, "preset": preset, "status": "ok", "seconds": 0.0, "log": tmp_path / "log",
+        "record": json.loads(rec.read_text()), "record_path": rec})
+    args = ["--device", "cpu", "--data-dir", str(tmp_path), "--only", "templates/task_template",
+            "--full", "templates/task_template"]
+    assert gpu_check.main(args + ["--no-save"]) == 0 and not (tmp_path / "results").exists()
+    assert gpu_check.main(args) == 0 and (tmp_path / "results" / "templates" / "task_template" / "rec.json").is_file()
