@@ -125,13 +125,18 @@ def test_first_merge_is_the_most_frequent_pair(bpe: dict, corpus: str) -> None:
 
 
 def test_encoding_applies_merges_in_learned_order(bpe: dict, corpus: str) -> None:
-    """Encoding the training pieces reproduces the segmentation training ended with: no learned pair is left."""
+    """Encoding the training pieces reproduces the segmentation training ended with: each piece's bytes with every
+    learned merge replayed in the order it was learned (no learned pair left over is not enough: applying the
+    latest-learned pair first also leaves none, and segments 694 of 1,697 of these pieces differently)."""
     text = corpus[:30_000]
-    tok = bpe["ByteBPE"](bpe["train_bpe"](text, 400))
+    merges = bpe["train_bpe"](text, 400)
+    tok = bpe["ByteBPE"](merges)
     for piece in set(bpe["pretokenize"](text)):
+        want = tuple(bpe["to_bytes"](piece))
+        for rank, pair in enumerate(merges):
+            want = bpe["merge_ids"](want, pair, 256 + rank)  # training's own replay, in learned order
         ids = tok.encode_piece(bpe["to_bytes"](piece))
-        assert not any(pair in tok.ranks for pair in zip(ids, ids[1:]))
-        assert tok.decode(ids) == piece
+        assert ids == list(want) and tok.decode(ids) == piece
 
 
 def test_special_tokens(tok) -> None:

@@ -113,5 +113,7 @@ def test_label_propagation_spreads_labels_within_components(ns: dict) -> None:
     y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     scores = ns["label_propagation"](edges, y, torch.tensor([0, 4]), 2, 0.9, 50)
     assert scores.argmax(1).tolist() == y.tolist()
+    assert (scores[:4, 1] == 0).all() and (scores[4:, 0] == 0).all()  # nothing crosses between the components
+    assert (scores[[1, 2, 3], 0] > 0).all() and (scores[[5, 6, 7], 1] > 0).all()  # it spread along each path
     none = ns["label_propagation"](edges, y, torch.tensor([0, 4]), 2, 0.9, 0)  # the control: no propagation
     assert (none[[1, 2, 3, 5, 6, 7]] == 0).all()

@@ -114,6 +114,12 @@ def test_adamw_decay_is_decoupled(ns: dict) -> None:
         p[0].grad = torch.zeros(3, dtype=torch.float64)
         opt.step()
     assert torch.allclose(p[0], torch.full((3,), 0.95 ** 4, dtype=torch.float64), rtol=0, atol=1e-15)
+    q = [torch.ones(3, dtype=torch.float64)]  # the control: Adam's L2 term goes through the moments
+    adam = ns["Adam"](q, lr=0.1, weight_decay=0.5)
+    for _ in range(4):
+        q[0].grad = torch.zeros(3, dtype=torch.float64)
+        adam.step()
+    assert (q[0] - 0.95 ** 4).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("name", NAMES)
