@@ -163,6 +163,23 @@ def test_ppo_loss_normalises_advantages_per_minibatch_and_logs_kl(ns: dict) -> N
     assert abs(stats["value_loss"].item() - 0.5) < 1e-5
     scaled = dict(mb, advantages=mb["advantages"] * 50 + 3)  # normalised per mini-batch: the same loss
     assert torch.allclose(ns["ppo_loss"](model, scaled, cfg, 0.2)[0], loss, atol=1e-5)
+    # at ratio 1 the loss's value is blind to the advantages' scale (their mean is 0 after any centring); the
+    # gradient is not: it must be that of the advantages divided by their standard deviation
+    params = list(model.actor.parameters())
+    same = torch.autograd.grad(ns["ppo_loss"](model, scaled, cfg, 0.2)[0], params)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(torch.autograd.grad(loss, params), same))
+    no_entropy = SimpleNamespace(clip=0.2, clip_value=False, vf_coef=0.5, ent_coef=0.0)
+    adv = mb["advantages"]
+    logp = model(obs)[0].log_softmax(-1).gather(1, actions[:, None]).squeeze(1)
+    want = torch.autograd.grad(-(logp * (adv - adv.mean()) / adv.std()).mean(), params)
+    got = torch.autograd.grad(ns["ppo_loss"](model, mb, no_entropy, 0.2)[0], params)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+    # away from ratio 1: half the ratios (1.35 and 0.61) leave the clip range, and the KL estimate is the notebook's
+    delta = torch.tensor([0.0, 0.1, -0.3, 0.5]).repeat(4)
+    r = torch.exp(-delta)
+    _, off = ns["ppo_loss"](model, dict(mb, logp=mb["logp"] + delta), cfg, 0.2)
+    assert off["clip_fraction"].item() == pytest.approx(0.5)
+    assert off["approx_kl"].item() == pytest.approx(((r - 1) - r.log()).mean().item(), rel=1e-4)
 
 
 def test_replay_buffer_samples_uniformly_from_filled_slots_and_overwrites_the_oldest(ns: dict) -> None:
