@@ -4,7 +4,7 @@ A function that reads a variable the notebook assigns at its top level (`cfg`, `
 in that notebook, in that order of cells, and hides what it depends on. Read here: any name a function (or a
 function nested in it) loads that is none of its own arguments or locals, nor those of an enclosing function, and
 that the notebook assigns at its top level. Allowed: the notebook's functions, classes and imports, and constants
-(UPPER_CASE names, assigned once).
+(UPPER_CASE names, assigned once: not twice, not by a loop).
 
 Every notebook passes: the last offenders (the MLP's `standardise`, `get_batch`, `train_hand` and `replay_autograd`,
 which read its data splits) were fixed on 2026-11-29, and the list of known exceptions that this test carried until
@@ -34,7 +34,7 @@ def is_constant(name: str) -> bool:
 def top_level_variables(tree: ast.Module) -> set[str]:
     """Names the module assigns at its top level (loops, `with` targets and walrus included), but not its functions
     and classes (even where a cell rebinds one), imports and constants."""
-    names: set[str] = set()
+    stores: dict[str, int] = {}  # how often each name is bound: an UPPER_CASE name bound twice, or by a loop, varies
     defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
@@ -42,8 +42,13 @@ def top_level_variables(tree: ast.Module) -> set[str]:
         for sub in ast.walk(node):
             if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 continue
-            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store) and not is_constant(sub.id):
-                names.add(sub.id)
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                stores[sub.id] = stores.get(sub.id, 0) + 1
+            if isinstance(sub, (ast.For, ast.AsyncFor, ast.comprehension)):
+                for target in ast.walk(sub.target):
+                    if isinstance(target, ast.Name):
+                        stores[target.id] = stores.get(target.id, 0) + 1  # rebound at every iteration
+    names = {name for name, count in stores.items() if not is_constant(name) or count > 1}
     return names - defined  # a function swapped for another and back (mlp_backprop's broken-gradient control)
 
 
@@ -128,8 +133,18 @@ def outer(name):
 class Model:
     def forward(self, x):
         return x.to(device)
+
+MODE = "a"
+def uses_mode():
+    return MODE
+MODE = "b"
+for T in (1, 2):
+    pass
+def uses_t():
+    return T + THRESHOLD
 """
-    assert offenders(source) == {"bad": {"cfg"}, "outer.run": {"device"}, "Model.forward": {"device"}}
+    assert offenders(source) == {"bad": {"cfg"}, "outer.run": {"device"}, "Model.forward": {"device"},
+                                 "uses_mode": {"MODE"}, "uses_t": {"T"}}  # UPPER_CASE, but rebound: not constants
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.parent.relative_to(REPO_ROOT).as_posix() for p in NOTEBOOKS])
