@@ -653,16 +653,13 @@ def test_the_campaign_passes_over_missing_data_and_goes_on_after_a_failed_slice(
     def fake_slice(task, seconds, state_dir, data_dir, **kwargs):
         ran.append(task)
         state_dir.mkdir(exist_ok=True)
-        (state_dir / "state.json").write_text(json.dumps({"finished": task == "c/works"}))
+        campaign.save_state(state_dir, {"finished": task == "c/works"})
         return 1 if task == "b/fails" else 0
     monkeypatch.setattr(campaign, "campaign", lambda: tasks)
     monkeypatch.setattr(campaign, "run_slice", fake_slice)
     monkeypatch.setattr(campaign, "plan", lambda tasks, root, budget: [
-        (t, "resume" if (root / t.replace("/", "__")).exists() else "start") for t in tasks
-        if not (state_of(root / t.replace("/", "__")) or {}).get("finished")])
+        (t, "resume" if campaign.state_folder(root, t).exists() else "start") for t in tasks
+        if not (campaign.run_state(campaign.state_folder(root, t)) or {}).get("finished")])
     assert campaign.run_campaign(530, tmp_path, tmp_path, "cuda", save=False) == 1  # a failure is still reported
     assert ran == ["b/fails", "c/works"]  # the failed slice no longer ends the command
 
-
-def state_of(folder: Path) -> dict | None:
-    return json.loads((folder / "state.json").read_text()) if (folder / "state.json").is_file() else None
