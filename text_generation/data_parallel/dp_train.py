@@ -31,6 +31,8 @@ from tqdm import tqdm
 
 import common
 
+RESUMABLE = (*common.checkpoint.RESUMABLE_FIELDS, "world_size")  # may change on resume: batches do not depend on ranks
+
 
 def setup(cfg: SimpleNamespace) -> tuple[int, int, torch.device]:
     """Join the process group that torchrun describes; returns (rank, world size, this rank's device)."""
@@ -362,8 +364,7 @@ def train(data: torch.Tensor, val: torch.Tensor, vocab: int, cfg: SimpleNamespac
     gen = torch.Generator().manual_seed(cfg.seed)  # the same seed on every rank: the same global batches
     clock, step, history = common.RunClock(device), 0, {"step": [], "train": [], "val": [], "seconds": []}
     loss_sum, n_logged = torch.zeros((), device=device), 0  # summed on the device: no host sync per step
-    resumable = ("resume", "compile", "stop_after_steps", "world_size")  # the global batches do not depend on the ranks
-    state = common.load_checkpoint(ckpt, map_location=device, config=vars(cfg), ignore=resumable) if cfg.resume else None
+    state = common.load_checkpoint(ckpt, map_location=device, config=vars(cfg), ignore=RESUMABLE) if cfg.resume else None
     if state is not None:  # every rank reads the same file, so all ranks start from the same state
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
