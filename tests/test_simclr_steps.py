@@ -121,3 +121,50 @@ def test_the_colour_matrices(simclr: dict) -> None:
     x = torch.rand(2, 3, 4, 4)
     grey = simclr["grey_level"](x, colours.luma)
     torch.testing.assert_close(grey[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
+
+
+class ReadBacks(TorchDispatchMode):
+    """Records every read-back to the host (`aten._local_scalar_dense`, what `.item()` dispatches) inside the block,
+    with the storage address of the tensor read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: list[int] = []
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = str(func).rsplit(".", 1)[0]
+        self.ops.add(name)
+        if name == "aten._local_scalar_dense":
+            self.read.append(args[0].data_ptr())
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_contrastive_step_reads_back_only_adamws_cpu_step_counters(simclr: dict) -> None:
+    """The whole optimisation step (`contrastive_step`: loss, backward, clipping, AdamW, schedule) must not wait for
+    the host either. AdamW (not capturable, not fused) keeps its per-parameter step counters on the CPU even when the
+    parameters are on a GPU, and reads them with `.item()`: a host read of host memory, not a GPU sync; so a read-back
+    is allowed on those counters and on nothing else. The control, a step that also reads its loss back (the sync
+    this rules out), must be caught."""
+    cfg, device = simclr["cfg"], torch.device("cpu")
+    torch.manual_seed(0)
+    model = simclr["new_model"](cfg, simclr["mean"], simclr["std"], device)
+    params = list(model.parameters())
+    opt, sched = simclr["make_optimizer"](model, cfg.lr, cfg.weight_decay, 1, 10)
+    scaler = simclr["grad_scaler"](device)
+    views = torch.rand(2 * cfg.batch_size, 3, cfg.crop_size, cfg.crop_size)
+
+    def step() -> torch.Tensor:
+        return simclr["contrastive_step"](model, params, opt, sched, scaler, views, cfg, device)
+
+    step()  # AdamW creates its state, the step counters included, on its first step
+    counters = {state["step"].data_ptr() for state in opt.state.values()}
+    assert counters and all(state["step"].device.type == "cpu" for state in opt.state.values())
+    for make, syncs in ((step, False), (lambda: step().item(), True)):
+        with ReadBacks() as log:
+            make()
+        others = [ptr for ptr in log.read if ptr not in counters]
+        assert bool(others) == syncs, ("a step reads back more than AdamW's step counters" if others
+                                       else "the control's loss read-back was not caught")
+        assert "aten._foreach_add_" in log.ops or "aten.add_" in log.ops, "the optimiser step was not recorded"
+        assert not log.ops & (SYNCING - {"aten._local_scalar_dense"}), log.ops & SYNCING
