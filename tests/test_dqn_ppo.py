@@ -3,7 +3,8 @@ observation's value when an episode is truncated and from zero when it terminate
 vector environments hand over the real final observation, PPO's clipped objective has zero gradient exactly where
 the clip binds (and a control without the clip does not), the replay buffer samples uniformly from its filled slots
 only and overwrites the oldest, the target network changes only when copied, and DQN's (and Double DQN's) targets
-bootstrap after a truncation and not after a termination.
+bootstrap after a truncation and not after a termination; the cost cell counts DQN's gradient steps as `train_dqn`
+takes them.
 
 The notebook's own cells (tagged "rl") are executed into a namespace (tests/notebook_cells.py), so the tests check
 the code the notebook teaches. Small inputs, nothing written anywhere.
@@ -244,3 +245,60 @@ def test_epsilon_decays_linearly_then_stays(ns: dict) -> None:
     assert ns["epsilon_at"](0, 1000, cfg) == 1.0
     assert abs(ns["epsilon_at"](100, 1000, cfg) - 0.525) < 1e-9
     assert ns["epsilon_at"](200, 1000, cfg) == ns["epsilon_at"](900, 1000, cfg) == pytest.approx(0.05)
+
+
+class CountingAdam(torch.optim.Adam):
+    """Adam that counts its steps (class attribute: the training function builds its own optimiser)."""
+
+    steps = 0
+
+    def step(self, closure=None):  # noqa: ANN001, ANN201
+        CountingAdam.steps += 1
+        return super().step(closure)
+
+
+class SilentLog:
+    """A stand-in for the notebook's RunLog: keeps the loss curve, validates nothing."""
+
+    def __init__(self, *args) -> None:  # noqa: ANN002
+        self.extra: dict[str, list[float]] = {}
+
+    def on_steps(self, *args) -> None:  # noqa: ANN002
+        pass
+
+    def validate_if_due(self, *args) -> None:  # noqa: ANN002
+        pass
+
+
+def cost_cell_value(name: str, cfg: SimpleNamespace) -> float:
+    """The value the cost cell (the one that computes `flops_per_env`) assigns to `name`, evaluated with `cfg`."""
+    import ast
+
+    from notebook_cells import cell_sources
+
+    (source,) = cell_sources(NOTEBOOK, select=lambda s: "flops_per_env = " in s)
+    tree = ast.parse(source)
+    (node,) = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == name]
+    flops = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "flops_per_env")
+    assert name in ast.unparse(flops.value), f"the FLOPs formula does not use {name}"
+    return eval(compile(ast.Expression(node.value), "cost cell", "eval"), {"cfg": cfg})  # noqa: S307
+
+
+def test_the_cost_formula_counts_the_gradient_steps_train_dqn_takes(ns: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost cell's count of DQN gradient steps per run equals the optimiser steps `train_dqn` really takes
+    (bursts of `gradient_steps` every `train_every` environment steps from `learning_starts` on). The control, the
+    count the formula used before (one update per joint step of the environments, `dqn_steps / dqn_envs`), differs."""
+    from common import RunClock
+    from notebook_cells import notebook_functions
+
+    cfg = SimpleNamespace(dqn_steps=96, dqn_envs=2, learning_starts=40, train_every=16, gradient_steps=3, dqn_batch=4,
+                          dqn_hidden=8, buffer_size=200, dqn_lr=1e-3, gamma=0.99, huber_delta=1.0, eps_start=1.0,
+                          eps_end=0.05, eps_fraction=0.5, train_env_seed=0, max_episode_steps=50, n_val=1)
+    namespace = {**ns, "copy": copy, "RunLog": SilentLog, "RunClock": RunClock, "finish_run": lambda *args: None}
+    monkeypatch.setattr(torch.optim, "Adam", CountingAdam)
+    train_dqn = notebook_functions(NOTEBOOK, "train_dqn", "seeded", namespace=namespace)["train_dqn"]
+    CountingAdam.steps = 0
+    train_dqn("CartPole-v1", 0, cfg, RunClock(torch.device("cpu")), 500.0, torch.device("cpu"))
+    assert CountingAdam.steps == 3 * 4  # bursts at 48, 64, 80 and 96
+    assert cost_cell_value("dqn_updates", cfg) == CountingAdam.steps
+    assert cfg.dqn_steps / cfg.dqn_envs != CountingAdam.steps  # the old formula's count: 48
