@@ -595,13 +595,15 @@ def test_a_named_task_needs_its_tail_or_its_whole_run_in_one_command(tmp_path: P
     diffusion run's 9-minute tail or a run that cannot travel could start in a command too short for it, be killed
     at the command's limit, and lose its record."""
     tasks = campaign.campaign()
-    ddpm, bpe, vae = "image_generation/ddpm", "text_generation/bpe_gpt", "image_generation/vae"
+    ddpm, bpe, gan = "image_generation/ddpm", "text_generation/bpe_gpt", "image_generation/gan"
 
     def need(task: str) -> int:
         out = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "campaign.py"), "need", task, "--root",
                               str(tmp_path)], capture_output=True, text=True, check=True, timeout=60).stdout
         return int(out)
-    assert need(vae) == 60 * tasks[vae]["min_slice_minutes"]  # the control: a run that travels needs a slice
+    assert tasks[gan].get("travels", True) and not tasks[gan].get("travels_after_training")
+    # the control: a run that travels needs a slice, not its whole estimate
+    assert need(gan) == 60 * tasks[gan]["min_slice_minutes"] < 60 * tasks[gan]["estimate_minutes"]
     assert need(bpe) == 60 * tasks[bpe]["estimate_minutes"] > 60 * tasks[ddpm]["min_slice_minutes"]
     assert need(ddpm) == 60 * tasks[ddpm]["train_minutes"]  # its training on one machine
     folder = tmp_path / ddpm.replace("/", "__")
