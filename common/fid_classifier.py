@@ -14,11 +14,9 @@ comparable only if they were made with the same file (and the same dataset and s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -108,13 +106,10 @@ def pinned_sha256(weights_dir: Path | None = None) -> dict[str, str]:
     return pins
 
 
-@contextlib.contextmanager
-def exact_fp32() -> Iterator[None]:
-    """Plain fp32: TF32 (which notebooks switch on, also oneDNN's on the CPU) and autocast off, so features are the
-    same on every device. It is `common.fp32_exact`, which sets the matmul precision through torch's one API: the
-    legacy `allow_tf32` flags alone left oneDNN in TF32 and made a nested `fp32_exact` raise."""
-    with fp32_exact():
-        yield
+# Plain fp32 for the yardstick: TF32 (which notebooks switch on, also oneDNN's on the CPU) and autocast off, so features
+# are the same on every device. It is `common.fp32_exact`, which sets the matmul precision through torch's one API:
+# the legacy `allow_tf32` flags alone left oneDNN in TF32 and made a nested `fp32_exact` raise.
+exact_fp32 = fp32_exact
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ the code the notebook teaches. Small inputs, nothing written anywhere.
 
 from __future__ import annotations
 
+import ast
 import copy
 import math
 from pathlib import Path
@@ -22,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from notebook_cells import run_tagged
+from common import RunClock
+from notebook_cells import cell_sources, notebook_functions, run_tagged
 
 gym = pytest.importorskip("gymnasium")
 np = pytest.importorskip("numpy")
@@ -272,10 +274,6 @@ class SilentLog:
 
 def cost_cell_value(name: str, cfg: SimpleNamespace) -> float:
     """The value the cost cell (the one that computes `flops_per_env`) assigns to `name`, evaluated with `cfg`."""
-    import ast
-
-    from notebook_cells import cell_sources
-
     (source,) = cell_sources(NOTEBOOK, select=lambda s: "flops_per_env = " in s)
     tree = ast.parse(source)
     (node,) = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == name]
@@ -288,9 +286,6 @@ def test_the_cost_formula_counts_the_gradient_steps_train_dqn_takes(ns: dict, mo
     """The cost cell's count of DQN gradient steps per run equals the optimiser steps `train_dqn` really takes
     (bursts of `gradient_steps` every `train_every` environment steps from `learning_starts` on). The control, the
     count the formula used before (one update per joint step of the environments, `dqn_steps / dqn_envs`), differs."""
-    from common import RunClock
-    from notebook_cells import notebook_functions
-
     cfg = SimpleNamespace(dqn_steps=96, dqn_envs=2, learning_starts=40, train_every=16, gradient_steps=3, dqn_batch=4,
                           dqn_hidden=8, buffer_size=200, dqn_lr=1e-3, gamma=0.99, huber_delta=1.0, eps_start=1.0,
                           eps_end=0.05, eps_fraction=0.5, train_env_seed=0, max_episode_steps=50, n_val=1)

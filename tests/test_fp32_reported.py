@@ -10,7 +10,6 @@ a control: the same function with `fp32_exact` replaced by a block that does not
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,19 +22,6 @@ from notebook_cells import notebook_functions
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SIMCLR = REPO_ROOT / "representation_learning" / "simclr" / "simclr.ipynb"
 FLOW_MATCHING = REPO_ROOT / "image_generation" / "flow_matching" / "flow_matching.ipynb"
-
-
-@pytest.fixture
-def tf32_on() -> Iterator[None]:
-    """`enable_tf32()` as a notebook's Setup calls it, undone afterwards."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.get_float32_matmul_precision())
-    enable_tf32()
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[0], saved[1]
-        torch.set_float32_matmul_precision(saved[2])
 
 
 class MatmulPrecision(TorchFunctionMode):
@@ -58,7 +44,8 @@ def knn_predict(exact: bool):  # noqa: ANN201
 
 
 @pytest.mark.parametrize("exact", [True, False])
-def test_simclr_knn_similarities_are_full_fp32(tf32_on: None, exact: bool) -> None:
+def test_simclr_knn_similarities_are_full_fp32(exact: bool) -> None:
+    enable_tf32()  # as the notebook's Setup does; conftest.py restores the defaults after the test
     gen = torch.Generator().manual_seed(0)
     bank = torch.nn.functional.normalize(torch.randn(50, 8, generator=gen), dim=1)
     queries = torch.nn.functional.normalize(torch.randn(7, 8, generator=gen), dim=1)
@@ -88,7 +75,8 @@ def trajectory_strip(exact: bool, seen: list[str]):  # noqa: ANN201
 
 
 @pytest.mark.parametrize("exact", [True, False])
-def test_flow_matching_endpoint_row_is_full_fp32(tf32_on: None, exact: bool) -> None:
+def test_flow_matching_endpoint_row_is_full_fp32(exact: bool) -> None:
+    enable_tf32()  # as the notebook's Setup does; conftest.py restores the defaults after the test
     seen: list[str] = []
     strip_fn, nfe = trajectory_strip(exact, seen)
     cfg = type("Cfg", (), {"seed": 0, "time_shift": 1.0})()

@@ -24,8 +24,9 @@ SYNCING = {"aten.lift_fresh", "aten.lift_fresh_copy", "aten._local_scalar_dense"
 
 
 class OpLog(TorchDispatchMode):
-    """Records every operator dispatched inside the block, with its keyword arguments. `generator`: the generator
-    every `randperm` must draw from (the device generator the caller passes)."""
+    """Records every operator dispatched inside the block, with its keyword arguments, and for a read-back to the
+    host (`.item()`) the storage address it read (`reads`). `generator`: the generator every `randperm` must draw
+    from (the device generator the caller passes)."""
 
     def __init__(self, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -34,12 +35,15 @@ class OpLog(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         name, kwargs = str(func).rsplit(".", 1)[0], dict(kwargs or {})
+        seen = dict(kwargs)
         if name == "aten.randperm":  # the caller's generator: the same device and, before the draw, the same state
             gen = kwargs.get("generator")
-            kwargs["callers"] = (gen is not None and self.generator is not None and gen.device == self.generator.device
-                                 and torch.equal(gen.get_state(), self.generator.get_state()))
-        self.calls.append((name, kwargs))
-        return func(*args, **{k: v for k, v in kwargs.items() if k != "callers"})
+            seen["callers"] = (gen is not None and self.generator is not None and gen.device == self.generator.device
+                               and torch.equal(gen.get_state(), self.generator.get_state()))
+        if name == "aten._local_scalar_dense":
+            seen["reads"] = args[0].data_ptr()
+        self.calls.append((name, seen))
+        return func(*args, **kwargs)
 
     def syncing(self) -> list[str]:
         """The recorded operators that copy from the host or read back to it on a GPU, and the permutations drawn
@@ -123,23 +127,6 @@ def test_the_colour_matrices(simclr: dict) -> None:
     torch.testing.assert_close(grey[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
 
 
-class ReadBacks(TorchDispatchMode):
-    """Records every read-back to the host (`aten._local_scalar_dense`, what `.item()` dispatches) inside the block,
-    with the storage address of the tensor read."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.read: list[int] = []
-        self.ops: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        name = str(func).rsplit(".", 1)[0]
-        self.ops.add(name)
-        if name == "aten._local_scalar_dense":
-            self.read.append(args[0].data_ptr())
-        return func(*args, **(kwargs or {}))
-
-
 def test_a_contrastive_step_reads_back_only_adamws_cpu_step_counters(simclr: dict) -> None:
     """The whole optimisation step (`contrastive_step`: loss, backward, clipping, AdamW, schedule) must not wait for
     the host either. AdamW (not capturable, not fused) keeps its per-parameter step counters on the CPU even when the
@@ -161,10 +148,12 @@ def test_a_contrastive_step_reads_back_only_adamws_cpu_step_counters(simclr: dic
     counters = {state["step"].data_ptr() for state in opt.state.values()}
     assert counters and all(state["step"].device.type == "cpu" for state in opt.state.values())
     for make, syncs in ((step, False), (lambda: step().item(), True)):
-        with ReadBacks() as log:
+        with OpLog() as log:
             make()
-        others = [ptr for ptr in log.read if ptr not in counters]
+        ops = {name for name, _ in log.calls}
+        reads = [kw["reads"] for name, kw in log.calls if name == "aten._local_scalar_dense"]
+        others = [ptr for ptr in reads if ptr not in counters]
         assert bool(others) == syncs, ("a step reads back more than AdamW's step counters" if others
                                        else "the control's loss read-back was not caught")
-        assert "aten._foreach_add_" in log.ops or "aten.add_" in log.ops, "the optimiser step was not recorded"
-        assert not log.ops & (SYNCING - {"aten._local_scalar_dense"}), log.ops & SYNCING
+        assert "aten._foreach_add_" in ops or "aten.add_" in ops, "the optimiser step was not recorded"
+        assert not ops & (SYNCING - {"aten._local_scalar_dense"}), ops & SYNCING
