@@ -212,7 +212,7 @@ def fmt_minutes(seconds: float) -> str:
 
 
 def fmt_metric(value: float) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+    return f"{value:#.4g}" if isinstance(value, (int, float)) else str(value)  # 1 -> "1.000", 0.824 -> "0.8240"
 
 
 def fid_classifier(record: dict) -> str | None:
@@ -242,12 +242,17 @@ def other_classifier(record: dict, committed: set[str]) -> bool:
 
 def headline_records(task: Task) -> tuple[list[dict], str | None]:
     """The records whose metric the row shows (the newest `full` RTX 4090 runs, else other GPUs', else `full` runs
-    on a CPU, else the `quick` CPU runs), and where they ran (None: each on its own GPU)."""
+    on a CPU, else the `quick` CPU runs), and where they ran (None: each on its own GPU). A `full` run of the
+    notebook's code now outranks every `full` run of older code: a GPU run of older code heads the row only until the
+    code now has a `full` run anywhere (the MLP's older H100 run against its rerun on a CPU)."""
     m = task.meta
     records = table_records(task)
-    for recs, where in ((newest(records, "full", "4090"), "full, RTX 4090"),
-                        (newest(records, "full", "gpu"), None), (newest(records, "full", "cpu"), "full, CPU"),
-                        (newest(records, "quick", "cpu"), "quick, CPU")):
+    current = [r for r in records if not older_code(r, task)]
+
+    def full(pool: list[dict]) -> list[tuple[list[dict], str | None]]:
+        return [(newest(pool, "full", "4090"), "full, RTX 4090"), (newest(pool, "full", "gpu"), None),
+                (newest(pool, "full", "cpu"), "full, CPU")]
+    for recs, where in (*full(current), *full(records), (newest(records, "quick", "cpu"), "quick, CPU")):
         shown = [r for r in recs if m["metric"] in r["metrics"]]
         if shown:
             return shown, where

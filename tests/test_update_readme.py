@@ -36,7 +36,7 @@ def test_fid_headlines_name_their_classifier_and_a_mix_is_flagged(tmp_path: Path
     add_task(tmp_path, "vae", "fid", [{"fid_classifier_sha256": SHA_A}])
     add_task(tmp_path, "nll", "nelbo", [{"fid_classifier_sha256": SHA_B}])  # not a fid headline: never compared
     table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
-    assert "fid: 50 (quick, CPU; MNIST subset; classifier aaaaaaaa)" in table
+    assert "fid: 50.00 (quick, CPU; MNIST subset; classifier aaaaaaaa)" in table
     assert "classifier bbbbbbbb" not in table and "Not comparable" not in table  # one classifier: nothing to flag
 
     add_task(tmp_path, "ddpm", "fid_unconditional", [{"fid_classifier_sha256": SHA_B}])
@@ -68,14 +68,14 @@ def test_a_fid_headline_measured_with_another_classifier_than_the_committed_one_
     add_task(tmp_path, "gan", "fid", [{"fid_classifier_sha256": SHA_A}])
     add_task(tmp_path, "nll", "nelbo", [{"fid_classifier_sha256": SHA_B}])  # not a fid headline: never marked
     table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
-    assert "fid: 50 (quick, CPU; MNIST subset; classifier aaaaaaaa)" in table  # the committed one: no mark
+    assert "fid: 50.00 (quick, CPU; MNIST subset; classifier aaaaaaaa)" in table  # the committed one: no mark
     assert "†" not in table
     add_task(tmp_path, "vae", "fid", [{"fid_classifier_sha256": SHA_B}])
     add_task(tmp_path, "ddpm", "fid", [{"fid_classifier_sha256": {"fid_classifier_mnist.pt": SHA_A,
                                                                    "fid_classifier_fashion_mnist.pt": SHA_B}}])
     add_task(tmp_path, "flow", "fid", [{}])  # a record that does not name its classifier
     table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
-    assert "fid: 50 (quick, CPU; MNIST subset; classifier aaaaaaaa)" in table
+    assert "fid: 50.00 (quick, CPU; MNIST subset; classifier aaaaaaaa)" in table
     assert "classifier bbbbbbbb†)" in table and "classifier aaaaaaaa+bbbbbbbb†)" in table
     assert "classifier not recorded†)" in table
     notes = [line for line in table.splitlines() if line.startswith("† ")]
@@ -165,14 +165,14 @@ def test_a_full_run_on_a_cpu_is_the_headline_without_a_gpu_run_and_is_timed_as_f
     full_cpu = {"preset": "full", "train_seconds": 3000.0, "device": "cpu (1 threads)"}
     add_task(tmp_path, "vae", "nelbo", [{}, full_cpu])  # metrics 50.0 (quick) and 51.0 (full, CPU)
     headline, gpu_time, cpu_time = vae_cells(tmp_path)[3:6]
-    assert headline.startswith("nelbo: 51 (full, CPU;") and gpu_time == update_readme.NOT_MEASURED
+    assert headline.startswith("nelbo: 51.00 (full, CPU;") and gpu_time == update_readme.NOT_MEASURED
     assert cpu_time == "1.0 min (cpu)<br>50.0 min (`full`, cpu (1 threads))"
     table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert "No `full` run has been measured on another GPU either." in table
     add_task(tmp_path, "gan", "nelbo", [{}, full_cpu, {"preset": "full", **gpu_record("NVIDIA H100 80GB HBM3")}])
     gan = next(line for line in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path).splitlines()
                if "gan.ipynb" in line)
-    assert "nelbo: 52 (full, NVIDIA H100 80GB HBM3;" in gan  # the control: a GPU run is still the headline
+    assert "nelbo: 52.00 (full, NVIDIA H100 80GB HBM3;" in gan  # the control: a GPU run is still the headline
 
 
 def test_a_cpu_time_names_the_instruction_set_of_its_kernels_when_the_record_has_it(tmp_path: Path) -> None:
@@ -283,11 +283,11 @@ def test_a_record_of_older_code_leaves_the_table_once_the_code_now_has_one_on_it
     notebook = tmp_path / "image_generation" / "vae" / "vae.ipynb"
     notebook.write_text(notebook_json("x = 1"))
     headline, _, cpu_time = vae_cells(tmp_path)[3:6]
-    assert headline == f"nelbo: 51 (quick, CPU; {fashion} 1,000 images)" and cpu_time == "3.0 min (cpu)"
+    assert headline == f"nelbo: 51.00 (quick, CPU; {fashion} 1,000 images)" and cpu_time == "3.0 min (cpu)"
 
     notebook.write_text(notebook_json("x = 2"))  # the control: no record of the code now, so both stay, marked
     headline, _, cpu_time = vae_cells(tmp_path)[3:6]
-    assert "nelbo: 50 " in headline and "nelbo: 51 " in headline and cpu_time == "2.0 min (cpu)‡<br>3.0 min (cpu)‡"
+    assert "nelbo: 50.00 " in headline and "nelbo: 51.00 " in headline and cpu_time == "2.0 min (cpu)‡<br>3.0 min (cpu)‡"
 
 
 def test_an_older_record_on_another_dataset_stays_and_every_time_names_its_dataset(tmp_path: Path) -> None:
@@ -297,3 +297,29 @@ def test_an_older_record_on_another_dataset_stays_and_every_time_names_its_datas
         {"data": "MNIST (8,000 train)", "code": {"notebook_code_sha256": now}, "train_seconds": 180.0}])
     (tmp_path / "image_generation" / "vae" / "vae.ipynb").write_text(notebook_json("x = 1"))
     assert vae_cells(tmp_path)[5] == "1.0 min (Fashion-MNIST; cpu)‡<br>3.0 min (MNIST; cpu)"
+
+
+def test_a_full_run_of_the_code_now_heads_the_row_before_a_gpu_run_of_older_code(tmp_path: Path) -> None:
+    """The MLP's `full` rerun on a CPU (its current code) stood under its older H100 run's headline: a `full` run of
+    the notebook's code now outranks any `full` run of older code, wherever each ran; the older GPU run stays in the
+    GPU column, marked."""
+    now = code_sha(tmp_path, "x = 1")
+    gpu_full = {"preset": "full", "code": {"notebook_code_sha256": "0" * 64}, **gpu_record("NVIDIA H100 80GB HBM3")}
+    cpu_full = {"preset": "full", "train_seconds": 600.0, "code": {"notebook_code_sha256": now}}
+    add_task(tmp_path, "vae", "nelbo", [{"code": {"notebook_code_sha256": now}}, gpu_full, cpu_full])
+    notebook = tmp_path / "image_generation" / "vae" / "vae.ipynb"
+    notebook.write_text(notebook_json("x = 1"))
+    headline, gpu_time, _ = vae_cells(tmp_path)[3:6]
+    assert headline.startswith("nelbo: 52.00 (full, CPU;") and "‡" not in headline
+    assert "NVIDIA H100 80GB HBM3" in gpu_time and gpu_time.endswith("‡")
+    notebook.write_text(notebook_json("x = 2"))  # the control: both runs are of older code, so the GPU run leads
+    headline = vae_cells(tmp_path)[3]
+    assert headline.startswith("nelbo: 51.00 (full, NVIDIA H100 80GB HBM3;") and headline.endswith("‡")
+
+
+def test_a_headline_keeps_four_significant_digits_with_trailing_zeros() -> None:
+    """The seq2seq headline, an exact match of 1.0, printed as a bare "1" (a count, or a flag?): four significant
+    digits always, so 1.0 and 0.824 read as the fractions they are."""
+    assert update_readme.fmt_metric(1.0) == "1.000" and update_readme.fmt_metric(0.824) == "0.8240"
+    assert update_readme.fmt_metric(86.381) == "86.38" and update_readme.fmt_metric(3.0652e-06) == "3.065e-06"
+    assert update_readme.fmt_metric("n/a") == "n/a"
