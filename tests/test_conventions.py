@@ -231,7 +231,7 @@ def test_readme_lists_each_dataset_of_a_task(tmp_path: Path) -> None:
         record = {**base, "data": data, "train_seconds": 60.0 + i, "metrics": {"nll": nll}, "finished_at": day}
         (results / f"{i}.json").write_text(json.dumps(record))
     table = update_readme.render_table(update_readme.load_tasks(tmp_path))
-    assert "NLL: 230 (quick, CPU; Fashion)<br>NLL: 99 (quick, CPU; MNIST)" in table  # newest per dataset
+    assert "NLL: 230.0 (quick, CPU; Fashion)<br>NLL: 99.00 (quick, CPU; MNIST)" in table  # newest per dataset
     assert "NLL: 100 " not in table and "1.0 min (Fashion; cpu)<br>1.0 min (MNIST; cpu)" in table  # which is which
 
 
@@ -251,7 +251,7 @@ def test_n_counts_only_rtx_4090_runs_and_other_gpus_are_named(tmp_path: Path) ->
            "finished_at": "2026-01-02", "metrics": {"val_loss": 1.47}}
     (results / "rtx.json").write_text(json.dumps(rtx))
     table = update_readme.render_table(update_readme.load_tasks(tmp_path))
-    assert "**N = 0.20** 4090-hours" in table and "val loss: 1.47 (full, RTX 4090; TS)" in table
+    assert "**N = 0.20** 4090-hours" in table and "val loss: 1.470 (full, RTX 4090; TS)" in table
     assert "12.0 min (NVIDIA GeForce RTX 4090)" in table and "6.0 min (NVIDIA H100 80GB HBM3)" in table
 
 
