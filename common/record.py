@@ -230,10 +230,14 @@ def code_version(task: str) -> dict[str, Any]:
     SHA-256 of the task notebook's code cells (outputs excluded, so it identifies the code that ran).
 
     `DL_GIT_COMMIT`, when set, names the commit instead: a copy of the tree sent to another machine (the GPU check)
-    may carry a stale or no `.git`, so the sender names what it sent. Its dirtiness is then unknown (None), unless
-    this checkout's own git is at that very commit, which then tells it (a local run that set the variable)."""
+    may carry a stale or no `.git`, so the sender names what it sent, and `DL_GIT_DIRTY` ("true" or "false") whether
+    its tracked files differed from that commit (scripts/loan.sh sets both). Without `DL_GIT_DIRTY` the dirtiness is
+    unknown (None), unless this checkout's own git is at that very commit, which then tells it (a local run that set
+    the variable)."""
     named = os.environ.get("DL_GIT_COMMIT") or None
-    info: dict[str, Any] = {"git_commit": named, "git_dirty": None, "notebook_code_sha256": None}
+    sent_dirty = {"true": True, "false": False}.get(os.environ.get("DL_GIT_DIRTY", "").strip().lower())
+    info: dict[str, Any] = {"git_commit": named, "git_dirty": sent_dirty if named else None,
+                            "notebook_code_sha256": None}
     try:
         def git(*args: str) -> str:
             return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,

@@ -2,7 +2,8 @@
 # The `full` campaign on a GPU machine lent for minutes (CONTRIBUTING.md, "The `full` campaign"), in two halves:
 #
 #   bash scripts/loan.sh prepare [DATASETS]   here, before the loan: fills the git-ignored folder .loan/ (listed in
-#                                             .git/info/exclude) with the offline data and this commit's id;
+#                                             .git/info/exclude) with the offline data, this commit's id and
+#                                             whether tracked files differ from it (the records' git_dirty);
 #                                             DATASETS defaults to ../shared/datasets
 #   bash scripts/loan.sh run SECONDS [TASK...] there, in one command that carries .loan/: stages the data, then
 #                                             spends SECONDS on the named tasks in order (each `campaign.py run`
@@ -92,6 +93,8 @@ prepare)
     mkdir -p .loan/state && cp "$LOAN_STATE"/state.tgz.part-* .loan/state/ || echo "warning: no state parts in $LOAN_STATE"
   fi
   git rev-parse HEAD >.loan/commit
+  # whether tracked files differ from that commit (what a record's git_dirty means): the records made there say so
+  if git diff --quiet HEAD --; then echo false; else echo true; fi >.loan/dirty
   [ -z "$(git status --porcelain)" ] || echo "warning: uncommitted changes or untracked files travel, but the records name $(cat .loan/commit): commit first"
   tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1); loan=$(du -sb .loan | cut -f1)
   echo "travels: $(( (tree + loan) / 1048576 )) MiB of at most 64 (the repository $(( tree / 1048576 )), .loan $(( loan / 1048576 )))"
@@ -105,7 +108,7 @@ prepare)
 run)
   budget=${2:?seconds}; shift 2
   end=$(( $(date +%s) + budget ))
-  export DL_GIT_COMMIT=$(cat .loan/commit) PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+  export DL_GIT_COMMIT=$(cat .loan/commit) DL_GIT_DIRTY=$(cat .loan/dirty 2>/dev/null) PYTHONPATH=$PWD PYTHONUNBUFFERED=1
   if ls .loan/wheels/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/loan_site .loan/wheels/*.whl \
       && export PYTHONPATH=$PWD:/tmp/loan_site

@@ -418,6 +418,11 @@ def test_the_commit_named_by_the_sender_wins_over_the_copys_git(monkeypatch):
     sent = code_version("image_generation/vae")
     assert sent["git_commit"] == "0123456789abcdef0123456789abcdef01234567" and sent["git_dirty"] is None
     assert sent["notebook_code_sha256"] == own["notebook_code_sha256"]
+    for told, dirty in (("true", True), ("false", False)):  # what the sender saw (scripts/loan.sh prepare)
+        monkeypatch.setenv("DL_GIT_DIRTY", told)
+        assert code_version("image_generation/vae")["git_dirty"] is dirty
+    monkeypatch.setenv("DL_GIT_DIRTY", "")  # the control: a sender that did not say
+    assert code_version("image_generation/vae")["git_dirty"] is None
 
 
 def test_a_named_commit_that_is_this_checkouts_head_keeps_its_dirtiness(monkeypatch, tmp_path):

@@ -79,3 +79,32 @@ def test_parts_that_would_exceed_what_comes_back_in_bytes_are_flagged(tmp_path: 
 def test_the_state_commands_need_both_folders(command: str) -> None:
     result = subprocess.run(["bash", str(LOAN), command], capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "folder" in result.stderr + result.stdout
+
+
+def test_prepare_records_whether_tracked_files_differ_from_the_commit(tmp_path: Path) -> None:
+    """On the loaned machine the tree has no usable `.git`: the records name the commit `prepare` saw and, through
+    `.loan/dirty`, whether tracked files differed from it (an untracked file does not count, as in `git_dirty`)."""
+    repo, data = tmp_path / "repo", tmp_path / "datasets"
+    (repo / "scripts").mkdir(parents=True)
+    data.mkdir()
+    (repo / "scripts" / "loan.sh").write_text(LOAN.read_text())
+    for name in ("mnist.npz", "tinyshakespeare.txt"):
+        (data / name).write_text("stand-in\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def prepare() -> str:
+        env = {**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1"}  # no data or wheel downloads in a test
+        result = subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, capture_output=True,
+                                text=True, timeout=120, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return (repo / ".loan" / "dirty").read_text().strip()
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    (repo / "notes.txt").write_text("untracked\n")
+    assert prepare() == "false" and (repo / ".loan" / "commit").read_text().strip() == git("rev-parse", "HEAD")
+    (repo / "scripts" / "loan.sh").write_text(LOAN.read_text() + "\n# an uncommitted change\n")
+    assert prepare() == "true"  # the control: a tracked file changed since the commit
