@@ -35,6 +35,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import code_aliases  # noqa: E402  (which record codes differ from another only in comments, docstrings and layout)
 
+# Config fields that say how a run was cut into slices, not what it computes: a run resumed from its checkpoint
+# gives the uninterrupted run's metrics exactly (tests/test_campaign.py), so they are no condition
+SLICING_FIELDS = ("resume", "stop_after_steps")
+
 # (label, how to read it from a record): what must be equal for a rerun to reproduce a step-budgeted metric exactly
 CONDITIONS = (
     ("notebook code", lambda r: (r.get("code") or {}).get("notebook_code_sha256")),
@@ -42,7 +46,8 @@ CONDITIONS = (
     ("threads", lambda r: r.get("torch_threads")),
     ("device", lambda r: r.get("gpu") or r.get("device")),
     ("CPU kernels", lambda r: r.get("cpu_kernels")),
-    ("config", lambda r: r.get("config")),
+    ("config", lambda r: None if r.get("config") is None else
+               {k: v for k, v in r["config"].items() if k not in SLICING_FIELDS}),
 )
 
 

@@ -57,6 +57,19 @@ def test_the_conditions_that_differ_are_named(tmp_path: Path, capsys) -> None:
     assert "may follow from what differs: torch, CPU kernels, config" in out
 
 
+def test_a_run_resumed_in_slices_is_compared_as_the_same_config(tmp_path: Path, capsys) -> None:
+    """The RL `full` rerun of 2026-11-29 ran in two slices: its config's `resume` was true where the run before's was
+    false, and that was named as a differing condition though a resumed run reproduces the uninterrupted one."""
+    old, new = record(), record()
+    old["config"] = {**old["config"], "resume": False, "stop_after_steps": 0}
+    new["config"] = {**new["config"], "resume": True, "stop_after_steps": 237}
+    assert compare_records.main([str(write(tmp_path, "a.json", old)), str(write(tmp_path, "b.json", new))]) == 0
+    assert "config" not in capsys.readouterr().out
+    new["config"]["seed"] = 1  # the control: a field that changes what the run computes is still a condition
+    assert compare_records.main([str(write(tmp_path, "a.json", old)), str(write(tmp_path, "c.json", new))]) == 0
+    assert "config: differs in seed (0 -> 1)" in capsys.readouterr().out
+
+
 def test_code_that_differs_only_in_comments_is_the_same_code() -> None:
     """Two notebook codes that results/code_aliases.json maps to one code are not a differing condition; the
     control, the same two codes with no alias (or an alias of another task), is."""
