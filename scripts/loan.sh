@@ -94,7 +94,7 @@ prepare)
   fi
   git rev-parse HEAD >.loan/commit
   # whether tracked files differ from that commit (what a record's git_dirty means): the records made there say so
-  if git diff --quiet HEAD --; then echo false; else echo true; fi >.loan/dirty
+  if [ -z "$(git status --porcelain --untracked-files=no)" ]; then echo false; else echo true; fi >.loan/dirty
   [ -z "$(git status --porcelain)" ] || echo "warning: uncommitted changes or untracked files travel, but the records name $(cat .loan/commit): commit first"
   tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1); loan=$(du -sb .loan | cut -f1)
   echo "travels: $(( (tree + loan) / 1048576 )) MiB of at most 64 (the repository $(( tree / 1048576 )), .loan $(( loan / 1048576 )))"

@@ -429,22 +429,18 @@ def test_a_named_commit_that_is_this_checkouts_head_keeps_its_dirtiness(monkeypa
     """A local run with DL_GIT_COMMIT set to the checkout's own HEAD (2026-11-29: a char-GPT seed run made beside
     uncommitted files) recorded `git_dirty: null`, hiding that the tree was dirty. Where the checkout's git is at
     the named commit, it now says whether the tree is dirty; a stale `.git` (another HEAD) still says unknown."""
-    import subprocess
-
     from common import record
+    from scratch_git import git
 
     repo = tmp_path / "repo"
     (repo / "image_generation" / "vae").mkdir(parents=True)
     tracked = repo / "image_generation" / "vae" / "notes.txt"
     tracked.write_text("a\n")
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    git("init", "-q")
-    git("add", ".")
-    git("commit", "-q", "-m", "one")
-    head = git("rev-parse", "HEAD")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "one")
+    head = git(repo, "rev-parse", "HEAD")
     monkeypatch.setattr(record, "REPO_ROOT", repo)
     monkeypatch.setenv("DL_GIT_COMMIT", head)
     assert record.code_version("image_generation/vae")["git_dirty"] is False

@@ -4,11 +4,11 @@ layout counts as a record of the code now; any other difference does not, and ev
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from scratch_git import git
 from scripts_module import load_script
 
 code_aliases = load_script("code_aliases")
@@ -72,11 +72,6 @@ def scratch_task(root: Path, code: str) -> tuple[Path, str]:
         "train_seconds": 60.0, "timing": "steps-only/v1", "metrics": {"nelbo": 100.0}, "finished_at": "2026-01-01",
         "code": {"notebook_code_sha256": sha}}))
     return folder / "vae.ipynb", sha
-
-
-def git(root: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                   capture_output=True)
 
 
 def test_history_proves_a_comment_change_and_refuses_a_code_change(tmp_path: Path) -> None:

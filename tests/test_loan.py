@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from scratch_git import git
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOAN = REPO_ROOT / "scripts" / "loan.sh"
 
@@ -91,20 +93,16 @@ def test_prepare_records_whether_tracked_files_differ_from_the_commit(tmp_path: 
     for name in ("mnist.npz", "tinyshakespeare.txt"):
         (data / name).write_text("stand-in\n")
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                              capture_output=True, text=True).stdout.strip()
-
     def prepare() -> str:
         env = {**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1"}  # no data or wheel downloads in a test
         result = subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, capture_output=True,
                                 text=True, timeout=120, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
         return (repo / ".loan" / "dirty").read_text().strip()
-    git("init", "-q")
-    git("add", ".")
-    git("commit", "-q", "-m", "one")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "one")
     (repo / "notes.txt").write_text("untracked\n")
-    assert prepare() == "false" and (repo / ".loan" / "commit").read_text().strip() == git("rev-parse", "HEAD")
+    assert prepare() == "false" and (repo / ".loan" / "commit").read_text().strip() == git(repo, "rev-parse", "HEAD")
     (repo / "scripts" / "loan.sh").write_text(LOAN.read_text() + "\n# an uncommitted change\n")
     assert prepare() == "true"  # the control: a tracked file changed since the commit
