@@ -23,7 +23,14 @@ def describe_device(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return f"Apple MPS ({platform.machine()})"
-    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'' if threads == 1 else 's'}, {platform.machine()})"
+
+
+def canonical_device_name(name: str) -> str:
+    """`name` as `describe_device` writes it now: records written before 2026-11-30 say "cpu (1 threads, ...)" for
+    a CPU run on one thread, where it now says "cpu (1 thread, ...)". Any other name comes back unchanged."""
+    return re.sub(r"^cpu \(1 threads\b", "cpu (1 thread", name)
 
 
 def synchronize(device: torch.device | str | None) -> None:

@@ -35,6 +35,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import code_aliases  # noqa: E402  (which record codes differ from another only in comments, docstrings and layout)
 
+
+def canonical_device_name(name: str) -> str:
+    """common.device.canonical_device_name, imported when first used (`common` imports torch, which --help does not
+    need): records of one device written before and after its name's spelling changed compare as one device."""
+    from common.device import canonical_device_name as canonical
+    return canonical(name)
+
+
 # Config fields that say how a run was cut into slices, not what it computes: a run resumed from its checkpoint
 # gives the uninterrupted run's metrics exactly (tests/test_campaign.py), so they are no condition
 SLICING_FIELDS = ("resume", "stop_after_steps")
@@ -44,7 +52,7 @@ CONDITIONS = (
     ("notebook code", lambda r: (r.get("code") or {}).get("notebook_code_sha256")),
     ("torch", lambda r: (r.get("versions") or {}).get("torch")),
     ("threads", lambda r: r.get("torch_threads")),
-    ("device", lambda r: r.get("gpu") or r.get("device")),
+    ("device", lambda r: r.get("gpu") or canonical_device_name(r.get("device") or "") or None),
     ("CPU kernels", lambda r: r.get("cpu_kernels")),
     ("config", lambda r: None if r.get("config") is None else
                {k: v for k, v in r["config"].items() if k not in SLICING_FIELDS}),

@@ -70,6 +70,18 @@ def test_a_run_resumed_in_slices_is_compared_as_the_same_config(tmp_path: Path, 
     assert "config: differs in seed (0 -> 1)" in capsys.readouterr().out
 
 
+def test_one_thread_spelt_before_and_after_is_the_same_device(tmp_path: Path, capsys) -> None:
+    """Records of a run on one thread said "cpu (1 threads, ...)" until 2026-11-30 and "cpu (1 thread, ...)" since:
+    the same device, not a differing condition."""
+    old, new = record(), record()
+    old["device"], new["device"] = "cpu (1 threads, x86_64)", "cpu (1 thread, x86_64)"
+    assert compare_records.main([str(write(tmp_path, "a.json", old)), str(write(tmp_path, "b.json", new))]) == 0
+    assert "device" not in capsys.readouterr().out
+    new["device"] = "cpu (2 threads, x86_64)"  # the control: another device still differs
+    assert compare_records.main([str(write(tmp_path, "a.json", old)), str(write(tmp_path, "c.json", new))]) == 0
+    assert "device: " in capsys.readouterr().out
+
+
 def test_code_that_differs_only_in_comments_is_the_same_code() -> None:
     """Two notebook codes that results/code_aliases.json maps to one code are not a differing condition; the
     control, the same two codes with no alias (or an alias of another task), is."""

@@ -9,7 +9,7 @@ import torch
 
 from common import (get_device, get_preset, load_checkpoint, pick, rng_state, save_checkpoint, seed_everything,
                     seed_from_env, set_rng_state)
-from common.device import DeviceError, parse_device
+from common.device import DeviceError, canonical_device_name, describe_device, parse_device
 from common import preset as preset_module
 from common.preset import PresetError, announce_preset, default_preset, preset_and_reason
 
@@ -123,6 +123,19 @@ def test_seeding_does_not_import_the_compiler():
             "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', 'torch._inductor'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"seeding imported the compiler: {out[:300]}"
+
+
+@pytest.mark.parametrize("threads, expected", [(1, "cpu (1 thread, "), (2, "cpu (2 threads, ")])
+def test_a_cpu_is_named_with_its_threads_in_the_singular_or_plural(monkeypatch, threads, expected):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    name = describe_device(torch.device("cpu"))
+    assert name.startswith(expected) and canonical_device_name(name) == name
+
+
+def test_the_old_plural_of_one_thread_reads_as_the_name_written_now():
+    assert canonical_device_name("cpu (1 threads, x86_64)") == "cpu (1 thread, x86_64)"
+    for unchanged in ("cpu (2 threads, x86_64)", "cpu (11 threads, x86_64)", "NVIDIA H100 80GB HBM3"):  # controls
+        assert canonical_device_name(unchanged) == unchanged
 
 
 def test_get_device_prints_one_line(capsys, monkeypatch):
