@@ -18,7 +18,10 @@ TASK_DIRS = sorted(p for c in update_readme.CATEGORIES for p in (REPO_ROOT / c).
                    and not p.name.startswith((".", "_")))
 TEMPLATE = REPO_ROOT / "templates" / "task_template"
 SKELETON = ["Overview", "Setup", "Config", "Data", "Model", "Objective", "Training", "Evaluation",
-            ("Samples", "Visualisation"), "Takeaways"]
+            ("Samples", "Visualisation"), "Takeaways", "The runs behind these numbers"]
+# The Overview's cost part (from its "**Cost" paragraph to the Setup heading: a table of runs and a short reading
+# against the paper) stays within this many words; each run's full account goes to the last section.
+OVERVIEW_COST_WORDS = 400
 RECORD_KEYS = {"task", "preset", "device", "device_type", "data", "train_seconds", "peak_memory_bytes",
                "metrics", "versions", "finished_at"}
 
@@ -41,6 +44,54 @@ def check_skeleton(nb) -> None:
         assert found, f"no '## {' or '.join(options)}' heading (headings: {headings})"
         positions.append(found[0])
     assert positions == sorted(positions), f"the skeleton headings are out of order: {headings}"
+
+
+def overview_cost_words(nb) -> int:
+    """Words of the Overview from its first paragraph that starts with "**Cost" up to the Setup heading."""
+    text, inside = [], False
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        if re.search(r"^## Setup", cell.source, re.M):
+            break
+        inside = inside or bool(re.search(r"^## Overview", cell.source, re.M))
+        if inside:
+            text.append(cell.source)
+    overview = "\n".join(text)
+    cost = re.search(r"^\*\*Cost", overview, re.M)
+    assert cost, "the Overview needs a paragraph starting with **Cost (its cost and result)"
+    return len(overview[cost.start():].split())
+
+
+@pytest.mark.parametrize("task_dir", TASK_DIRS, ids=_ids(TASK_DIRS))
+def test_the_overview_keeps_its_cost_short(task_dir: Path) -> None:
+    """A learner reaches the lesson within a screen or two: the Overview's cost and result are a table and a short
+    reading, and each run's full account lives in the last section, The runs behind these numbers."""
+    nb = nbformat.read(next(task_dir.glob("*.ipynb")), as_version=4)
+    words = overview_cost_words(nb)
+    assert words <= OVERVIEW_COST_WORDS, \
+        f"the Overview's cost part has {words} words (at most {OVERVIEW_COST_WORDS}): move run-by-run detail to " \
+        "the last section, The runs behind these numbers"
+
+
+def test_the_overview_and_skeleton_checks_fail_where_they_should() -> None:
+    """Controls: a cost part of run-by-run prose is too long, and a notebook without the last section fails the
+    skeleton check, as does one whose last section comes before the Takeaways."""
+    def notebook(cost: str, headings: list[str]):
+        cells = [nbformat.v4.new_markdown_cell(f"## Overview\n\nWhat you will learn.\n\n{cost}")]
+        cells += [nbformat.v4.new_markdown_cell(f"## {h}\n\nText.") for h in headings]
+        return nbformat.v4.new_notebook(cells=cells)
+
+    body = [h if isinstance(h, str) else h[0] for h in SKELETON[1:]]
+    short = notebook("**Cost and result.** A table.", body)
+    check_skeleton(short)
+    assert overview_cost_words(short) == 5
+    long = notebook("**Cost:** " + "a run on another VM took 1.0 s; " * 100, body)
+    assert overview_cost_words(long) > OVERVIEW_COST_WORDS
+    with pytest.raises(AssertionError, match="The runs behind"):
+        check_skeleton(notebook("**Cost.**", body[:-1]))
+    with pytest.raises(AssertionError, match="out of order"):
+        check_skeleton(notebook("**Cost.**", body[:-2] + [body[-1], body[-2]]))
 
 
 @pytest.mark.parametrize("task_dir", TASK_DIRS, ids=_ids(TASK_DIRS))
