@@ -123,6 +123,20 @@ def dataset_name(record: dict) -> str:
     return record["data"].split(" (")[0].split(";")[0].strip()
 
 
+def data_short(record: dict) -> str:
+    """The dataset in a few words for the table, keeping what makes a number incomparable with the paper's: a subset
+    ("MNIST 8k subset", from "MNIST (8,000 train / ..., a subset of 60,000 ...") or a copy ("CIFAR-10 JPEG copy").
+    The record's whole `data` text is listed under the table."""
+    name, data = dataset_name(record), record["data"]
+    if "subset" in data and "subset" not in name:
+        size = re.match(r"[^(]*\(([\d,]+) train", data)
+        n = int(size.group(1).replace(",", "")) if size else 0
+        name += f" {n // 1000}k subset" if n and n % 1000 == 0 else " subset"
+    if "JPEG copy" in data and "JPEG copy" not in name:
+        name += " JPEG copy"
+    return name
+
+
 def table_records(task: Task) -> list[dict]:
     """The task's records the table may show: all but those of older notebook code on a preset, device (each GPU by
     name, any CPU) and dataset where a record of the code now exists. A code change often rewords a record's `data`
@@ -290,12 +304,12 @@ def row(task: Task, committed: set[str] = frozenset()) -> str:
         return (f"; classifier {short}" if short else "; classifier not recorded" if mark else "") + mark
 
     headline = "<br>".join(f"{m['metric_label']}: {fmt_metric(r['metrics'][m['metric']])} "
-                           f"({where or 'full, ' + gpu_name(r)}; {r['data']}{yardstick(r)}){code_mark(r, task)}"
+                           f"({where or 'full, ' + gpu_name(r)}; {data_short(r)}{yardstick(r)}){code_mark(r, task)}"
                            for r in shown) or NOT_MEASURED
     several = len({dataset_name(r) for r in shown + gpu + cpu + cpu_full}) > 1  # then each time names its dataset
 
     def on(device: Callable[[dict], str]) -> Callable[[dict], str]:
-        return (lambda r: f"{dataset_name(r)}; {device(r)}") if several else device
+        return (lambda r: f"{data_short(r)}; {device(r)}") if several else device
 
     gpu_cost = times(gpu, on(gpu_name), lambda r: code_mark(r, task))
     cpu_cost = times(cpu + cpu_full, on(lambda r: cpu_name(r) if r["preset"] == "quick" else f"`full`, {cpu_name(r)}"),
@@ -359,6 +373,15 @@ def row_records(task: Task) -> list[dict]:
             + newest(records, "full", "cpu"))
 
 
+def data_note(tasks: list[Task]) -> list[str]:
+    """Under the table: each headline's data in its record's own words (the table names it in a few)."""
+    lines = []
+    for t in tasks:
+        for data in dict.fromkeys(r["data"] for r in headline_records(t)[0]):
+            lines.append(f"- {t.meta['title']}: {data}")
+    return ["\n**The data behind each headline**, as its run record describes it:\n", *lines] if lines else []
+
+
 def older_code_note(tasks: list[Task]) -> list[str]:
     """The footnote under the table when some number in it is marked `OLDER_CODE`."""
     marked = [t for t in tasks if any(older_code(r, t) for r in row_records(t))]
@@ -387,6 +410,7 @@ def render_table(tasks: list[Task], root: Path = REPO_ROOT) -> str:
     lines += other_classifier_note(tasks, committed)
     lines += older_code_note(tasks)
     lines += mixed_classifier_lines(tasks)
+    lines += data_note(tasks)
     return "\n".join(lines)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from scripts_module import load_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -283,7 +285,9 @@ def test_a_record_of_older_code_leaves_the_table_once_the_code_now_has_one_on_it
     notebook = tmp_path / "image_generation" / "vae" / "vae.ipynb"
     notebook.write_text(notebook_json("x = 1"))
     headline, _, cpu_time = vae_cells(tmp_path)[3:6]
-    assert headline == f"nelbo: 51.00 (quick, CPU; {fashion} 1,000 images)" and cpu_time == "3.0 min (cpu)"
+    assert headline == "nelbo: 51.00 (quick, CPU; Fashion-MNIST)" and cpu_time == "3.0 min (cpu)"
+    note = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path).split("behind each headline")[1]
+    assert f"{fashion} 1,000 images" in note and f"{fashion} 2,000 images" not in note
 
     notebook.write_text(notebook_json("x = 2"))  # the control: no record of the code now, so both stay, marked
     headline, _, cpu_time = vae_cells(tmp_path)[3:6]
@@ -323,3 +327,34 @@ def test_a_headline_keeps_four_significant_digits_with_trailing_zeros() -> None:
     assert update_readme.fmt_metric(1.0) == "1.000" and update_readme.fmt_metric(0.824) == "0.8240"
     assert update_readme.fmt_metric(86.381) == "86.38" and update_readme.fmt_metric(3.0652e-06) == "3.065e-06"
     assert update_readme.fmt_metric("n/a") == "n/a"
+
+
+MNIST_8K = ("MNIST (8,000 train / 2,000 test images, a subset of 60,000 / 10,000; both splits cut from the official MNIST "
+            "test set)")
+CIFAR_JPEG = "CIFAR-10 (50,000 train / 10,000 test images; decoded from a public JPEG copy); validation = 5,000 images"
+
+
+@pytest.mark.parametrize("data, short", [
+    (MNIST_8K, "MNIST 8k subset"),
+    (CIFAR_JPEG, "CIFAR-10 JPEG copy"),
+    ("MNIST (7,500 train / 2,000 test images, a subset of 60,000 / 10,000)", "MNIST subset"),  # not whole thousands
+    ("MNIST (60,000 train / 10,000 test images)", "MNIST"),  # controls: the whole dataset, the original CIFAR-10
+    ("CIFAR-10 (50,000 train / 10,000 test images)", "CIFAR-10"),
+    ("MNIST subset", "MNIST subset"),  # already says so
+])
+def test_the_table_names_a_subset_or_a_copy_of_a_dataset_in_a_few_words(data: str, short: str) -> None:
+    assert update_readme.data_short({"data": data}) == short
+
+
+def test_the_headline_names_its_data_in_a_few_words_and_the_record_s_words_follow_the_table(tmp_path: Path) -> None:
+    """The table's headline cells held each record's whole `data` text (up to 300 characters: the RL row's seeds and
+    episodes, the seq2seq split): now a few words, with the whole text once per task under the table."""
+    add_task(tmp_path, "vae", "nelbo", [{"data": MNIST_8K}])
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    headline = vae_cells(tmp_path)[3]
+    assert headline == "nelbo: 50.00 (quick, CPU; MNIST 8k subset)" and "official MNIST test set" not in headline
+    note = table.split("**The data behind each headline**", 1)[1]
+    assert f"- VAE: {MNIST_8K}" in note.splitlines()
+    add_task(tmp_path, "gan", "nelbo", [])  # the control: a task without a record lists no data
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "- GAN:" not in table.split("**The data behind each headline**", 1)[1]
