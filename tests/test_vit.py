@@ -155,3 +155,23 @@ def test_mix_pairs_each_image_with_its_second_label(aug: dict, seed: int) -> Non
     same, _, lam1 = aug["mix"](x, y, dataclasses.replace(cfg, mix_prob=0.0), np.random.default_rng(seed),
                                torch.Generator())
     assert same is x and lam1 == 1.0  # mix_prob 0: nothing mixed
+
+
+def test_every_ablation_of_every_preset_builds_a_vit_that_runs() -> None:
+    """The `full` ablation "depth 4, width 512" kept the baseline's 6 heads: 512 does not split into 6, and every
+    `full` run would have stopped there (the CPU tests run only `smoke`). Each preset's ablations are built here, at
+    that preset's sizes, and run on two images; the control is the width that does not split, which is refused."""
+    for preset in ("smoke", "quick", "full"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("DL_PRESET", preset)
+            mp.setenv("DL_DEVICE", "cpu")
+            ns = run_tagged(NOTEBOOK, "model", at_least=6)
+        cfg = ns["cfg"]
+        for name, changes in cfg.ablations:
+            run = dataclasses.replace(cfg, **changes)
+            model = ns["ViT"](run).eval()
+            with torch.no_grad():
+                logits = model(torch.zeros(2, 3, 32, 32))
+            assert logits.shape == (2, 10), (preset, name)
+    with pytest.raises(ValueError, match="does not split"):
+        ns["SelfAttention"](512, 6)
