@@ -200,3 +200,18 @@ def test_the_gradient_through_time_explodes_above_spectral_radius_one_and_vanish
     decays_h0, _ = gradient_growth(0.5)  # the control: the same network, the same text, radius 0.5
     assert grows_h0 > 1e3 and grows_theta > 10
     assert decays_h0 < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+def test_the_recurrent_layers_train_in_fp32_under_autocast(kind: str) -> None:
+    """cuDNN's RNN, LSTM and GRU run in fp16 under CUDA autocast whatever dtype it asks for (PyTorch casts them to
+    half), and bf16 runs have no loss scaling: the `full` slice on an H100 left two LSTM probes at the unigram loss.
+    CharRNN turns autocast off around its layers. On the CPU, bf16 autocast lowers nn.RNN and nn.LSTM to bf16,
+    which shows the same switch at work; the control calls the layer directly and is lowered."""
+    model = notebook_class("CharRNN", {"torch": torch, "nn": nn})["CharRNN"](kind, 10, 8, 16, 2, 0.0)
+    dtypes: list[torch.dtype] = []
+    model.rnn.register_forward_hook(lambda module, inputs, output: dtypes.append(output[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.zeros(2, 5, dtype=torch.long))
+        model.rnn(torch.randn(2, 5, 8))  # the control: the same layer, autocast left on
+    assert dtypes == [torch.float32, torch.bfloat16]
