@@ -28,8 +28,9 @@ def describe_device(device: torch.device) -> str:
 
 
 def canonical_device_name(name: str) -> str:
-    """`name` as `describe_device` writes it now: records written before 2026-11-30 say "cpu (1 threads, ...)" for
-    a CPU run on one thread, where it now says "cpu (1 thread, ...)". Any other name comes back unchanged."""
+    """`name` as `describe_device` writes it now: records written before this spelling (2026-11-29) say
+    "cpu (1 threads, ...)" for a CPU run on one thread, where it now says "cpu (1 thread, ...)". Any other name comes
+    back unchanged."""
     return re.sub(r"^cpu \(1 threads\b", "cpu (1 thread", name)
 
 

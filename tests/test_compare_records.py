@@ -71,7 +71,7 @@ def test_a_run_resumed_in_slices_is_compared_as_the_same_config(tmp_path: Path, 
 
 
 def test_one_thread_spelt_before_and_after_is_the_same_device(tmp_path: Path, capsys) -> None:
-    """Records of a run on one thread said "cpu (1 threads, ...)" until 2026-11-30 and "cpu (1 thread, ...)" since:
+    """Records of a run on one thread said "cpu (1 threads, ...)" until 2026-11-29 and "cpu (1 thread, ...)" since:
     the same device, not a differing condition."""
     old, new = record(), record()
     old["device"], new["device"] = "cpu (1 threads, x86_64)", "cpu (1 thread, x86_64)"

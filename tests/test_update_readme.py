@@ -168,7 +168,7 @@ def test_a_full_run_on_a_cpu_is_the_headline_without_a_gpu_run_and_is_timed_as_f
     add_task(tmp_path, "vae", "nelbo", [{}, full_cpu])  # metrics 50.0 (quick) and 51.0 (full, CPU)
     headline, gpu_time, cpu_time = vae_cells(tmp_path)[3:6]
     assert headline.startswith("nelbo: 51.00 (full, CPU;") and gpu_time == update_readme.NOT_MEASURED
-    assert cpu_time == "1.0 min (cpu)<br>50.0 min (`full`, cpu (1 thread))"  # records before 2026-11-30 said "1 threads"
+    assert cpu_time == "1.0 min (cpu)<br>50.0 min (`full`, cpu (1 thread))"  # records before 2026-11-29 said "1 threads"
     table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert "No `full` run has been measured on another GPU either." in table
     add_task(tmp_path, "gan", "nelbo", [{}, full_cpu, {"preset": "full", **gpu_record("NVIDIA H100 80GB HBM3")}])
