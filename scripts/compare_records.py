@@ -44,7 +44,9 @@ def canonical_device_name(name: str) -> str:
 
 
 # Config fields that say how a run was cut into slices, not what it computes: a run resumed from its checkpoint
-# gives the uninterrupted run's metrics exactly (tests/test_campaign.py), so they are no condition
+# gives the uninterrupted run's metrics exactly (tests/test_campaign.py), so they are no condition. The twin of
+# common.checkpoint.RESUMABLE_FIELDS less `compile`, which a resume may switch but which can change a run's rounding
+# (not imported: `common` imports torch, which --help does not need)
 SLICING_FIELDS = ("resume", "stop_after_steps")
 
 # (label, how to read it from a record): what must be equal for a rerun to reproduce a step-budgeted metric exactly
