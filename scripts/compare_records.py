@@ -43,11 +43,15 @@ def canonical_device_name(name: str) -> str:
     return canonical(name)
 
 
-# Config fields that say how a run was cut into slices, not what it computes: a run resumed from its checkpoint
-# gives the uninterrupted run's metrics exactly (tests/test_campaign.py), so they are no condition. The twin of
-# common.checkpoint.RESUMABLE_FIELDS less `compile`, which a resume may switch but which can change a run's rounding
-# (not imported: `common` imports torch, which --help does not need)
-SLICING_FIELDS = ("resume", "stop_after_steps")
+def comparable_config(record: dict) -> dict | None:
+    """The record's config less the fields that say how a run was cut into slices, not what it computes: a run resumed
+    from its checkpoint gives the uninterrupted run's metrics exactly (tests/test_campaign.py), so they are no
+    condition. Those are common.checkpoint.RESUMABLE_FIELDS (imported when first used, as above) less `compile`,
+    which a resume may switch but which can change a run's rounding."""
+    from common.checkpoint import RESUMABLE_FIELDS
+    if record.get("config") is None:
+        return None
+    return {k: v for k, v in record["config"].items() if k not in RESUMABLE_FIELDS or k == "compile"}
 
 # (label, how to read it from a record): what must be equal for a rerun to reproduce a step-budgeted metric exactly
 CONDITIONS = (
@@ -56,8 +60,7 @@ CONDITIONS = (
     ("threads", lambda r: r.get("torch_threads")),
     ("device", lambda r: r.get("gpu") or canonical_device_name(r.get("device") or "") or None),
     ("CPU kernels", lambda r: r.get("cpu_kernels")),
-    ("config", lambda r: None if r.get("config") is None else
-               {k: v for k, v in r["config"].items() if k not in SLICING_FIELDS}),
+    ("config", comparable_config),
 )
 
 
