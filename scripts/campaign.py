@@ -148,8 +148,11 @@ def slice_seconds(total: float, done: float) -> float:
 
 def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset: str = "full",
               device: str = "cuda", tail: float | None = None, slice_steps: int = 0, save: bool = True,
-              slice_side_runs: int = 0) -> int:
-    """One slice of `task`'s `preset` run; returns 0 when it stopped or finished cleanly, 1 otherwise."""
+              slice_side_runs: int = 0, started: float | None = None) -> int:
+    """One slice of `task`'s `preset` run; returns 0 when it stopped or finished cleanly, 1 otherwise. Its
+    `seconds` count from `started` (default: now), the command's start: a cold first `import torch` on a fresh
+    machine takes seconds that a loan's budget counts."""
+    start = time.time() if started is None else started
     from common.slicing import training_span_seconds  # late, as notebook_code_sha256: `--help` needs no torch
 
     path = gpu_check.notebooks()[task]
@@ -171,7 +174,6 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     marker.unlink(missing_ok=True)
     runs.mkdir(exist_ok=True)
     before = {p.name for p in runs.glob("*.json")}
-    start = time.time()
     env = {**os.environ, "DL_PRESET": preset, "DL_DATA_DIR": str(data_dir), "DL_DEVICE": device,
            "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "DL_CHECKPOINT_DIR": str(state_dir / "checkpoints"),
            "DL_RUNS_DIR": str(runs), "DL_SLICE_MARKER": str(marker), "DL_SLICE_DEADLINE": str(start + seconds - reserve),
@@ -186,7 +188,7 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     with open(log, "w") as f:
         try:
             rc = subprocess.run([sys.executable, str(script)], cwd=state_dir, env=env, stdout=f,
-                                stderr=subprocess.STDOUT, timeout=seconds).returncode
+                                stderr=subprocess.STDOUT, timeout=max(1.0, start + seconds - time.time())).returncode
         except subprocess.TimeoutExpired:
             rc = None
     wall = time.time() - start
@@ -347,13 +349,13 @@ def missing_inputs(entry: dict[str, Any], data_dir: Path) -> list[str]:
 
 
 def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: bool,
-                 after_slice: str | None = None) -> int:
+                 after_slice: str | None = None, started: float | None = None) -> int:
     """Spend `budget` seconds: resume unfinished runs, then start new ones, while a useful slice still fits. An
     unfinished run that cannot be resumed now (`cannot_resume`), a task whose data or packages this machine lacks
     (`missing_inputs`) and a task whose slice failed in this command are said and passed over, so none of them
     blocks the tasks after it. `after_slice`, a shell command, runs after every slice (loan.sh packs what
-    finished)."""
-    tasks, end, failed, said = campaign(), time.time() + budget, set(), set()
+    finished). `budget` counts from `started` (default: now), as `run_slice`'s seconds do."""
+    tasks, end, failed, said = campaign(), (time.time() if started is None else started) + budget, set(), set()
     while True:
         left = end - time.time()
         order = []
@@ -427,12 +429,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    started = time.time()  # budgets count from here: the import of torch below is part of what they pay for
     args = parse_args(argv)
     if args.command == "list":
         list_campaign(args.root)
         return 0
     if args.command == "need":  # no torch: loan.sh asks before every named task
-        print(int(60 * slice_need_minutes(args.task, campaign()[args.task], args.root)))
+        entry = campaign().get(args.task)  # none for the template (a test's task): nothing to plan, it runs now
+        print(int(60 * slice_need_minutes(args.task, entry, args.root)) if entry else 0)
         return 0
     if args.device == "cuda":
         import torch
@@ -442,8 +446,9 @@ def main(argv: list[str]) -> int:
     data_dir = args.data_dir.expanduser().resolve()
     if args.command == "run":
         return run_slice(args.task, args.seconds, args.state.resolve(), data_dir, args.preset, args.device,
-                         args.tail, args.slice_steps, not args.no_save, args.slice_side_runs)
-    return run_campaign(args.budget, args.root.resolve(), data_dir, args.device, not args.no_save, args.after_slice)
+                         args.tail, args.slice_steps, not args.no_save, args.slice_side_runs, started)
+    return run_campaign(args.budget, args.root.resolve(), data_dir, args.device, not args.no_save, args.after_slice,
+                        started)
 
 
 if __name__ == "__main__":

@@ -665,3 +665,18 @@ def test_the_campaign_passes_over_missing_data_and_goes_on_after_a_failed_slice(
     assert campaign.run_campaign(530, tmp_path, tmp_path, "cuda", save=False) == 1  # a failure is still reported
     assert ran == ["b/fails", "c/works"]  # the failed slice no longer ends the command
 
+
+
+def test_a_budget_counts_from_the_commands_start_not_from_after_its_imports(tmp_path: Path, monkeypatch) -> None:
+    """On a fresh machine the first `import torch` takes seconds that a loan's command limit counts: main() starts the
+    clock before it and hands it on, and run_campaign plans with what is left of the budget since then."""
+    seen: list[float] = []
+    monkeypatch.setattr(campaign, "plan", lambda tasks, root, budget: seen.append(budget) or [])
+    campaign.run_campaign(600, tmp_path, tmp_path, "cpu", False, started=time.time() - 100)
+    campaign.run_campaign(600, tmp_path, tmp_path, "cpu", False)  # the control: a clock that starts now
+    assert 499 < seen[0] <= 500 and 599 < seen[1] <= 600
+    handed: dict = {}
+    monkeypatch.setattr(campaign, "run_campaign", lambda *args: handed.update(started=args[-1]) or 0)
+    before = time.time()
+    campaign.main(["next", "--budget", "600", "--root", str(tmp_path), "--device", "cpu"])
+    assert before <= handed["started"] <= time.time()

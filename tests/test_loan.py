@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
+from common.paths import find_data_file
 from scratch_git import git
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -106,3 +111,64 @@ def test_prepare_records_whether_tracked_files_differ_from_the_commit(tmp_path: 
     assert prepare() == "false" and (repo / ".loan" / "commit").read_text().strip() == git(repo, "rev-parse", "HEAD")
     (repo / "scripts" / "loan.sh").write_text(LOAN.read_text() + "\n# an uncommitted change\n")
     assert prepare() == "true"  # the control: a tracked file changed since the commit
+
+
+def test_a_state_too_big_to_come_back_stays_and_the_others_still_travel(tmp_path: Path) -> None:
+    """A killed diffusion run leaves ~155 MiB: packed with the others it made too many parts, and then no state came
+    back at all. Scaled down (parts of 1 MiB, at most 4 back): a 6 MiB run stays, a 1.5 MiB run still travels."""
+    root, out, there = tmp_path / "state", tmp_path / "out", tmp_path / "next_loan"
+    out.mkdir()
+    make_run(root, "image_generation__ddpm", finished=False, mib=6)
+    small = make_run(root, "image_generation__gan", finished=False, mib=1.5)
+    printed = loan("pack-state", str(root), str(out), back_mib=4)
+    assert re.search(r"image_generation__ddpm: \d+ MiB before packing, more than the 4 MiB", printed)
+    loan("unpack-state", str(out), str(there))
+    assert (there / "image_generation__gan" / "checkpoints" / "model.pt").read_bytes() == small
+    assert not (there / "image_generation__ddpm").exists()
+    control = tmp_path / "control"  # the same big run, with room for it: it is packed, not set aside
+    make_run(control, "image_generation__ddpm", finished=False, mib=6)
+    assert "before packing" not in loan("pack-state", str(control), str(out), part_mib=2, back_mib=10)
+
+
+@pytest.mark.notebook
+def test_the_lent_machines_half_runs_whole_here_and_returns_a_record_of_the_prepared_commit(tmp_path: Path) -> None:
+    """`loan.sh run` end to end as on a lent machine (no .git, data staged from .loan/, a stand-in nvidia-smi), on
+    the CPU at `smoke` (LOAN_DEVICE, LOAN_PRESET) with the template task: what comes back in $OUT is the GPU line,
+    the record, naming the commit `prepare` saw, and the finished run's state.json; no state parts."""
+    mnist = find_data_file("mnist.npz")
+    if mnist is None:
+        pytest.skip("mnist.npz is not in the data folders")
+    repo, data, stage, out, bin_ = (tmp_path / n for n in ("repo", "datasets", "stage", "out", "bin"))
+    for part in ("common", "scripts", "templates", "pyproject.toml"):
+        (shutil.copytree if (REPO_ROOT / part).is_dir() else shutil.copy2)(REPO_ROOT / part, repo / part)
+    data.mkdir()
+    shutil.copy2(mnist, data / "mnist.npz")
+    (data / "tinyshakespeare.txt").write_text("stand-in\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "one")
+    commit = git(repo, "rev-parse", "HEAD")
+    env = {**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1"}
+    subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, env=env, check=True,
+                   capture_output=True, timeout=120)
+    shutil.rmtree(repo / ".git")  # the lent machine gets the working tree only
+    bin_.mkdir()
+    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho 'name, memory.total [MiB], driver_version'\necho 'Stand-in, 0 MiB, 0'\n")
+    (bin_ / "nvidia-smi").chmod(0o755)
+    (bin_ / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # this test's Python, torch and all
+    (bin_ / "python3").chmod(0o755)
+    env = {**os.environ, "OUT": str(out), "LOAN_TMP": str(stage), "LOAN_DEVICE": "cpu", "LOAN_PRESET": "smoke",
+           "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "scripts/loan.sh", "run", "300", "templates/task_template"], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "finished in 1 slice(s)" in result.stdout, result.stdout + result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz"]
+    assert "Stand-in" in (out / "gpu.txt").read_text()
+    with tarfile.open(out / "results.tgz") as tar:
+        [member] = tar.getmembers()
+        record = json.load(tar.extractfile(member))
+    assert member.name.startswith("results/templates/task_template/") and record["preset"] == "smoke"
+    assert record["code"]["git_commit"] == commit and record["code"]["git_dirty"] is False
+    with tarfile.open(out / "logs.tgz") as tar:
+        state = json.load(tar.extractfile("./templates__task_template/state.json"))
+    assert state["finished"] and len(state["slices"]) == 1
