@@ -8,8 +8,8 @@ working tree as it found it (tests/test_working_tree.py checks that, last).
 
 Datasets are read from the user's real data folder (`DL_DATA_DIR`, else `data/`), which becomes a read-only
 entry of `DL_EXTRA_DATA_DIRS` (see common/paths.py); a dataset built during the tests is written into the
-sandbox. Verified downloads go to the user's download cache (`DL_CACHE_DIR`, outside the repository), which
-is not sandboxed: a download made by one test run is reused by the next and by the user's notebooks.
+sandbox. So do verified downloads (`DL_CACHE_DIR`): a notebook run by the tests on a machine that lacks a dataset
+downloads it into the sandbox, not into the user's download cache (unit tests skip instead of downloading).
 
 nbval is optional: the suite executes each notebook once from scratch (in tests/test_notebooks.py, which also checks
 its run record and then resumes it), so nbval is not switched on by default, which used to run every notebook a
@@ -94,6 +94,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["DL_RUNS_DIR"] = str(sandbox / "runs")
     os.environ["DL_CHECKPOINT_DIR"] = str(sandbox / "checkpoints")
     os.environ["DL_DATA_DIR"] = str(sandbox / "data")
+    os.environ["DL_CACHE_DIR"] = str(sandbox / "cache")  # ~/.cache is a user's folder too
     os.environ["DL_EXTRA_DATA_DIRS"] = os.pathsep.join(filter(None, extra))
     os.environ["MPLBACKEND"] = "Agg"
     if config.pluginmanager.hasplugin("nbval"):

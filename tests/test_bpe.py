@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from common import load_tinyshakespeare
+from common.paths import find_data_file
 from notebook_cells import run_tagged
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "text_generation" / "bpe_gpt" / "bpe_gpt.ipynb"
@@ -29,6 +30,8 @@ def bpe() -> dict:
 
 @pytest.fixture(scope="module")
 def corpus() -> str:
+    if find_data_file("tinyshakespeare.txt") is None:  # never a download from a test
+        pytest.skip("needs tinyshakespeare.txt in DL_DATA_DIR (the shared datasets)")
     return load_tinyshakespeare()
 
 

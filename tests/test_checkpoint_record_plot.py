@@ -252,6 +252,8 @@ def test_plot_curves_draws_each_curve():
     fig = plot_curves({"train": ([0, 1, 2], [3.0, 2.0, 1.0]), "val": ([0, 2], [3.1, 1.5])}, logy=True)
     ax = fig.axes[0]
     assert [line.get_label() for line in ax.lines] == ["train", "val"]
+    assert [list(line.get_xdata()) for line in ax.lines] == [[0, 1, 2], [0, 2]]  # each curve its own steps
+    assert [list(line.get_ydata()) for line in ax.lines] == [[3.0, 2.0, 1.0], [3.1, 1.5]]
     assert ax.get_yscale() == "log"
     plt.close(fig)
 

@@ -79,6 +79,10 @@ def test_the_ablated_normalisations(ns: dict) -> None:
     index, weight = ns["gcn_edges"](edges, N, symmetric=False)
     plain = ns["dense_adjacency"](index, N, weight).double()
     assert torch.equal(plain, a + torch.eye(N, dtype=torch.float64))
+    index, weight = ns["gcn_edges"](edges, N)  # the control: neither ablation
+    default = ns["dense_adjacency"](index, N, weight).double()
+    assert (default.diagonal() > 0).all() and not torch.allclose(default, a / torch.sqrt(d[:, None] * d[None, :]))
+    assert not torch.equal(default, a + torch.eye(N, dtype=torch.float64))
 
 
 def test_the_neighbourhood_softmax_sums_to_one_per_node_and_equals_a_dense_masked_softmax(ns: dict) -> None:
@@ -104,6 +108,9 @@ def test_the_neighbourhood_softmax_is_stable_and_shift_invariant_per_node(ns: di
     alpha = ns["neighbourhood_softmax"](scores, index[1], N)
     shifted = ns["neighbourhood_softmax"](scores + shift[index[1]], index[1], N)  # would overflow without the max
     assert torch.isfinite(shifted).all() and torch.allclose(alpha, shifted, atol=1e-9)
+    e = (scores + shift[index[1]]).exp()  # the control: the same softmax without subtracting each node's max
+    naive = e / torch.zeros(N, 2, dtype=torch.float64).index_add_(0, index[1], e)[index[1]]  # (N, 2) -> (E, 2)
+    assert not torch.isfinite(naive).all()
 
 
 def test_label_propagation_spreads_labels_within_components(ns: dict) -> None:

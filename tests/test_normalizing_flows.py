@@ -97,7 +97,7 @@ def test_every_layer_gives_its_input_back(ns: dict, name: str) -> None:
     layer, x = layers(ns)[name]
     layer, x = layer.float(), x.float()
     y, _ = layer(x)
-    assert y.shape == (x.shape[0], 4 * x.shape[1], x.shape[2] // 2, x.shape[3] // 2) if name == "squeeze" else x.shape
+    assert y.shape == ((x.shape[0], 4 * x.shape[1], x.shape[2] // 2, x.shape[3] // 2) if name == "squeeze" else x.shape)
     assert (layer.inverse(y) - x).abs().max().item() < 1e-5
     assert name == "squeeze" or (y - x).abs().max().item() > 1e-2, "the layer must do something"
 

@@ -349,9 +349,9 @@ def test_a_device_given_as_a_string_works_as_for_autocast():
     assert to_channels_last(x, "cpu") is x
 
 
-def test_autocast_on_a_device_torch_has_no_autocast_for_runs_in_full_precision(monkeypatch):
+def test_autocast_on_a_device_torch_has_no_autocast_for_runs_in_full_precision(monkeypatch, fresh_precision_log):
     """torch before 2.5 has no autocast for Apple's MPS and raises even for a disabled one: `autocast` must then
-    be a no-op (it runs in fp32 there anyway), while a real autocast dtype still raises."""
+    be a no-op (it runs in fp32 there anyway, and the record says so), while a real autocast dtype still raises."""
     real = torch.autocast
 
     def no_mps(device_type, *args, **kwargs):
@@ -361,8 +361,11 @@ def test_autocast_on_a_device_torch_has_no_autocast_for_runs_in_full_precision(m
 
     monkeypatch.setattr(torch, "autocast", no_mps)
     with autocast(torch.device("mps")):
-        x = torch.ones(2) * 2
-    assert x.dtype == torch.float32
+        pass
+    assert precision.precision_ran() == "fp32"
+    monkeypatch.setattr(precision, "amp_dtype", lambda device: torch.float16)  # the control: a dtype to run in
+    with pytest.raises(RuntimeError, match="unsupported autocast"):
+        autocast(torch.device("mps"))
 
 
 def test_the_record_keeps_the_outcome_of_a_model_that_is_gone():

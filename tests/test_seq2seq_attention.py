@@ -138,6 +138,9 @@ def test_masked_softmax_and_the_encoder_self_attention(ns: dict) -> None:
     _, weights = attn(x, x, mask[:, None, None, :])  # (B, nh, T, S)
     assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-6)
     assert (weights * ~mask[:, None, None, :] == 0).all()
+    everywhere = torch.ones_like(mask)[:, None, None, :]  # the control: a mask that hides nothing
+    _, leaked = attn(x, x, everywhere)
+    assert (leaked * ~mask[:, None, None, :]).max() > 1e-3, "without the mask, padding must get weight"
 
 
 @pytest.mark.parametrize("name", ["no_attention", "attention", "transformer"])

@@ -137,22 +137,42 @@ def test_crop_flip_off_is_the_identity(aug: dict) -> None:
     assert not torch.equal(aug["crop_flip"](x, 4, False, gen), x)  # control: crops on move the images
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_mix_pairs_each_image_with_its_second_label(aug: dict, seed: int) -> None:
-    cfg = dataclasses.replace(aug["cfg"], mix_prob=1.0)
+def mixed_batches(mix, cfg, seeds: range) -> list[str]:
+    """Which way `mix` mixed the batch of eight images, one entry per seed ("mixup", "cutmix" or "nothing"),
+    checking each: image i pairs with the image of its second label, a mixup is the lambda-weighted sum, a cutmix
+    pastes one box of the partner's pixels of area 1 - lambda; "nothing" only where lambda says 1."""
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8)  # label i marks image i
-    out, y2, lam = aug["mix"](x, y, cfg, np.random.default_rng(seed), torch.Generator().manual_seed(seed))
-    assert sorted(y2.tolist()) == list(range(8)) and 0.0 <= lam <= 1.0  # the batch's own shuffle
-    partner = x[y2]
-    if torch.allclose(out, lam * x + (1 - lam) * partner, atol=1e-6):  # mixup
-        assert not torch.allclose(out, lam * x + (1 - lam) * x[y2.roll(1)], atol=1e-6) or lam == 1.0  # control
-    else:  # cutmix: one box comes from the partner, the rest is the image's own, and the box's area is 1 - lambda
-        moved = y2 != y  # images paired with another image
-        box = (out[moved] != x[moved]).any(1).any(0)  # (B', C, H, W) -> (H, W): the pasted pixels
-        assert torch.equal(out[:, :, box], partner[:, :, box]) and torch.equal(out[:, :, ~box], x[:, :, ~box])
-        assert abs(box.float().mean().item() - (1 - lam)) < 1e-6
-        assert not torch.equal(out[:, :, box], x[y2.roll(1)][:, :, box])  # control: another pairing fails
-    same, _, lam1 = aug["mix"](x, y, dataclasses.replace(cfg, mix_prob=0.0), np.random.default_rng(seed),
+    ways = []
+    for seed in seeds:
+        out, y2, lam = mix(x, y, cfg, np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+        assert sorted(y2.tolist()) == list(range(8)) and 0.0 <= lam <= 1.0  # the batch's own shuffle
+        partner = x[y2]
+        if lam == 1.0:  # a cutmix box of zero area: nothing pasted, and lambda says so
+            assert torch.equal(out, x)
+            ways.append("nothing")
+        elif torch.allclose(out, lam * x + (1 - lam) * partner, atol=1e-6):
+            assert not torch.allclose(out, lam * x + (1 - lam) * x[y2.roll(1)], atol=1e-6)  # another pairing fails
+            ways.append("mixup")
+        else:
+            moved = y2 != y  # images paired with another image
+            box = (out[moved] != x[moved]).any(1).any(0)  # (B', C, H, W) -> (H, W): the pasted pixels
+            assert torch.equal(out[:, :, box], partner[:, :, box]) and torch.equal(out[:, :, ~box], x[:, :, ~box])
+            assert abs(box.float().mean().item() - (1 - lam)) < 1e-6
+            assert not torch.equal(out[:, :, box], x[y2.roll(1)][:, :, box])  # another pairing fails
+            ways.append("cutmix")
+    return ways
+
+
+def test_mix_pairs_each_image_with_its_second_label(aug: dict) -> None:
+    """At mix_prob 1 every batch is mixed, by mixup or by cutmix, both of which occur over 20 seeds; at mix_prob 0
+    none is. The control: a `mix` that hands the batch back untouched (lambda 1) is caught."""
+    cfg = dataclasses.replace(aug["cfg"], mix_prob=1.0)
+    ways = mixed_batches(aug["mix"], cfg, range(20))
+    assert {"mixup", "cutmix"} <= set(ways) and ways.count("nothing") <= 2, ways
+    with pytest.raises(AssertionError):
+        assert {"mixup", "cutmix"} <= set(mixed_batches(lambda x, y, *_: (x, y, 1.0), cfg, range(20)))
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8)
+    same, _, lam1 = aug["mix"](x, y, dataclasses.replace(cfg, mix_prob=0.0), np.random.default_rng(0),
                                torch.Generator())
     assert same is x and lam1 == 1.0  # mix_prob 0: nothing mixed
 
