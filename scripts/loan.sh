@@ -141,7 +141,7 @@ run)
   for task in "$@"; do
     left=$(( end - $(date +%s) ))
     need=$(python3 scripts/campaign.py need "$task" --root "$tmp/loan_state")  # a tail or a whole run that cannot travel
-    [ -n "$need" ] || { echo "skip $task: campaign.py need failed (a task campaign.toml lacks?)"; continue; }
+    [ -n "$need" ] || { echo "skip $task: campaign.py need failed (see above)"; continue; }
     if (( left < need )); then echo "skip $task: $left s left, its next slice needs $need s in one command"; continue; fi
     echo "=== $task with $left s left ($(date -u +%T))"
     python3 scripts/campaign.py run "$task" --seconds $left --state "$tmp/loan_state/${task//\//__}" --data-dir $data \
