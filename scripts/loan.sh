@@ -26,7 +26,7 @@
 #   bash scripts/loan.sh unpack-state PARTS ROOT  the unpacking alone (run calls it with .loan/state)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-tmp=${LOAN_TMP:-/tmp}  # where `run` stages data, state and packages: a test's own folder (tests/test_loan.py)
+stage=${LOAN_TMP:-/tmp}  # where `run` stages data, state and packages: a test's own folder (tests/test_loan.py)
 part_mib=${LOAN_PART_MIB:-15}
 back_mib=${LOAN_BACK_MIB:-60}  # MiB of parts that can come back: 64 MiB in all, less the results and logs archives
 pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut into parts; nothing when none is unfinished
@@ -66,10 +66,10 @@ unpack_state() {  # PARTS ROOT: once per machine for the same parts, so a later 
 }
 pack_all() {  # OUT: this loan's new records, the slices' logs and the unfinished runs' state, into OUT
   # each archive replaces the last one only once whole: a command killed while packing keeps the earlier one
-  find results -newer "$tmp/loan_t0" -name '*.json' | tar czf "$1/.results.tgz.tmp" -T - && mv "$1/.results.tgz.tmp" "$1/results.tgz"
-  (cd "$tmp/loan_state" && tar czf "$1/.logs.tgz.tmp" --exclude=checkpoints --exclude=notebook.py .) \
+  find results -newer "$stage/loan_t0" -name '*.json' | tar czf "$1/.results.tgz.tmp" -T - && mv "$1/.results.tgz.tmp" "$1/results.tgz"
+  (cd "$stage/loan_state" && tar czf "$1/.logs.tgz.tmp" --exclude=checkpoints --exclude=notebook.py .) \
     && mv "$1/.logs.tgz.tmp" "$1/logs.tgz"
-  pack_state "$tmp/loan_state" "$1"
+  pack_state "$stage/loan_state" "$1"
 }
 case "${1:-}" in
 pack-all) pack_all "${2:?the out folder}" ;;  # what `run` calls after every slice, also from campaign.py next
@@ -116,15 +116,15 @@ run)
   budget=${2:?seconds}; shift 2
   end=$(( $(date +%s) + budget ))
   device=${LOAN_DEVICE:-cuda} preset=${LOAN_PRESET:-full}  # cpu and smoke: the test of this whole path on a CPU
-  export LOAN_TMP=$tmp  # for the pack-all that campaign.py calls after each slice
+  export LOAN_TMP=$stage  # for the pack-all that campaign.py calls after each slice
   export DL_GIT_COMMIT=$(cat .loan/commit) DL_GIT_DIRTY=$(cat .loan/dirty 2>/dev/null) PYTHONPATH=$PWD PYTHONUNBUFFERED=1
   if ls .loan/wheels/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$tmp/loan_site" .loan/wheels/*.whl \
-      && export PYTHONPATH=$PWD:$tmp/loan_site
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$stage/loan_site" .loan/wheels/*.whl \
+      && export PYTHONPATH=$PWD:$stage/loan_site
   fi
-  out=${OUT:-$tmp/loan_out}; mkdir -p "$out" "$tmp/loan_state"
-  unpack_state .loan/state "$tmp/loan_state"
-  data=$tmp/loan_data; mkdir -p $data && cp -r .loan/data/. $data/
+  out=${OUT:-$stage/loan_out}; mkdir -p "$out" "$stage/loan_state"
+  unpack_state .loan/state "$stage/loan_state"
+  data=$stage/loan_data; mkdir -p $data && cp -r .loan/data/. $data/
   if ls .loan/fashion-mnist/*.gz >/dev/null 2>&1; then
     mkdir -p /usr/share/datasets/fashion-mnist && cp .loan/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/
   fi
@@ -132,23 +132,23 @@ run)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
   # the version without importing torch: a cold first import on a fresh machine takes seconds the first task needs
   python3 -c "import importlib.metadata as m; print('torch', m.version('torch'))" | tee -a "$out/gpu.txt"
-  touch "$tmp/loan_t0"
+  touch "$stage/loan_t0"
   if [ $# -eq 0 ]; then  # packed after every slice, so a command killed at its limit still returns what finished
-    python3 scripts/campaign.py next --budget $(( end - $(date +%s) )) --root "$tmp/loan_state" --data-dir $data \
+    python3 scripts/campaign.py next --budget $(( end - $(date +%s) )) --root "$stage/loan_state" --data-dir $data \
       --device "$device" --after-slice "bash scripts/loan.sh pack-all $out"
     pack_all "$out"
   fi
   for task in "$@"; do
     left=$(( end - $(date +%s) ))
-    need=$(python3 scripts/campaign.py need "$task" --root "$tmp/loan_state")  # a tail or a whole run that cannot travel
+    need=$(python3 scripts/campaign.py need "$task" --root "$stage/loan_state")  # a tail or a whole run that cannot travel
     [ -n "$need" ] || { echo "skip $task: campaign.py need failed (see above)"; continue; }
     if (( left < need )); then echo "skip $task: $left s left, its next slice needs $need s in one command"; continue; fi
     echo "=== $task with $left s left ($(date -u +%T))"
-    python3 scripts/campaign.py run "$task" --seconds $left --state "$tmp/loan_state/${task//\//__}" --data-dir $data \
+    python3 scripts/campaign.py run "$task" --seconds $left --state "$stage/loan_state/${task//\//__}" --data-dir $data \
       --device "$device" --preset "$preset"
     pack_all "$out"
   done
-  (cd "$tmp/loan_state" && du -sh ./*/checkpoints 2>/dev/null)
+  (cd "$stage/loan_state" && du -sh ./*/checkpoints 2>/dev/null)
   ;;
 *) sed -n 2,24p "$0"; exit 2 ;;
 esac
