@@ -169,8 +169,8 @@ def test_mix_pairs_each_image_with_its_second_label(aug: dict) -> None:
     cfg = dataclasses.replace(aug["cfg"], mix_prob=1.0)
     ways = mixed_batches(aug["mix"], cfg, range(20))
     assert {"mixup", "cutmix"} <= set(ways) and ways.count("nothing") <= 2, ways
-    with pytest.raises(AssertionError):
-        assert {"mixup", "cutmix"} <= set(mixed_batches(lambda x, y, *_: (x, y, 1.0), cfg, range(20)))
+    untouched = mixed_batches(lambda x, y, *_: (x, y, 1.0), cfg, range(20))  # the control: a mix that mixes nothing
+    assert not {"mixup", "cutmix"} & set(untouched) and untouched.count("nothing") > 2
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8)
     same, _, lam1 = aug["mix"](x, y, dataclasses.replace(cfg, mix_prob=0.0), np.random.default_rng(0),
                                torch.Generator())
