@@ -382,8 +382,11 @@ def slice_logs(state: Path, slices: tuple[int, ...]) -> list[str]:
 
 
 def assert_train_seconds_are_the_slices_sum(record: dict) -> None:
-    """train_seconds is the sum of the slices' shares, to the record's rounding (0.01 s, so within 0.005 s)."""
-    assert record["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in record["slices"]), abs=0.005)
+    """train_seconds is the sum of the slices' shares, to the record's rounding (0.01 s, so within 0.005 s) and the
+    shares' (0.1 ms each): a slice that trained nothing reads 0.0 even where the rounded total is up to 0.005 s below
+    the earlier slices' sum (campaign.slice_seconds), and 0.735 - 0.73 is a hair over 0.005 in floating point."""
+    bound = 0.005 + 0.00005 * len(record["slices"])
+    assert record["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in record["slices"]), abs=bound)
 
 
 def uninterrupted_record(task: str, tmp_path: Path, data_dir: str, uninterrupted_runs: dict[str, dict]) -> dict:
