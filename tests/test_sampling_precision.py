@@ -33,9 +33,18 @@ def test_a_convolution_is_fp32_arithmetic_on_bf16_inputs_with_a_bf16_output():
 
 
 def test_ops_outside_autocast_and_other_ops_are_untouched():
+    """fp32 inputs are computed as they are, and an op outside the mode's list keeps its own output dtype even with
+    a bf16 input (here the widening copy `.float()`). Control: the same mode with that op added to its list, broken
+    in exactly that way, hands the widened tensor back in bf16."""
     x, w = torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3)
-    with torch.no_grad(), tensor_core_bf16()():
-        fp32 = F.conv2d(x, w)  # no autocast: fp32 inputs, so computed as they are
-        summed = x.bfloat16() + x.bfloat16()  # not a matrix product: bf16 arithmetic as autocast leaves it
+
+    def run(mode):
+        with torch.no_grad(), mode():
+            return F.conv2d(x, w), x.bfloat16().float()  # no autocast: fp32 inputs; a bf16 input to a copy op
+
+    fp32, widened = run(tensor_core_bf16())
     assert fp32.dtype == torch.float32 and torch.equal(fp32, F.conv2d(x, w))
-    assert summed.dtype == torch.bfloat16
+    assert widened.dtype == torch.float32 and torch.equal(widened, x.bfloat16().float())
+    mode = tensor_core_bf16()
+    touching = type("TouchesCopies", (mode,), {"OPS": mode.OPS | {"_to_copy"}})
+    assert run(touching)[1].dtype == torch.bfloat16
