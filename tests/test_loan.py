@@ -130,15 +130,44 @@ def test_a_state_too_big_to_come_back_stays_and_the_others_still_travel(tmp_path
     assert "before packing" not in loan("pack-state", str(control), str(out), part_mib=2, back_mib=10)
 
 
+def lent_machine_run(repo: Path, stage: Path, out: Path, bin_: Path, **extra: str) -> str:
+    """`loan.sh run 300` on the template task as on a lent machine: the tree without `.git`, a fresh staging folder
+    (a new machine), the CPU at `smoke` (LOAN_DEVICE, LOAN_PRESET) and the stand-ins in `bin_` first on the PATH."""
+    git_dir, aside = repo / ".git", repo.parent / "git_aside"
+    git_dir.rename(aside)  # the lent machine gets the working tree only
+    try:
+        env = {**os.environ, "OUT": str(out), "LOAN_TMP": str(stage), "LOAN_DEVICE": "cpu", "LOAN_PRESET": "smoke",
+               "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}", **extra}
+        result = subprocess.run(["bash", "scripts/loan.sh", "run", "300", "templates/task_template"], cwd=repo,
+                                env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        aside.rename(git_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def returned(out: Path) -> tuple[list[dict], dict]:
+    """What came back in `out`: the records in results.tgz and the template run's state.json from logs.tgz."""
+    with tarfile.open(out / "results.tgz") as tar:
+        names = [m.name for m in tar.getmembers() if m.isfile()]
+        assert all(n.startswith("results/templates/task_template/") for n in names), names
+        records = [json.load(tar.extractfile(n)) for n in names]
+    with tarfile.open(out / "logs.tgz") as tar:
+        return records, json.load(tar.extractfile("./templates__task_template/state.json"))
+
+
 @pytest.mark.notebook
-def test_the_lent_machines_half_runs_whole_here_and_returns_a_record_of_the_prepared_commit(tmp_path: Path) -> None:
+def test_the_lent_machines_half_runs_whole_here_and_a_run_cut_at_one_loan_finishes_at_the_next(tmp_path: Path) -> None:
     """`loan.sh run` end to end as on a lent machine (no .git, data staged from .loan/, a stand-in nvidia-smi), on
-    the CPU at `smoke` (LOAN_DEVICE, LOAN_PRESET) with the template task: what comes back in $OUT is the GPU line,
-    the record, naming the commit `prepare` saw, and the finished run's state.json; no state parts."""
+    the CPU at `smoke` with the template task. A whole run: $OUT holds the GPU line, the record, naming the commit
+    `prepare` saw, and the finished run's state.json; no state parts. The same run cut after 15 of its 30 steps
+    (DL_SLICE_STEPS, which campaign.py passes on), the control of "no state parts": its state comes back in parts
+    and no record does; `LOAN_STATE=<those parts> prepare` carries them to the next loan, a fresh machine, whose
+    `run` resumes the run and returns a record of two slices with the whole run's metrics."""
     mnist = find_data_file("mnist.npz")
     if mnist is None:
         pytest.skip("mnist.npz is not in the data folders")
-    repo, data, stage, out, bin_ = (tmp_path / n for n in ("repo", "datasets", "stage", "out", "bin"))
+    repo, data, bin_ = (tmp_path / n for n in ("repo", "datasets", "bin"))
     for part in ("common", "scripts", "templates", "pyproject.toml"):
         (shutil.copytree if (REPO_ROOT / part).is_dir() else shutil.copy2)(REPO_ROOT / part, repo / part)
     data.mkdir()
@@ -148,27 +177,38 @@ def test_the_lent_machines_half_runs_whole_here_and_returns_a_record_of_the_prep
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "one")
     commit = git(repo, "rev-parse", "HEAD")
-    env = {**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1"}
-    subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, env=env, check=True,
-                   capture_output=True, timeout=120)
-    shutil.rmtree(repo / ".git")  # the lent machine gets the working tree only
+
+    def prepare(**extra: str) -> None:
+        env = {**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1", **extra}
+        subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, env=env, check=True,
+                       capture_output=True, timeout=120)
+    prepare()
     bin_.mkdir()
     (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho 'name, memory.total [MiB], driver_version'\necho 'Stand-in, 0 MiB, 0'\n")
-    (bin_ / "nvidia-smi").chmod(0o755)
     (bin_ / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # this test's Python, torch and all
-    (bin_ / "python3").chmod(0o755)
-    env = {**os.environ, "OUT": str(out), "LOAN_TMP": str(stage), "LOAN_DEVICE": "cpu", "LOAN_PRESET": "smoke",
-           "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "scripts/loan.sh", "run", "300", "templates/task_template"], cwd=repo, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "finished in 1 slice(s)" in result.stdout, result.stdout + result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz"]
-    assert "Stand-in" in (out / "gpu.txt").read_text()
-    with tarfile.open(out / "results.tgz") as tar:
-        [member] = tar.getmembers()
-        record = json.load(tar.extractfile(member))
-    assert member.name.startswith("results/templates/task_template/") and record["preset"] == "smoke"
-    assert record["code"]["git_commit"] == commit and record["code"]["git_dirty"] is False
-    with tarfile.open(out / "logs.tgz") as tar:
-        state = json.load(tar.extractfile("./templates__task_template/state.json"))
+    for stand_in in bin_.iterdir():
+        stand_in.chmod(0o755)
+
+    whole = tmp_path / "whole_out"
+    assert "finished in 1 slice(s)" in lent_machine_run(repo, tmp_path / "machine_1", whole, bin_)
+    assert sorted(p.name for p in whole.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz"]
+    assert "Stand-in" in (whole / "gpu.txt").read_text()
+    [record], state = returned(whole)
+    assert record["preset"] == "smoke" and record["code"]["git_commit"] == commit
+    assert record["code"]["git_dirty"] is False
     assert state["finished"] and len(state["slices"]) == 1
+
+    cut = tmp_path / "cut_out"
+    assert "stopped at step 15 of 30" in lent_machine_run(repo, tmp_path / "machine_2", cut, bin_, DL_SLICE_STEPS="15")
+    assert sorted(p.name for p in cut.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz", "state.tgz.part-00"]
+    records, state = returned(cut)
+    assert records == [] and not state["finished"]
+
+    prepare(LOAN_STATE=str(cut))
+    resumed = tmp_path / "resumed_out"
+    printed = lent_machine_run(repo, tmp_path / "machine_3", resumed, bin_)
+    assert "resumable state unpacked" in printed and "finished in 2 slice(s)" in printed, printed
+    assert sorted(p.name for p in resumed.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz"]
+    [two], state = returned(resumed)
+    assert [s["from_step"] for s in two["slices"]] == [0, 15] and state["finished"]
+    assert two["code"]["git_commit"] == commit and two["metrics"] == record["metrics"]
