@@ -15,54 +15,105 @@
 # repository root, commit the records unedited, run scripts/update_readme.py.
 #
 # Runs that outlast a loan: every unfinished run's state folder (checkpoints, kept side runs, state.json) is packed
-# too, into $OUT/state.tgz.part-00, -01, ... (parts of LOAN_PART_MIB, default 15 MiB: what comes back is at most 8
-# files of 16 MiB, 64 MiB in all, so at most 5 parts beside gpu.txt and the two archives, and at most LOAN_BACK_MIB,
-# default 60, of parts: 4 of 15 MiB, the rest of the 64 left to the archives). Fetch them, then
-# `LOAN_STATE=<folder holding the parts> bash scripts/loan.sh prepare` puts them into .loan/state/, and the next
-# loan's `run` unpacks them before its first task, so `campaign.py` resumes those runs. What travels there is the
-# repository, .loan's data and the state together: at most 64 MiB.
+# too, into parts of LOAN_PART_MIB (default 15) MiB with a state.manifest (their number and checksum). What comes
+# back from one command is at most 8 files of 16 MiB, 64 MiB in all, so each command returns the manifest and at most
+# 4 parts (LOAN_BACK_MIB, default 60, of parts) beside gpu.txt and the two archives; a bigger state stays packed on
+# the machine, and each further call `bash scripts/loan.sh send-back K` (no carry, on the still-warm machine) returns
+# the manifest and parts K to K+3. Fetch them all into one folder, then `LOAN_STATE=<that folder> bash
+# scripts/loan.sh prepare`: it checks the parts against the manifest and spreads them over .loan/state/ and, when
+# they do not fit beside the repository and the data in the 64 MiB one call carries, over .loan_in/1/, .loan_in/2/,
+# ...; it prints the calls: first one `bash scripts/loan.sh take .loan_in/K` per folder (carrying it), then `run`,
+# whose unpacking gathers the parts from .loan/state and the taken ones and refuses (exit 3, before any training)
+# while any is missing, so `campaign.py` resumes those runs, never starts them again. Each extra call costs about
+# 10 s of the loan (measured 2026-11-29: 9 s between two calls on a warm H200, 49 MiB carried). LOAN_MAX_PARTS
+# (default 16, 240 MiB) caps a state: a run over it stays where it is, with a warning.
 #
 #   bash scripts/loan.sh pack-state ROOT OUT     the packing alone (run calls it): ROOT's unfinished runs -> OUT
-#   bash scripts/loan.sh unpack-state PARTS ROOT  the unpacking alone (run calls it with .loan/state)
+#   bash scripts/loan.sh send-back K [ROOT OUT]  parts K to K+3 of ROOT's last packing (default: run's) -> OUT
+#   bash scripts/loan.sh take DIR                 parts carried in DIR, kept on this machine for the next `run`
+#   bash scripts/loan.sh unpack-state PARTS ROOT [MORE...]  the unpacking alone (run calls it with .loan/state and
+#                                             the taken parts)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${LOAN_TMP:-/tmp}  # where `run` stages data, state and packages: a test's own folder (tests/test_loan.py)
 part_mib=${LOAN_PART_MIB:-15}
 back_mib=${LOAN_BACK_MIB:-60}  # MiB of parts that can come back: 64 MiB in all, less the results and logs archives
-pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut into parts; nothing when none is unfinished
+max_parts=${LOAN_MAX_PARTS:-16}  # the most parts a state may take: 4 come back with the command, 4 more a send-back
+carry_mib=${LOAN_CARRY_MIB:-63}  # what `prepare` lets one call carry, the repository included: 64 MiB, 1 to spare
+most_back() { echo $(( back_mib / part_mib < 4 ? back_mib / part_mib : 4 )); }  # 8 files: 4 besides the parts
+pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut into parts kept in ROOT/.parts (on this
+  # machine, for send-back) with their manifest; the first parts go into OUT. Nothing when none is unfinished.
   local root=$1 out=$2 runs=() d tmp mib
-  local most=$(( back_mib / part_mib < 5 ? back_mib / part_mib : 5 ))  # 8 files in all; 64 MiB in all
   for d in "$root"/*/; do
     [ -f "$d/state.json" ] || continue
     python3 -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['finished'])" "$d/state.json" || continue
     mib=$(du -sm --exclude=notebook.py "$d" | cut -f1)
-    if (( 4 * mib > 5 * most * part_mib )); then  # float checkpoints gzip by a tenth at best: not worth compressing,
-      # and packed beside the others it would keep them all from coming back
-      echo "warning: $(basename "$d"): $mib MiB before packing, more than the $(( most * part_mib )) MiB of parts that come back: this state cannot travel and stays here"
+    if (( 4 * mib > 5 * max_parts * part_mib )); then  # float checkpoints gzip by a tenth at best
+      echo "warning: $(basename "$d"): $mib MiB before packing, more than the $(( max_parts * part_mib )) MiB of parts (LOAN_MAX_PARTS) a state may take: this state cannot travel and stays here"
       continue
     fi
     runs+=("$(basename "$d")")
   done
-  if [ ${#runs[@]} -eq 0 ]; then rm -f "$out"/state.tgz.part-*; return 0; fi
-  tmp=$(mktemp -d)  # parts appear in OUT only once all are written: a command killed meanwhile leaves none
+  if [ ${#runs[@]} -eq 0 ]; then rm -rf "$out"/state.tgz.part-* "$out/state.manifest" "$root/.parts"; return 0; fi
+  tmp=$(mktemp -d "$root/.parts-new.XXXXXX")
   local ok=1
   tar czf - -C "$root" --exclude=notebook.py "${runs[@]}" | split -b "${part_mib}M" -d -a 2 - "$tmp/state.tgz.part-" \
     || ok=0  # more parts than two-digit names: far too many anyway
   local n; n=$(ls "$tmp"/state.tgz.part-* | wc -l)
   echo "state of ${runs[*]}: $(du -ch "$tmp"/state.tgz.part-* | tail -1 | cut -f1) in $n part(s) of at most $part_mib MiB"
-  if (( ok && n <= most )); then
-    rm -f "$out"/state.tgz.part-* && mv "$tmp"/state.tgz.part-* "$out"/ && rmdir "$tmp"
+  if (( ok && n <= max_parts )); then
+    printf 'parts %d\nsha256 %s\nruns %s\n' "$n" "$(cat "$tmp"/state.tgz.part-* | sha256sum | cut -d' ' -f1)" \
+      "${runs[*]}" >"$tmp/state.manifest"
+    rm -rf "$root/.parts" && mv "$tmp" "$root/.parts" && send_back 0 "$root" "$out"
   else  # kept out of OUT: too many bytes there could cost the records and logs that must come back
-    rm -f "$out"/state.tgz.part-* && rm -rf "$tmp"
-    echo "warning: $n parts: at most $most of $part_mib MiB come back (8 files and 64 MiB in all); this state cannot travel and stays here"
+    rm -rf "$tmp"
+    echo "warning: $n parts, more than LOAN_MAX_PARTS=$max_parts: this state cannot travel and stays here"
   fi
 }
-unpack_state() {  # PARTS ROOT: once per machine for the same parts, so a later command keeps the progress made since
-  ls "$1"/state.tgz.part-* >/dev/null 2>&1 || return 0
-  local mark; mark="$2/.unpacked-$(cat "$1"/state.tgz.part-* | sha256sum | cut -c1-16)"
-  if [ -e "$mark" ]; then echo "resumable state already unpacked on this machine: $(ls "$2")"; return 0; fi
-  mkdir -p "$2" && cat "$1"/state.tgz.part-* | tar xzf - -C "$2" && touch "$mark" \
-    && echo "resumable state unpacked: $(ls "$2")"
+send_back() {  # K ROOT OUT: the manifest and parts K to K+3 of ROOT's last packing into OUT (the manifest last:
+  # parts without it are refused by `prepare`, so a command killed while copying cannot pass off a mixed set)
+  local first=$1 root=$2 out=$3 k n most; most=$(most_back)
+  [ -f "$root/.parts/state.manifest" ] || { echo "error: no packed state in $root/.parts on this machine"; return 1; }
+  n=$(awk '$1 == "parts" {print $2}' "$root/.parts/state.manifest")
+  rm -f "$out"/state.tgz.part-* "$out/state.manifest"
+  for (( k = first; k < first + most && k < n; k++ )); do cp "$root/.parts/state.tgz.part-$(printf %02d $k)" "$out/"; done
+  cp "$root/.parts/state.manifest" "$out/"
+  echo "state parts $first to $(( k - 1 )) of 0 to $(( n - 1 )) in $out"
+  if (( k < n )); then
+    local calls="" j
+    for (( j = k; j < n; j += most )); do calls+=" [bash scripts/loan.sh send-back $j]"; done
+    echo "MORE STATE: fetch it now, on this warm machine, one call each, no carry:$calls"
+  fi
+}
+take() {  # DIR: parts carried in DIR (a .loan_in/K of `prepare`), kept on this machine for the next `run`
+  ls "$1"/state.tgz.part-* >/dev/null 2>&1 || { echo "error: no state parts in $1"; return 1; }
+  mkdir -p "$stage/loan_incoming" && cp "$1"/state.tgz.part-* "$1"/state.manifest "$stage/loan_incoming/" \
+    && echo "this machine holds $(ls "$stage/loan_incoming"/state.tgz.part-* | wc -l) taken state part(s): $(cd "$stage/loan_incoming" && ls state.tgz.part-* | tr '\n' ' ')"
+}
+state_parts() {  # DIR...: print the paths of the parts the manifest in those folders lists, in order; fail, saying
+  # which are missing or whether the checksum differs, unless all are there. Nothing when no folder holds a part.
+  local man="" d k n sha p found=() missing=()
+  for d in "$@"; do [ -f "$d/state.manifest" ] && { man=$d/state.manifest; break; }; done
+  if [ -z "$man" ]; then
+    for d in "$@"; do ls "$d"/state.tgz.part-* >/dev/null 2>&1 && { echo "error: state parts in $d without their state.manifest" >&2; return 1; }; done
+    return 0
+  fi
+  n=$(awk '$1 == "parts" {print $2}' "$man"); sha=$(awk '$1 == "sha256" {print $2}' "$man")
+  for (( k = 0; k < n; k++ )); do
+    p=""; for d in "$@"; do [ -f "$d/state.tgz.part-$(printf %02d $k)" ] && { p=$d/state.tgz.part-$(printf %02d $k); break; }; done
+    if [ -n "$p" ]; then found+=("$p"); else missing+=("$(printf %02d $k)"); fi
+  done
+  if (( ${#missing[@]} )); then echo "error: state parts missing: ${missing[*]} (of $n, manifest $man)" >&2; return 1; fi
+  [ "$(cat "${found[@]}" | sha256sum | cut -d' ' -f1)" = "$sha" ] || { echo "error: the state parts differ from their manifest $man" >&2; return 1; }
+  printf '%s\n' "${found[@]}"
+}
+unpack_state() {  # PARTS ROOT [MORE...]: once per machine for the same parts, so a later command keeps the progress
+  # made since; fails (nothing unpacked) while a part the manifest lists is missing
+  local root=$2 list mark; list=$(state_parts "$1" "${@:3}") || return 1
+  [ -n "$list" ] || return 0
+  mark="$root/.unpacked-$(cat $list | sha256sum | cut -c1-16)"
+  if [ -e "$mark" ]; then echo "resumable state already unpacked on this machine: $(ls "$root")"; return 0; fi
+  mkdir -p "$root" && cat $list | tar xzf - -C "$root" && touch "$mark" && echo "resumable state unpacked: $(ls "$root")"
 }
 pack_all() {  # OUT: this loan's new records, the slices' logs and the unfinished runs' state, into OUT
   # each archive replaces the last one only once whole: a command killed while packing keeps the earlier one
@@ -74,7 +125,9 @@ pack_all() {  # OUT: this loan's new records, the slices' logs and the unfinishe
 case "${1:-}" in
 pack-all) pack_all "${2:?the out folder}" ;;  # what `run` calls after every slice, also from campaign.py next
 pack-state) pack_state "${2:?the state root folder}" "${3:?the out folder}" ;;
-unpack-state) unpack_state "${2:?the parts folder}" "${3:?the state root folder}" ;;
+send-back) send_back "${2:?the number of the first part}" "${3:-$stage/loan_state}" "${4:-${OUT:?the out folder}}" ;;
+take) take "${2:?the folder of carried parts}" ;;
+unpack-state) unpack_state "${2:?the parts folder}" "${3:?the state root folder}" "${@:4}" ;;
 prepare)
   src=${2:-../shared/datasets}
   grep -qx '/.loan/' .git/info/exclude 2>/dev/null || echo '/.loan/' >>.git/info/exclude
@@ -96,19 +149,44 @@ prepare)
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${LOAN_PY:-3.12}" \
       --platform manylinux2014_x86_64 -d .loan/wheels pygame || echo "warning: no pygame wheel"
   fi
-  if [ -n "${LOAN_STATE:-}" ]; then  # parts fetched from an earlier loan's $OUT: the runs it left unfinished
-    mkdir -p .loan/state && cp "$LOAN_STATE"/state.tgz.part-* .loan/state/ || echo "warning: no state parts in $LOAN_STATE"
+  rm -rf .loan_in
+  grep -qx '/.loan_in/' .git/info/exclude || echo '/.loan_in/' >>.git/info/exclude
+  parts=""
+  if [ -n "${LOAN_STATE:-}" ]; then  # parts fetched from an earlier loan's $OUT (and send-backs): its unfinished runs
+    parts=$(state_parts "$LOAN_STATE") || exit 1
+    [ -n "$parts" ] || { echo "error: no state parts in $LOAN_STATE"; exit 1; }
   fi
   git rev-parse HEAD >.loan/commit
   # whether tracked files differ from that commit (what a record's git_dirty means): the records made there say so
   if [ -z "$(git status --porcelain --untracked-files=no)" ]; then echo false; else echo true; fi >.loan/dirty
   [ -z "$(git status --porcelain)" ] || echo "warning: uncommitted changes or untracked files travel, but the records name $(cat .loan/commit): commit first"
   tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1); loan=$(du -sb .loan | cut -f1)
-  echo "travels: $(( (tree + loan) / 1048576 )) MiB of at most 64 (the repository $(( tree / 1048576 )), .loan $(( loan / 1048576 )))"
-  if (( tree + loan > 64 * 1048576 )); then  # the device tool would refuse the call: say what to leave out now
-    echo "error: over the 64 MiB a loan carries: LOAN_FASHION=0 leaves out Fashion-MNIST (30 MB), and a state of"
-    echo "more than about 45 MiB (with the small datasets) cannot travel at all"
+  if (( tree + loan > carry_mib * 1048576 )); then  # the device tool would refuse the call: say what to leave out now
+    echo "error: the repository ($(( tree / 1048576 )) MiB) and .loan ($(( loan / 1048576 )) MiB) are over the 64 MiB one call carries: LOAN_FASHION=0 leaves out Fashion-MNIST (30 MB)"
     exit 1
+  fi
+  # the state's parts: into .loan/state while they fit beside the repository and the data (1 MiB to spare), the rest
+  # into .loan_in/1, 2, ..., each carried by a call of its own before `run`
+  room=$(( carry_mib * 1048576 - tree - loan )); batch=0
+  if [ -n "$parts" ]; then
+    mkdir -p .loan/state && cp "$LOAN_STATE/state.manifest" .loan/state/
+    for p in $parts; do
+      size=$(stat -c %s "$p")
+      if (( size > carry_mib * 1048576 - tree )); then echo "error: $p alone is too big for one call"; exit 1; fi
+      if (( size > room )); then
+        batch=$(( batch + 1 )) room=$(( carry_mib * 1048576 - tree ))
+        mkdir -p .loan_in/$batch && cp "$LOAN_STATE/state.manifest" .loan_in/$batch/
+      fi
+      cp "$p" "$( (( batch )) && echo .loan_in/$batch || echo .loan/state)/" && room=$(( room - size ))
+    done
+  fi
+  loan=$(du -sb .loan | cut -f1)
+  echo "travels: $(( (tree + loan) / 1048576 )) MiB of at most 64 (the repository $(( tree / 1048576 )), .loan $(( loan / 1048576 )))"
+  if (( batch )); then
+    echo "the state takes $batch more call(s) before run, on one warm machine (each about 10 s; the machine goes back 30 s after a call):"
+    for (( k = 1; k <= batch; k++ )); do
+      echo "  carry [\".loan_in/$k\"]; command: bash scripts/loan.sh take .loan_in/$k   ($(du -sm .loan_in/$k | cut -f1) MiB)"
+    done
   fi
   echo "carry [\".loan\"]; command: bash scripts/loan.sh run 540 [TASK ...]  (LOAN_CIFAR=1 adds CIFAR-10, 20 MB; LOAN_RL=1 the gymnasium and pygame wheels)"
   ;;
@@ -123,7 +201,8 @@ run)
       && export PYTHONPATH=$PWD:$stage/loan_site
   fi
   out=${OUT:-$stage/loan_out}; mkdir -p "$out" "$stage/loan_state"
-  unpack_state .loan/state "$stage/loan_state"
+  unpack_state .loan/state "$stage/loan_state" "$stage/loan_incoming" \
+    || { echo "error: not all state parts are here: carry the missing ones in with take, then run again"; exit 3; }
   data=$stage/loan_data; mkdir -p $data && cp -r .loan/data/. $data/
   if ls .loan/fashion-mnist/*.gz >/dev/null 2>&1; then
     mkdir -p /usr/share/datasets/fashion-mnist && cp .loan/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/

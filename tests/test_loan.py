@@ -21,11 +21,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOAN = REPO_ROOT / "scripts" / "loan.sh"
 
 
-def loan(*args: str, part_mib: int = 1, back_mib: int = 60) -> str:
+def loan(*args: str, part_mib: int = 1, back_mib: int = 60, max_parts: int = 16, ok: bool = True,
+         **env: str) -> str:
     result = subprocess.run(["bash", str(LOAN), *args], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "LOAN_PART_MIB": str(part_mib), "LOAN_BACK_MIB": str(back_mib)})
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+                            env={**os.environ, "LOAN_PART_MIB": str(part_mib), "LOAN_BACK_MIB": str(back_mib),
+                                 "LOAN_MAX_PARTS": str(max_parts), **env})
+    assert (result.returncode == 0) == ok, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def part_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("state.tgz.part-*"))
 
 
 def make_run(root: Path, name: str, finished: bool, mib: float) -> bytes:
@@ -45,9 +51,10 @@ def test_unfinished_runs_travel_in_parts_that_can_come_back_and_unpack_exactly(t
     payload = make_run(root, "image_classification__resnet", finished=False, mib=2.5)
     make_run(root, "text_generation__char_gpt", finished=True, mib=0.1)
     printed = loan("pack-state", str(root), str(out))
-    parts = sorted(out.glob("state.tgz.part-*"))
-    assert [p.name for p in parts] == ["state.tgz.part-00", "state.tgz.part-01", "state.tgz.part-02"]
-    assert all(p.stat().st_size <= 2**20 for p in parts) and "warning" not in printed
+    assert part_names(out) == ["state.tgz.part-00", "state.tgz.part-01", "state.tgz.part-02"]
+    assert all(p.stat().st_size <= 2**20 for p in out.glob("state.tgz.part-*"))
+    assert "warning" not in printed and "MORE STATE" not in printed
+    assert "parts 3\n" in (out / "state.manifest").read_text()
     loan("unpack-state", str(out), str(there))
     assert (there / "image_classification__resnet" / "checkpoints" / "model.pt").read_bytes() == payload
     assert not (there / "text_generation__char_gpt").exists()  # finished: its record came back, its state need not
@@ -59,27 +66,104 @@ def test_unfinished_runs_travel_in_parts_that_can_come_back_and_unpack_exactly(t
     assert json.loads(progressed.read_text()) == {"finished": True}
 
 
-def test_nothing_unfinished_leaves_no_parts_and_too_big_a_state_is_flagged(tmp_path: Path) -> None:
+def test_nothing_unfinished_leaves_no_parts_and_a_big_state_comes_back_in_several_calls(tmp_path: Path) -> None:
+    """At most 4 parts come back with a command (8 files in all: gpu.txt, two archives, the manifest); the rest stay
+    packed on the machine and `send-back K` returns parts K to K+3, each call with the manifest."""
     root, out = tmp_path / "state", tmp_path / "out"
     out.mkdir()
     (out / "state.tgz.part-0").write_bytes(b"stale")  # an earlier pack's part: the run has finished since
     make_run(root, "a", finished=True, mib=0.1)
     loan("pack-state", str(root), str(out))
-    assert not list(out.glob("state.tgz.part-*"))
-    make_run(root, "b", finished=False, mib=5.5)  # 6 parts of 1 MiB: more than the 5 files that can come back
-    assert "warning: 6 parts" in loan("pack-state", str(root), str(out))
-    assert not list(out.glob("state.tgz.part-*"))  # kept out of OUT, where they would crowd out the records
+    assert not list(out.iterdir())
+    make_run(root, "b", finished=False, mib=9.5)  # 10 parts of 1 MiB
+    printed = loan("pack-state", str(root), str(out))
+    assert part_names(out) == [f"state.tgz.part-0{k}" for k in range(4)] and (out / "state.manifest").exists()
+    assert "[bash scripts/loan.sh send-back 4] [bash scripts/loan.sh send-back 8]" in printed
+    loan("send-back", "4", str(root), str(out))
+    assert part_names(out) == [f"state.tgz.part-0{k}" for k in range(4, 8)] and (out / "state.manifest").exists()
+    assert "MORE STATE" not in loan("send-back", "8", str(root), str(out))
+    assert part_names(out) == ["state.tgz.part-08", "state.tgz.part-09"]
 
 
-def test_parts_that_would_exceed_what_comes_back_in_bytes_are_flagged(tmp_path: Path) -> None:
-    """5 parts pass the 8-file limit but not the bytes: 5 of the default 15 MiB are 75 MiB, over the 64 MiB that
-    come back. Scaled down: parts of 1 MiB against 4 MiB of room."""
+def test_each_call_returns_no_more_bytes_of_parts_than_can_come_back(tmp_path: Path) -> None:
+    """4 parts of the default 15 MiB are 60 MiB, what comes back beside the archives; scaled down: parts of 1 MiB
+    against 2 MiB of room come back 2 a call."""
     root, out = tmp_path / "state", tmp_path / "out"
     out.mkdir()
     make_run(root, "b", finished=False, mib=4.5)  # 5 parts of 1 MiB
-    assert "warning: 5 parts: at most 4" in loan("pack-state", str(root), str(out), back_mib=4)
-    assert not list(out.glob("state.tgz.part-*"))
-    assert "warning" not in loan("pack-state", str(root), str(out), back_mib=5)  # the control: room for all 5
+    assert "send-back 2] [bash scripts/loan.sh send-back 4]" in loan("pack-state", str(root), str(out), back_mib=2)
+    assert part_names(out) == ["state.tgz.part-00", "state.tgz.part-01"]
+    printed = loan("pack-state", str(root), str(out), back_mib=60)  # the control: room for 4 a call (8 files)
+    assert part_names(out) == [f"state.tgz.part-0{k}" for k in range(4)]
+    assert printed.strip().endswith("no carry: [bash scripts/loan.sh send-back 4]")
+
+
+def test_a_state_over_the_parts_cap_stays_and_the_others_still_travel(tmp_path: Path) -> None:
+    """A state over LOAN_MAX_PARTS parts would take too many calls: it stays, and the others still come back.
+    Scaled down (parts of 1 MiB, at most 4): a 6 MiB run stays, a 1.5 MiB run still travels."""
+    root, out, there = tmp_path / "state", tmp_path / "out", tmp_path / "next_loan"
+    out.mkdir()
+    make_run(root, "image_generation__ddpm", finished=False, mib=6)
+    small = make_run(root, "image_generation__gan", finished=False, mib=1.5)
+    printed = loan("pack-state", str(root), str(out), max_parts=4)
+    assert re.search(r"image_generation__ddpm: \d+ MiB before packing, more than the 4 MiB", printed)
+    loan("unpack-state", str(out), str(there))
+    assert (there / "image_generation__gan" / "checkpoints" / "model.pt").read_bytes() == small
+    assert not (there / "image_generation__ddpm").exists()
+    control = tmp_path / "control"  # the same big run, with room for it: it is packed, not set aside
+    make_run(control, "image_generation__ddpm", finished=False, mib=6)
+    assert "before packing" not in loan("pack-state", str(control), str(out), max_parts=10)
+
+
+def test_a_state_bigger_than_one_call_carries_travels_in_batches_and_unpacks_only_whole(tmp_path: Path) -> None:
+    """`prepare` checks the parts against their manifest and spreads them over .loan/state and .loan_in/1, 2, ...
+    (scaled down: one call carries the repository and 2 parts); on the machine each `take` keeps a batch, and the
+    unpacking, with every part there, gives the run back exactly. Controls: a batch not taken, and a part changed
+    after packing, are refused, and nothing is unpacked."""
+    root, back, repo, data, stage = (tmp_path / n for n in ("state", "back", "repo", "datasets", "machine"))
+    back.mkdir()
+    payload = make_run(root, "image_classification__vit", finished=False, mib=5.5)  # 6 parts of 1 MiB
+    loan("pack-state", str(root), str(back))
+    (tmp_path / "back_2").mkdir()
+    loan("send-back", "4", str(root), str(tmp_path / "back_2"))
+    for p in (tmp_path / "back_2").iterdir():
+        shutil.copy2(p, back / p.name)  # both calls' files in one folder, as fetched here
+    (repo / "scripts").mkdir(parents=True)
+    data.mkdir()
+    (repo / "scripts" / "loan.sh").write_text(LOAN.read_text())
+    for name in ("mnist.npz", "tinyshakespeare.txt"):
+        (data / name).write_text("stand-in\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "one")
+    assert sum(p.stat().st_size for p in (repo / "scripts").iterdir()) < 2**19
+    carry = "3"  # MiB a call: the repository and 2 parts of 1 MiB (and a little for the stand-in data)
+
+    def prepare(state: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, capture_output=True,
+                              text=True, timeout=120,
+                              env={**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1", "LOAN_STATE": str(state),
+                                   "LOAN_CARRY_MIB": carry})
+    done = prepare(back)
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed = done.stdout
+    batches = sorted((repo / ".loan_in").iterdir())
+    assert [b.name for b in batches] == ["1", "2"] and "take .loan_in/2" in printed
+    spread = [part_names(repo / ".loan" / "state")] + [part_names(b) for b in batches]
+    assert sum(spread, []) == [f"state.tgz.part-0{k}" for k in range(6)] and all(spread), spread
+    machine = {"LOAN_TMP": str(stage)}
+    loan("take", str(batches[0]), **machine)
+    unpack = ("unpack-state", str(repo / ".loan" / "state"), str(stage / "loan_state"), str(stage / "loan_incoming"))
+    assert "state parts missing" in loan(*unpack, ok=False)  # the control: the second batch was not taken
+    assert not (stage / "loan_state").exists()
+    loan("take", str(batches[1]), **machine)
+    loan(*unpack)
+    assert (stage / "loan_state" / "image_classification__vit" / "checkpoints" / "model.pt").read_bytes() == payload
+    with open(back / "state.tgz.part-03", "r+b") as f:  # the control: a part that is not the one packed
+        f.write(b"x")
+    assert "differ from their manifest" in loan("unpack-state", str(back), str(tmp_path / "elsewhere"), ok=False)
+    refused = prepare(back)
+    assert refused.returncode != 0 and "differ from their manifest" in refused.stdout + refused.stderr
 
 
 @pytest.mark.parametrize("command", ["pack-state", "unpack-state"])
@@ -111,23 +195,6 @@ def test_prepare_records_whether_tracked_files_differ_from_the_commit(tmp_path: 
     assert prepare() == "false" and (repo / ".loan" / "commit").read_text().strip() == git(repo, "rev-parse", "HEAD")
     (repo / "scripts" / "loan.sh").write_text(LOAN.read_text() + "\n# an uncommitted change\n")
     assert prepare() == "true"  # the control: a tracked file changed since the commit
-
-
-def test_a_state_too_big_to_come_back_stays_and_the_others_still_travel(tmp_path: Path) -> None:
-    """A killed diffusion run leaves ~155 MiB: packed with the others it made too many parts, and then no state came
-    back at all. Scaled down (parts of 1 MiB, at most 4 back): a 6 MiB run stays, a 1.5 MiB run still travels."""
-    root, out, there = tmp_path / "state", tmp_path / "out", tmp_path / "next_loan"
-    out.mkdir()
-    make_run(root, "image_generation__ddpm", finished=False, mib=6)
-    small = make_run(root, "image_generation__gan", finished=False, mib=1.5)
-    printed = loan("pack-state", str(root), str(out), back_mib=4)
-    assert re.search(r"image_generation__ddpm: \d+ MiB before packing, more than the 4 MiB", printed)
-    loan("unpack-state", str(out), str(there))
-    assert (there / "image_generation__gan" / "checkpoints" / "model.pt").read_bytes() == small
-    assert not (there / "image_generation__ddpm").exists()
-    control = tmp_path / "control"  # the same big run, with room for it: it is packed, not set aside
-    make_run(control, "image_generation__ddpm", finished=False, mib=6)
-    assert "before packing" not in loan("pack-state", str(control), str(out), part_mib=2, back_mib=10)
 
 
 def lent_machine_run(repo: Path, stage: Path, out: Path, bin_: Path, **extra: str) -> str:
@@ -200,7 +267,8 @@ def test_the_lent_machines_half_runs_whole_here_and_a_run_cut_at_one_loan_finish
 
     cut = tmp_path / "cut_out"
     assert "stopped at step 15 of 30" in lent_machine_run(repo, tmp_path / "machine_2", cut, bin_, DL_SLICE_STEPS="15")
-    assert sorted(p.name for p in cut.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz", "state.tgz.part-00"]
+    assert sorted(p.name for p in cut.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz", "state.manifest",
+                                                     "state.tgz.part-00"]
     records, state = returned(cut)
     assert records == [] and not state["finished"]
 
