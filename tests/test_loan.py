@@ -4,6 +4,7 @@ the next loan (CPU only: the packing is tar, gzip and split)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -197,7 +198,7 @@ def test_prepare_records_whether_tracked_files_differ_from_the_commit(tmp_path: 
     assert prepare() == "true"  # the control: a tracked file changed since the commit
 
 
-def lent_machine_run(repo: Path, stage: Path, out: Path, bin_: Path, **extra: str) -> str:
+def lent_machine_run(repo: Path, stage: Path, out: Path, bin_: Path, rc: int = 0, **extra: str) -> str:
     """`loan.sh run 300` on the template task as on a lent machine: the tree without `.git`, a fresh staging folder
     (a new machine), the CPU at `smoke` (LOAN_DEVICE, LOAN_PRESET) and the stand-ins in `bin_` first on the PATH."""
     git_dir, aside = repo / ".git", repo.parent / "git_aside"
@@ -209,7 +210,7 @@ def lent_machine_run(repo: Path, stage: Path, out: Path, bin_: Path, **extra: st
                                 env=env, capture_output=True, text=True, timeout=300)
     finally:
         aside.rename(git_dir)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == rc, result.stdout + result.stderr
     return result.stdout
 
 
@@ -265,16 +266,28 @@ def test_the_lent_machines_half_runs_whole_here_and_a_run_cut_at_one_loan_finish
     assert record["code"]["git_dirty"] is False
     assert state["finished"] and len(state["slices"]) == 1
 
-    cut = tmp_path / "cut_out"
-    assert "stopped at step 15 of 30" in lent_machine_run(repo, tmp_path / "machine_2", cut, bin_, DL_SLICE_STEPS="15")
-    assert sorted(p.name for p in cut.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz", "state.manifest",
-                                                     "state.tgz.part-00"]
+    cut = tmp_path / "cut_out"  # parts of 1 MiB, so that the state (about 2.4 MiB) takes several
+    printed = lent_machine_run(repo, tmp_path / "machine_2", cut, bin_, DL_SLICE_STEPS="15", LOAN_PART_MIB="1")
+    assert "stopped at step 15 of 30" in printed
+    parts = part_names(cut)
+    assert sorted(p.name for p in cut.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz", "state.manifest", *parts]
+    assert len(parts) >= 2
     records, state = returned(cut)
     assert records == [] and not state["finished"]
 
-    prepare(LOAN_STATE=str(cut))
+    tracked = git(repo, "ls-files").split()
+    size = sum((repo / f).stat().st_size for f in tracked) + sum(
+        p.stat().st_size for p in (repo / ".loan").rglob("*") if p.is_file())
+    prepare(LOAN_STATE=str(cut), LOAN_CARRY_MIB=str(math.ceil(size / 2**20 + 1.5)))  # room for a part at most
+    assert (repo / ".loan_in" / "1").is_dir()  # the other parts: in a batch of their own, carried by a call
+    machine = tmp_path / "machine_3"
     resumed = tmp_path / "resumed_out"
-    printed = lent_machine_run(repo, tmp_path / "machine_3", resumed, bin_)
+    printed = lent_machine_run(repo, machine, resumed, bin_, rc=3)  # the control: the batch was not taken
+    assert "not all state parts are here" in printed
+    assert not (machine / "loan_state" / "templates__task_template").exists()
+    for batch in sorted((repo / ".loan_in").iterdir()):
+        loan("take", str(batch), LOAN_TMP=str(machine))
+    printed = lent_machine_run(repo, machine, resumed, bin_)
     assert "resumable state unpacked" in printed and "finished in 2 slice(s)" in printed, printed
     assert sorted(p.name for p in resumed.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz"]
     [two], state = returned(resumed)
