@@ -118,7 +118,7 @@ unpack_state() {  # PARTS ROOT [MORE...]: once per machine for the same parts, s
 pack_all() {  # OUT: this loan's new records, the slices' logs and the unfinished runs' state, into OUT
   # each archive replaces the last one only once whole: a command killed while packing keeps the earlier one
   find results -newer "$stage/loan_t0" -name '*.json' | tar czf "$1/.results.tgz.tmp" -T - && mv "$1/.results.tgz.tmp" "$1/results.tgz"
-  (cd "$stage/loan_state" && tar czf "$1/.logs.tgz.tmp" --exclude=checkpoints --exclude=notebook.py .) \
+  (cd "$stage/loan_state" && tar czf "$1/.logs.tgz.tmp" --exclude=checkpoints --exclude=notebook.py --exclude=./.parts .) \
     && mv "$1/.logs.tgz.tmp" "$1/logs.tgz"
   pack_state "$stage/loan_state" "$1"
 }

@@ -116,6 +116,21 @@ def test_a_state_over_the_parts_cap_stays_and_the_others_still_travel(tmp_path: 
     assert "before packing" not in loan("pack-state", str(control), str(out), max_parts=10)
 
 
+def test_the_logs_leave_the_packed_parts_out(tmp_path: Path) -> None:
+    """The parts kept on the machine for send-back live in the state root; packed again into logs.tgz (by the
+    second pack-all of a command, after every slice and at the end) they would take the room the parts need."""
+    stage, out = tmp_path / "machine", tmp_path / "out"
+    out.mkdir()
+    make_run(stage / "loan_state", "b", finished=False, mib=2.5)
+    (stage / "loan_t0").touch()  # the command's start: records newer than it come back
+    for _ in range(2):
+        loan("pack-all", str(out), LOAN_TMP=str(stage))
+    assert (stage / "loan_state" / ".parts" / "state.manifest").exists()
+    with tarfile.open(out / "logs.tgz") as tar:
+        names = tar.getnames()
+    assert "./b/state.json" in names and not [n for n in names if ".parts" in n], names
+
+
 def test_a_state_bigger_than_one_call_carries_travels_in_batches_and_unpacks_only_whole(tmp_path: Path) -> None:
     """`prepare` checks the parts against their manifest and spreads them over .loan/state and .loan_in/1, 2, ...
     (scaled down: one call carries the repository and 2 parts); on the machine each `take` keeps a batch, and the
