@@ -110,8 +110,10 @@ def folder_mib(path: Path) -> float:
 
 
 def state_folder(root: Path, task: str) -> Path:
-    """The folder under `root` that holds `task`'s run state (image_generation/ddpm -> image_generation__ddpm)."""
-    return root / task.replace("/", "__")
+    """The folder under `root` that holds `task`'s run state (image_generation/ddpm -> image_generation__ddpm; with
+    DL_SEED=2, image_generation__ddpm__seed_2, as scripts/loan.sh names it)."""
+    seed = env_seed()
+    return root / (task.replace("/", "__") + (f"__seed_{seed}" if seed is not None else ""))
 
 
 def run_state(state_dir: Path) -> dict[str, Any] | None:
@@ -125,12 +127,36 @@ def save_state(state_dir: Path, state: dict[str, Any]) -> None:
     (state_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n")
 
 
+def env_seed() -> int | None:
+    """The seed `DL_SEED` asks for (the notebooks read it through common.seed_from_env), or None: the notebook's own."""
+    value = os.environ.get("DL_SEED", "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"DL_SEED={value!r} is not an integer seed") from None
+
+
+def record_target(task: str, name: str) -> Path:
+    """Where a finished run's record is committed: results/<task>/, or results/<task>/seed_<N>/ for another seed
+    (DL_SEED), beside the headline run's rather than in its place (the README and `next` read the task's folder)."""
+    seed = env_seed()
+    return REPO_ROOT / "results" / task / (f"seed_{seed}" if seed is not None else "") / name
+
+
 def load_state(state_dir: Path, task: str, preset: str, code: str) -> dict[str, Any]:
+    """The run's state in `state_dir`, or a new one. A state of another task, preset or seed (`DL_SEED`) is refused,
+    as is one whose notebook code has changed since its first slice."""
     state = run_state(state_dir)
     if state is None:
-        return {"task": task, "preset": preset, "notebook_code_sha256": code, "slices": [], "finished": False}
+        return {"task": task, "preset": preset, "seed": env_seed(), "notebook_code_sha256": code, "slices": [],
+                "finished": False}
     if (state["task"], state["preset"]) != (task, preset):
         raise SystemExit(f"{state_dir} holds a {state['preset']} run of {state['task']}, not {preset} of {task}")
+    if state.get("seed") != env_seed():
+        raise SystemExit(f"{state_dir} holds a run of seed {state.get('seed') or 'default'}, and DL_SEED asks for "
+                         f"{env_seed() or 'the default'}: give each seed a state folder of its own")
     if state["notebook_code_sha256"] != code:
         raise SystemExit(f"{task}'s notebook code changed since this run's first slice: its checkpoint is of other "
                          f"code; start again in an empty state folder")
@@ -222,6 +248,11 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
         print(f"{task}: the notebook ended without a stop and without a run record; log {log}")
         return 1
     record = json.loads(new[-1].read_text())
+    seed = env_seed()
+    if seed is not None and record.get("config", {}).get("seed") != seed:  # a notebook that does not read DL_SEED
+        print(f"{task}: DL_SEED={seed}, but the record's config has seed {record.get('config', {}).get('seed')}: "
+              f"this notebook does not read DL_SEED (common.seed_from_env); no record saved")
+        return 1
     of_steps = state["slices"][-1]["of_steps"] if state["slices"] else None
     entry.update(device=record["device"], to_step=of_steps, of_steps=of_steps,
                  train_seconds=slice_seconds(record["train_seconds"], done_train),
@@ -231,7 +262,7 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     new[-1].write_text(json.dumps(record, indent=2) + "\n")
     state.update(finished=True, record=new[-1].name)
     if save:
-        target = REPO_ROOT / "results" / task / new[-1].name
+        target = record_target(task, new[-1].name)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(new[-1], target)
         state["record"] = str(target.relative_to(REPO_ROOT))
@@ -355,6 +386,9 @@ def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: b
     (`missing_inputs`) and a task whose slice failed in this command are said and passed over, so none of them
     blocks the tasks after it. `after_slice`, a shell command, runs after every slice (loan.sh packs what
     finished). `budget` counts from `started` (default: now), as `run_slice`'s seconds do."""
+    if env_seed() is not None:
+        raise SystemExit("DL_SEED is set: the campaign runs each notebook's own seed; run another seed by name "
+                         "(campaign.py run TASK, or loan.sh run SECONDS TASK)")
     tasks, end, failed, said = campaign(), (time.time() if started is None else started) + budget, set(), set()
     while True:
         left = end - time.time()

@@ -9,6 +9,8 @@
 #                                             spends SECONDS on the named tasks in order (each `campaign.py run`
 #                                             with the seconds left, skipping a task whose shortest useful slice
 #                                             no longer fits), or on `campaign.py next` when no task is named
+#                                             (TASK@SEED: another seed, DL_SEED, for a notebook that reads it; its
+#                                             state folder and results/TASK/seed_SEED/ are its own)
 #
 # After each task the new records (results/), the slices' logs and state.json are packed into $OUT/results.tgz and
 # $OUT/logs.tgz, so a command stopped at its limit still returns what finished. Unpack results.tgz in the
@@ -217,14 +219,16 @@ run)
       --device "$device" --after-slice "bash scripts/loan.sh pack-all $out"
     pack_all "$out"
   fi
-  for task in "$@"; do
+  for spec in "$@"; do  # TASK, or TASK@SEED for another seed (DL_SEED; its own state folder and results/TASK/seed_SEED/)
+    task=${spec%@*} seed=""
+    [[ $spec == *@* ]] && seed=${spec#*@}
     left=$(( end - $(date +%s) ))
-    need=$(python3 scripts/campaign.py need "$task" --root "$stage/loan_state")  # a tail or a whole run that cannot travel
-    [ -n "$need" ] || { echo "skip $task: campaign.py need failed (see above)"; continue; }
-    if (( left < need )); then echo "skip $task: $left s left, its next slice needs $need s in one command"; continue; fi
-    echo "=== $task with $left s left ($(date -u +%T))"
-    python3 scripts/campaign.py run "$task" --seconds $left --state "$stage/loan_state/${task//\//__}" --data-dir $data \
-      --device "$device" --preset "$preset"
+    need=$(DL_SEED=$seed python3 scripts/campaign.py need "$task" --root "$stage/loan_state")  # a tail or a whole run that cannot travel
+    [ -n "$need" ] || { echo "skip $spec: campaign.py need failed (see above)"; continue; }
+    if (( left < need )); then echo "skip $spec: $left s left, its next slice needs $need s in one command"; continue; fi
+    echo "=== $spec with $left s left ($(date -u +%T))"
+    DL_SEED=$seed python3 scripts/campaign.py run "$task" --seconds $left --data-dir $data --device "$device" \
+      --preset "$preset" --state "$stage/loan_state/${task//\//__}${seed:+__seed_$seed}"
     pack_all "$out"
   done
   (cd "$stage/loan_state" && du -sh ./*/checkpoints 2>/dev/null)

@@ -683,3 +683,30 @@ def test_a_budget_counts_from_the_commands_start_not_from_after_its_imports(tmp_
     before = time.time()
     campaign.main(["next", "--budget", "600", "--root", str(tmp_path), "--device", "cpu"])
     assert before <= handed["started"] <= time.time()
+
+
+def test_another_seed_runs_in_its_own_state_folder_and_its_record_lands_beside_the_headline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second seed (DL_SEED, which the notebooks read) of a task whose headline run missed its target: its state
+    folder, its record's folder (results/<task>/seed_<N>/, which neither the README nor `next` reads as the
+    headline) and its state are its own; a state of the other seed is refused, and `next` refuses to run with a
+    seed set. Controls: without DL_SEED the folders are the headline's."""
+    monkeypatch.setattr(campaign, "REPO_ROOT", tmp_path)
+    monkeypatch.delenv("DL_SEED", raising=False)
+    task = "text_generation/char_gpt"
+    headline_state = campaign.state_folder(tmp_path, task)
+    assert headline_state.name == "text_generation__char_gpt"
+    assert campaign.record_target(task, "r.json") == tmp_path / "results" / task / "r.json"
+    headline_state.mkdir()
+    campaign.save_state(headline_state, campaign.load_state(headline_state, task, "full", "code"))
+    monkeypatch.setenv("DL_SEED", "1338")
+    assert campaign.state_folder(tmp_path, task).name == "text_generation__char_gpt__seed_1338"
+    assert campaign.record_target(task, "r.json") == tmp_path / "results" / task / "seed_1338" / "r.json"
+    assert campaign.load_state(tmp_path / "empty", task, "full", "code")["seed"] == 1338
+    with pytest.raises(SystemExit, match="seed default"):
+        campaign.load_state(headline_state, task, "full", "code")
+    with pytest.raises(SystemExit, match="DL_SEED is set"):
+        campaign.run_campaign(60, tmp_path, tmp_path, "cpu", save=False)
+    monkeypatch.setenv("DL_SEED", "x")
+    with pytest.raises(SystemExit, match="not an integer"):
+        campaign.env_seed()

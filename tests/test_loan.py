@@ -213,7 +213,8 @@ def test_prepare_records_whether_tracked_files_differ_from_the_commit(tmp_path: 
     assert prepare() == "true"  # the control: a tracked file changed since the commit
 
 
-def lent_machine_run(repo: Path, stage: Path, out: Path, bin_: Path, rc: int = 0, **extra: str) -> str:
+def lent_machine_run(repo: Path, stage: Path, out: Path, bin_: Path, rc: int = 0, spec: str = "",
+                     **extra: str) -> str:
     """`loan.sh run 300` on the template task as on a lent machine: the tree without `.git`, a fresh staging folder
     (a new machine), the CPU at `smoke` (LOAN_DEVICE, LOAN_PRESET) and the stand-ins in `bin_` first on the PATH."""
     git_dir, aside = repo / ".git", repo.parent / "git_aside"
@@ -221,7 +222,7 @@ def lent_machine_run(repo: Path, stage: Path, out: Path, bin_: Path, rc: int = 0
     try:
         env = {**os.environ, "OUT": str(out), "LOAN_TMP": str(stage), "LOAN_DEVICE": "cpu", "LOAN_PRESET": "smoke",
                "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}", **extra}
-        result = subprocess.run(["bash", "scripts/loan.sh", "run", "300", "templates/task_template"], cwd=repo,
+        result = subprocess.run(["bash", "scripts/loan.sh", "run", "300", "templates/task_template" + spec], cwd=repo,
                                 env=env, capture_output=True, text=True, timeout=300)
     finally:
         aside.rename(git_dir)
@@ -280,6 +281,13 @@ def test_the_lent_machines_half_runs_whole_here_and_a_run_cut_at_one_loan_finish
     assert record["preset"] == "smoke" and record["code"]["git_commit"] == commit
     assert record["code"]["git_dirty"] is False
     assert state["finished"] and len(state["slices"]) == 1
+    seeded = tmp_path / "seed_out"  # TASK@SEED: another seed, in its own state folder and results/TASK/seed_SEED/
+    assert "finished in 1 slice(s)" in lent_machine_run(repo, tmp_path / "machine_1", seeded, bin_, spec="@7")
+    with tarfile.open(seeded / "results.tgz") as tar:
+        [name] = [m.name for m in tar.getmembers() if m.isfile()]
+        assert name.startswith("results/templates/task_template/seed_7/")
+        assert json.load(tar.extractfile(name))["config"]["seed"] == 7
+    assert (tmp_path / "machine_1" / "loan_state" / "templates__task_template__seed_7" / "state.json").exists()
 
     cut = tmp_path / "cut_out"  # parts of 1 MiB, so that the state (about 2.4 MiB) takes several
     printed = lent_machine_run(repo, tmp_path / "machine_2", cut, bin_, DL_SLICE_STEPS="15", LOAN_PART_MIB="1")
