@@ -21,7 +21,7 @@
 # back from one command is at most 8 files of 16 MiB, 64 MiB in all, so each command returns the manifest and at most
 # 4 parts (LOAN_BACK_MIB, default 60, of parts) beside gpu.txt and the two archives; a bigger state stays packed on
 # the machine, and each further call `bash scripts/loan.sh send-back K` (no carry, on the still-warm machine) returns
-# the manifest and parts K to K+3. Fetch them all into one folder, then `LOAN_STATE=<that folder> bash
+# the manifest and parts K to K+3. Then `LOAN_STATE=<the calls' folders, colon-separated> bash
 # scripts/loan.sh prepare`: it checks the parts against the manifest and spreads them over .loan/state/ and, when
 # they do not fit beside the repository and the data in the 64 MiB one call carries, over .loan_in/1/, .loan_in/2/,
 # ...; it prints the calls: first one `bash scripts/loan.sh take .loan_in/K` per folder (carrying it), then `run`,
@@ -155,8 +155,10 @@ prepare)
   grep -qx '/.loan_in/' .git/info/exclude || echo '/.loan_in/' >>.git/info/exclude
   parts=""
   if [ -n "${LOAN_STATE:-}" ]; then  # parts fetched from an earlier loan's $OUT (and send-backs): its unfinished runs
-    parts=$(state_parts "$LOAN_STATE") || exit 1
+    IFS=: read -ra state_dirs <<<"$LOAN_STATE"  # one folder, or several (each call's files_at), colon-separated
+    parts=$(state_parts "${state_dirs[@]}") || exit 1
     [ -n "$parts" ] || { echo "error: no state parts in $LOAN_STATE"; exit 1; }
+    manifest=$(for d in "${state_dirs[@]}"; do [ -f "$d/state.manifest" ] && echo "$d/state.manifest"; done | head -1)
   fi
   git rev-parse HEAD >.loan/commit
   # whether tracked files differ from that commit (what a record's git_dirty means): the records made there say so
@@ -171,13 +173,13 @@ prepare)
   # into .loan_in/1, 2, ..., each carried by a call of its own before `run`
   room=$(( carry_mib * 1048576 - tree - loan )); batch=0
   if [ -n "$parts" ]; then
-    mkdir -p .loan/state && cp "$LOAN_STATE/state.manifest" .loan/state/
+    mkdir -p .loan/state && cp "$manifest" .loan/state/
     for p in $parts; do
       size=$(stat -c %s "$p")
       if (( size > carry_mib * 1048576 - tree )); then echo "error: $p alone is too big for one call"; exit 1; fi
       if (( size > room )); then
         batch=$(( batch + 1 )) room=$(( carry_mib * 1048576 - tree ))
-        mkdir -p .loan_in/$batch && cp "$LOAN_STATE/state.manifest" .loan_in/$batch/
+        mkdir -p .loan_in/$batch && cp "$manifest" .loan_in/$batch/
       fi
       cp "$p" "$( (( batch )) && echo .loan_in/$batch || echo .loan/state)/" && room=$(( room - size ))
     done

@@ -140,10 +140,10 @@ def test_a_state_bigger_than_one_call_carries_travels_in_batches_and_unpacks_onl
     back.mkdir()
     payload = make_run(root, "image_classification__vit", finished=False, mib=5.5)  # 6 parts of 1 MiB
     loan("pack-state", str(root), str(back))
-    (tmp_path / "back_2").mkdir()
-    loan("send-back", "4", str(root), str(tmp_path / "back_2"))
-    for p in (tmp_path / "back_2").iterdir():
-        shutil.copy2(p, back / p.name)  # both calls' files in one folder, as fetched here
+    back_2 = tmp_path / "back_2"
+    back_2.mkdir()
+    loan("send-back", "4", str(root), str(back_2))
+    both = f"{back}:{back_2}"  # each call's files in a folder of its own, as they come back here
     (repo / "scripts").mkdir(parents=True)
     data.mkdir()
     (repo / "scripts" / "loan.sh").write_text(LOAN.read_text())
@@ -155,12 +155,13 @@ def test_a_state_bigger_than_one_call_carries_travels_in_batches_and_unpacks_onl
     assert sum(p.stat().st_size for p in (repo / "scripts").iterdir()) < 2**19
     carry = "3"  # MiB a call: the repository and 2 parts of 1 MiB (and a little for the stand-in data)
 
-    def prepare(state: Path) -> subprocess.CompletedProcess:
+    def prepare(state: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, capture_output=True,
                               text=True, timeout=120,
                               env={**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1", "LOAN_STATE": str(state),
                                    "LOAN_CARRY_MIB": carry})
-    done = prepare(back)
+    assert "state parts missing: 04 05" in prepare(str(back)).stderr  # the control: the send-back's folder left out
+    done = prepare(both)
     assert done.returncode == 0, done.stdout + done.stderr
     printed = done.stdout
     batches = sorted((repo / ".loan_in").iterdir())
@@ -177,8 +178,9 @@ def test_a_state_bigger_than_one_call_carries_travels_in_batches_and_unpacks_onl
     assert (stage / "loan_state" / "image_classification__vit" / "checkpoints" / "model.pt").read_bytes() == payload
     with open(back / "state.tgz.part-03", "r+b") as f:  # the control: a part that is not the one packed
         f.write(b"x")
-    assert "differ from their manifest" in loan("unpack-state", str(back), str(tmp_path / "elsewhere"), ok=False)
-    refused = prepare(back)
+    assert "differ from their manifest" in loan("unpack-state", str(back), str(tmp_path / "elsewhere"), str(back_2),
+                                                ok=False)
+    refused = prepare(both)
     assert refused.returncode != 0 and "differ from their manifest" in refused.stdout + refused.stderr
 
 
