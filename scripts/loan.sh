@@ -19,7 +19,7 @@
 # Runs that outlast a loan: every unfinished run's state folder (checkpoints, kept side runs, state.json) is packed
 # too, into parts of LOAN_PART_MIB (default 15) MiB with a state.manifest (their number and checksum). What comes
 # back from one command is at most 8 files of 16 MiB, 64 MiB in all, so each command returns the manifest and at most
-# 4 parts (LOAN_BACK_MIB, default 60, of parts) beside gpu.txt and the two archives; a bigger state stays packed on
+# 4 parts (LOAN_BACK_MIB, default 60, of parts) beside the two archives; a bigger state stays packed on
 # the machine, and each further call `bash scripts/loan.sh send-back K` (no carry, on the still-warm machine) returns
 # the manifest and parts K to K+3. Then `LOAN_STATE=<the calls' folders, colon-separated> bash
 # scripts/loan.sh prepare`: it checks the parts against the manifest and spreads them over .loan/state/ and, when
@@ -43,23 +43,29 @@ back_mib=${LOAN_BACK_MIB:-60}  # MiB of parts that can come back: 64 MiB in all,
 max_parts=${LOAN_MAX_PARTS:-16}  # the most parts a state may take: 4 come back with the command, 4 more a send-back
 carry_mib=${LOAN_CARRY_MIB:-63}  # what `prepare` lets one call carry, the repository included: 64 MiB, 1 to spare
 most_back() { echo $(( back_mib / part_mib < 4 ? back_mib / part_mib : 4 )); }  # 8 files: 4 besides the parts
+(( back_mib >= part_mib )) || { echo "error: LOAN_PART_MIB=$part_mib is over LOAN_BACK_MIB=$back_mib: no part could come back"; exit 2; }
 pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut into parts kept in ROOT/.parts (on this
   # machine, for send-back) with their manifest; the first parts go into OUT. Nothing when none is unfinished.
-  local root=$1 out=$2 runs=() d tmp mib
-  for d in "$root"/*/; do
+  local root=$1 out=$2 runs=() d tmp mib total=0 man=$1/.parts/state.manifest changed=0
+  rm -rf "$root"/.parts-new.*  # a packing killed part-way
+  for d in "$root"/*/; do  # runs are added while together they fit the cap; float checkpoints gzip by a tenth at best
     [ -f "$d/state.json" ] || continue
     python3 -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['finished'])" "$d/state.json" || continue
     mib=$(du -sm --exclude=notebook.py "$d" | cut -f1)
-    if (( 4 * mib > 5 * max_parts * part_mib )); then  # float checkpoints gzip by a tenth at best
-      echo "warning: $(basename "$d"): $mib MiB before packing, more than the $(( max_parts * part_mib )) MiB of parts (LOAN_MAX_PARTS) a state may take: this state cannot travel and stays here"
+    if (( 4 * (total + mib) > 5 * max_parts * part_mib )); then
+      echo "warning: $(basename "$d"): $mib MiB before packing, beside $total MiB of other runs, more than the $(( max_parts * part_mib )) MiB of parts (LOAN_MAX_PARTS) that travel: this run's state stays on this machine"
       continue
     fi
-    runs+=("$(basename "$d")")
+    total=$(( total + mib )); runs+=("$(basename "$d")")
+    [ -f "$man" ] && [ -z "$(find "$d" -newer "$man" -print -quit)" ] || changed=1
   done
   if [ ${#runs[@]} -eq 0 ]; then rm -rf "$out"/state.tgz.part-* "$out/state.manifest" "$root/.parts"; return 0; fi
+  if (( !changed )) && [ "$(awk '$1 == "runs" {$1 = ""; print substr($0, 2)}' "$man")" = "${runs[*]}" ]; then
+    send_back 0 "$root" "$out"; return  # nothing changed since the last packing: the same parts again
+  fi
   tmp=$(mktemp -d "$root/.parts-new.XXXXXX")
   local ok=1
-  tar czf - -C "$root" --exclude=notebook.py "${runs[@]}" | split -b "${part_mib}M" -d -a 2 - "$tmp/state.tgz.part-" \
+  tar cf - -C "$root" --exclude=notebook.py "${runs[@]}" | gzip -1 | split -b "${part_mib}M" -d -a 2 - "$tmp/state.tgz.part-" \
     || ok=0  # more parts than two-digit names: far too many anyway
   local n; n=$(ls "$tmp"/state.tgz.part-* | wc -l)
   echo "state of ${runs[*]}: $(du -ch "$tmp"/state.tgz.part-* | tail -1 | cut -f1) in $n part(s) of at most $part_mib MiB"
@@ -69,7 +75,7 @@ pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut int
     rm -rf "$root/.parts" && mv "$tmp" "$root/.parts" && send_back 0 "$root" "$out"
   else  # kept out of OUT: too many bytes there could cost the records and logs that must come back
     rm -rf "$tmp"
-    echo "warning: $n parts, more than LOAN_MAX_PARTS=$max_parts: this state cannot travel and stays here"
+    echo "warning: $n parts, more than LOAN_MAX_PARTS=$max_parts: the state of ${runs[*]} stays on this machine"
   fi
 }
 send_back() {  # K ROOT OUT: the manifest and parts K to K+3 of ROOT's last packing into OUT (the manifest last:
@@ -78,8 +84,10 @@ send_back() {  # K ROOT OUT: the manifest and parts K to K+3 of ROOT's last pack
   [ -f "$root/.parts/state.manifest" ] || { echo "error: no packed state in $root/.parts on this machine"; return 1; }
   n=$(awk '$1 == "parts" {print $2}' "$root/.parts/state.manifest")
   rm -f "$out"/state.tgz.part-* "$out/state.manifest"
-  for (( k = first; k < first + most && k < n; k++ )); do cp "$root/.parts/state.tgz.part-$(printf %02d $k)" "$out/"; done
-  cp "$root/.parts/state.manifest" "$out/"
+  for (( k = first; k < first + most && k < n; k++ )); do
+    cp "$root/.parts/state.tgz.part-$(printf %02d $k)" "$out/" || return 1
+  done
+  cp "$root/.parts/state.manifest" "$out/" || return 1
   echo "state parts $first to $(( k - 1 )) of 0 to $(( n - 1 )) in $out"
   if (( k < n )); then
     local calls="" j
@@ -96,6 +104,12 @@ state_parts() {  # DIR...: print the paths of the parts the manifest in those fo
   # which are missing or whether the checksum differs, unless all are there. Nothing when no folder holds a part.
   local man="" d k n sha p found=() missing=()
   for d in "$@"; do [ -f "$d/state.manifest" ] && { man=$d/state.manifest; break; }; done
+  for d in "$@"; do  # every call returns the manifest: one that differs is of another packing
+    if [ -f "$d/state.manifest" ] && ! cmp -s "$d/state.manifest" "$man"; then
+      echo "error: $d/state.manifest differs from $man: the parts come from two packings (a command killed while packing, or another loan's)" >&2
+      return 1
+    fi
+  done
   if [ -z "$man" ]; then
     for d in "$@"; do ls "$d"/state.tgz.part-* >/dev/null 2>&1 && { echo "error: state parts in $d without their state.manifest" >&2; return 1; }; done
     return 0
@@ -120,7 +134,7 @@ unpack_state() {  # PARTS ROOT [MORE...]: once per machine for the same parts, s
 pack_all() {  # OUT: this loan's new records, the slices' logs and the unfinished runs' state, into OUT
   # each archive replaces the last one only once whole: a command killed while packing keeps the earlier one
   find results -newer "$stage/loan_t0" -name '*.json' | tar czf "$1/.results.tgz.tmp" -T - && mv "$1/.results.tgz.tmp" "$1/results.tgz"
-  (cd "$stage/loan_state" && tar czf "$1/.logs.tgz.tmp" --exclude=checkpoints --exclude=notebook.py --exclude=./.parts .) \
+  (cd "$stage/loan_state" && tar czf "$1/.logs.tgz.tmp" --exclude=checkpoints --exclude=notebook.py --exclude='./.parts*' .) \
     && mv "$1/.logs.tgz.tmp" "$1/logs.tgz"
   pack_state "$stage/loan_state" "$1"
 }
@@ -212,9 +226,11 @@ run)
     mkdir -p /usr/share/datasets/fashion-mnist && cp .loan/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/
   fi
   [ -f $data/build_cifar10_full.py ] && [ ! -f $data/cifar10.npz ] && (cd $data && python3 build_cifar10_full.py .)  # once a machine
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+  # gpu.txt travels back inside logs.tgz: beside the two archives, the manifest, 4 parts and an archive's temporary
+  # file while it is written, a file of its own would be a ninth
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$stage/loan_state/gpu.txt"
   # the version without importing torch: a cold first import on a fresh machine takes seconds the first task needs
-  python3 -c "import importlib.metadata as m; print('torch', m.version('torch'))" | tee -a "$out/gpu.txt"
+  python3 -c "import importlib.metadata as m; print('torch', m.version('torch'))" | tee -a "$stage/loan_state/gpu.txt"
   touch "$stage/loan_t0"
   if [ $# -eq 0 ]; then  # packed after every slice, so a command killed at its limit still returns what finished
     python3 scripts/campaign.py next --budget $(( end - $(date +%s) )) --root "$stage/loan_state" --data-dir $data \
@@ -224,6 +240,10 @@ run)
   for spec in "$@"; do  # TASK, or TASK@SEED for another seed (DL_SEED; its own state folder and results/TASK/seed_SEED/)
     task=${spec%@*} seed=""
     [[ $spec == *@* ]] && seed=${spec#*@}
+    if [ -n "$seed" ]; then  # as campaign.py reads it (int), so both name the same state folder: 02 is 2
+      [[ $seed =~ ^[0-9]+$ ]] || { echo "skip $spec: the seed is not a whole number"; continue; }
+      seed=$(( 10#$seed ))
+    fi
     left=$(( end - $(date +%s) ))
     need=$(DL_SEED=$seed python3 scripts/campaign.py need "$task" --root "$stage/loan_state")  # a tail or a whole run that cannot travel
     [ -n "$need" ] || { echo "skip $spec: campaign.py need failed (see above)"; continue; }
@@ -235,5 +255,5 @@ run)
   done
   (cd "$stage/loan_state" && du -sh ./*/checkpoints 2>/dev/null)
   ;;
-*) sed -n 2,24p "$0"; exit 2 ;;
+*) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2 ;;
 esac

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,9 @@ def test_unfinished_runs_travel_in_parts_that_can_come_back_and_unpack_exactly(t
 
 
 def test_nothing_unfinished_leaves_no_parts_and_a_big_state_comes_back_in_several_calls(tmp_path: Path) -> None:
-    """At most 4 parts come back with a command (8 files in all: gpu.txt, two archives, the manifest); the rest stay
-    packed on the machine and `send-back K` returns parts K to K+3, each call with the manifest."""
+    """At most 4 parts come back with a command (8 files in all: two archives, the manifest, a temporary file while an
+    archive is written); the rest stay packed on the machine and `send-back K` returns parts K to K+3, each call
+    with the manifest."""
     root, out = tmp_path / "state", tmp_path / "out"
     out.mkdir()
     (out / "state.tgz.part-0").write_bytes(b"stale")  # an earlier pack's part: the run has finished since
@@ -99,21 +101,58 @@ def test_each_call_returns_no_more_bytes_of_parts_than_can_come_back(tmp_path: P
     assert printed.strip().endswith("no carry: [bash scripts/loan.sh send-back 4]")
 
 
-def test_a_state_over_the_parts_cap_stays_and_the_others_still_travel(tmp_path: Path) -> None:
-    """A state over LOAN_MAX_PARTS parts would take too many calls: it stays, and the others still come back.
-    Scaled down (parts of 1 MiB, at most 4): a 6 MiB run stays, a 1.5 MiB run still travels."""
+def test_runs_over_the_parts_cap_together_stay_and_the_others_still_travel(tmp_path: Path) -> None:
+    """The cap (LOAN_MAX_PARTS) is on all runs' parts together: runs are taken while they fit, and one that does not
+    stays, with a warning naming it, while the others still come back. Scaled down (parts of 1 MiB, at most 4, so
+    5 MiB before packing): the 6 MiB DDPM alone is over; the flow (4 MiB) fits; the GAN (2 MiB) does not fit beside
+    it. The control: with room for all, none is set aside."""
     root, out, there = tmp_path / "state", tmp_path / "out", tmp_path / "next_loan"
     out.mkdir()
     make_run(root, "image_generation__ddpm", finished=False, mib=6)
-    small = make_run(root, "image_generation__gan", finished=False, mib=1.5)
+    flow = make_run(root, "image_generation__flow", finished=False, mib=3.5)
+    make_run(root, "image_generation__gan", finished=False, mib=1.5)
     printed = loan("pack-state", str(root), str(out), max_parts=4)
-    assert re.search(r"image_generation__ddpm: \d+ MiB before packing, more than the 4 MiB", printed)
+    assert re.search(r"image_generation__ddpm: \d+ MiB before packing, beside 0 MiB", printed)
+    assert re.search(r"image_generation__gan: \d+ MiB before packing, beside 4 MiB", printed)
     loan("unpack-state", str(out), str(there))
-    assert (there / "image_generation__gan" / "checkpoints" / "model.pt").read_bytes() == small
-    assert not (there / "image_generation__ddpm").exists()
-    control = tmp_path / "control"  # the same big run, with room for it: it is packed, not set aside
-    make_run(control, "image_generation__ddpm", finished=False, mib=6)
-    assert "before packing" not in loan("pack-state", str(control), str(out), max_parts=10)
+    assert (there / "image_generation__flow" / "checkpoints" / "model.pt").read_bytes() == flow
+    assert sorted(p.name for p in there.iterdir() if not p.name.startswith(".")) == ["image_generation__flow"]
+    assert "before packing" not in loan("pack-state", str(root), str(out), max_parts=20, back_mib=4)
+
+
+def test_an_unchanged_state_is_not_packed_again_and_a_changed_one_is(tmp_path: Path) -> None:
+    """pack-all runs after every slice: a state no slice touched since its last packing comes back as the same parts,
+    without gzipping it again (a 165 MiB state costs seconds each time); the control: a file written since, and
+    the state is packed again."""
+    root, out = tmp_path / "state", tmp_path / "out"
+    out.mkdir()
+    make_run(root, "b", finished=False, mib=2.5)
+    assert "state of b" in loan("pack-state", str(root), str(out))
+    for p in out.iterdir():
+        p.unlink()  # a later command on the same warm machine: its $OUT starts empty
+    printed = loan("pack-state", str(root), str(out))
+    assert "state of b" not in printed and part_names(out) == [f"state.tgz.part-0{k}" for k in range(3)]
+    time.sleep(1.1)  # file times in whole seconds on some file systems
+    (root / "b" / "state.json").write_text(json.dumps({"task": "b", "finished": False, "slices": [{}]}))
+    assert "state of b" in loan("pack-state", str(root), str(out))
+
+
+def test_parts_of_two_packings_and_parts_that_cannot_come_back_are_refused(tmp_path: Path) -> None:
+    """Every call returns the manifest; manifests that differ mean parts of two packings (a command killed while
+    packing, or another loan's), refused with the folder named. A part bigger than what comes back is refused
+    before anything runs."""
+    root, first, second = tmp_path / "state", tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    make_run(root, "b", finished=False, mib=5.5)
+    loan("pack-state", str(root), str(first))
+    time.sleep(1.1)
+    (root / "b" / "state.json").write_text(json.dumps({"task": "b", "finished": False, "slices": [{}]}))
+    (tmp_path / "unused").mkdir()
+    loan("pack-state", str(root), str(tmp_path / "unused"))  # a later packing, whose first parts never came back
+    loan("send-back", "4", str(root), str(second))
+    printed = loan("unpack-state", str(first), str(tmp_path / "there"), str(second), ok=False)
+    assert f"{second}/state.manifest differs from {first}/state.manifest" in printed
+    assert "no part could come back" in loan("pack-state", str(root), str(first), part_mib=2, back_mib=1, ok=False)
 
 
 def test_the_logs_leave_the_packed_parts_out(tmp_path: Path) -> None:
@@ -277,8 +316,9 @@ def test_the_lent_machines_half_runs_whole_here_and_a_run_cut_at_one_loan_finish
 
     whole = tmp_path / "whole_out"
     assert "finished in 1 slice(s)" in lent_machine_run(repo, tmp_path / "machine_1", whole, bin_)
-    assert sorted(p.name for p in whole.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz"]
-    assert "Stand-in" in (whole / "gpu.txt").read_text()
+    assert sorted(p.name for p in whole.iterdir()) == ["logs.tgz", "results.tgz"]
+    with tarfile.open(whole / "logs.tgz") as tar:
+        assert "Stand-in" in tar.extractfile("./gpu.txt").read().decode()
     [record], state = returned(whole)
     assert record["preset"] == "smoke" and record["code"]["git_commit"] == commit
     assert record["code"]["git_dirty"] is False
@@ -295,7 +335,7 @@ def test_the_lent_machines_half_runs_whole_here_and_a_run_cut_at_one_loan_finish
     printed = lent_machine_run(repo, tmp_path / "machine_2", cut, bin_, DL_SLICE_STEPS="15", LOAN_PART_MIB="1")
     assert "stopped at step 15 of 30" in printed
     parts = part_names(cut)
-    assert sorted(p.name for p in cut.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz", "state.manifest", *parts]
+    assert sorted(p.name for p in cut.iterdir()) == ["logs.tgz", "results.tgz", "state.manifest", *parts]
     assert len(parts) >= 2
     records, state = returned(cut)
     assert records == [] and not state["finished"]
@@ -314,7 +354,7 @@ def test_the_lent_machines_half_runs_whole_here_and_a_run_cut_at_one_loan_finish
         loan("take", str(batch), LOAN_TMP=str(machine))
     printed = lent_machine_run(repo, machine, resumed, bin_)
     assert "resumable state unpacked" in printed and "finished in 2 slice(s)" in printed, printed
-    assert sorted(p.name for p in resumed.iterdir()) == ["gpu.txt", "logs.tgz", "results.tgz"]
+    assert sorted(p.name for p in resumed.iterdir()) == ["logs.tgz", "results.tgz"]
     [two], state = returned(resumed)
     assert [s["from_step"] for s in two["slices"]] == [0, 15] and state["finished"]
     assert two["code"]["git_commit"] == commit and two["metrics"] == record["metrics"]
