@@ -10,6 +10,7 @@ predicts.
 
 from __future__ import annotations
 
+import ast
 import copy
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from notebook_cells import notebook_functions
+from notebook_cells import cell_sources, notebook_functions
 from torch import nn
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_generation" / "ddpm" / "ddpm.ipynb"
@@ -98,3 +99,34 @@ def test_last_step_with_snr_is_the_boundary_of_the_later_start() -> None:
     assert 1 / snr[t].sqrt() <= 100 < 1e4 < 1 / snr[1000].sqrt()
     assert f["last_step_with_snr"](abar, 0.0) == 1000
     assert f["last_step_with_snr"](abar, float(snr[1])) == 1
+
+
+class Bf16Net(nn.Module):
+    """A stand-in network whose output is bf16, as a GPU's under bf16 autocast is: the sampler must not inherit it."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (0.5 * x + 0.01 * y.view(-1, 1, 1, 1)).bfloat16()
+
+
+@pytest.mark.parametrize("w", [0.0, 3.0], ids=["unguided", "guided"])
+def test_the_sampler_s_arithmetic_stays_fp32_when_the_network_runs_in_bf16(w: float) -> None:
+    """The Setup says: with bf16, the network runs in bf16 and the sampler's own arithmetic (the guidance mix,
+    Eq. 6, x0_hat and the DDIM update) in fp32, so a guided mix (1 + w) a - w b is not rounded to bf16 (up to 2w + 1
+    times the network's own bf16 rounding). Control: the notebook's `predict` without its `.float()` calls hands
+    the sampler a bf16 prediction (fp32 and bf16 tensors then promote to fp32, so the DDIM state is fp32 either
+    way; the mix and sqrt(1 - abar) * eps were rounded to bf16)."""
+    f = functions(NOTEBOOK, "make_schedule", "predict", "split_prediction", "ddim_sample")
+    alpha_bars = f["make_schedule"]("cosine", 1000)["alpha_bars"].float()
+    y = torch.arange(4) % 10
+
+    def sample() -> torch.Tensor:
+        return f["ddim_sample"](Bf16Net(), y, 5, alpha_bars, w, 10, "eps", torch.Generator().manual_seed(0))
+    assert sample().dtype == torch.float32
+    assert f["predict"](Bf16Net(), torch.randn(4, 1, 28, 28), 500, y, w, 10).dtype == torch.float32
+    [source] = cell_sources(NOTEBOOK, select=lambda src: "def predict(" in src)
+    tree = ast.parse(source)
+    [node] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "predict"]
+    broken = ast.unparse(node).replace(".float()", "")
+    assert broken != ast.unparse(node)
+    exec(broken, f)  # ddim_sample finds `predict` in this namespace: now the one without .float()
+    assert f["predict"](Bf16Net(), torch.randn(4, 1, 28, 28), 500, y, w, 10).dtype == torch.bfloat16
