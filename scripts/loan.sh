@@ -28,7 +28,8 @@
 # whose unpacking gathers the parts from .loan/state and the taken ones and refuses (exit 3, before any training)
 # while any is missing, so `campaign.py` resumes those runs, never starts them again. Each extra call costs about
 # 10 s of the loan (measured 2026-11-29: 9 s between two calls on a warm H200, 49 MiB carried). LOAN_MAX_PARTS
-# (default 16, 240 MiB) caps a state: a run over it stays where it is, with a warning.
+# (default 16, 240 MiB) caps the parts of all runs together: a run that does not fit beside the others stays where
+# it is, with a warning naming it.
 #
 #   bash scripts/loan.sh pack-state ROOT OUT     the packing alone (run calls it): ROOT's unfinished runs -> OUT
 #   bash scripts/loan.sh send-back K [ROOT OUT]  parts K to K+3 of ROOT's last packing (default: run's) -> OUT
