@@ -384,12 +384,15 @@ def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: b
     """Spend `budget` seconds: resume unfinished runs, then start new ones, while a useful slice still fits. An
     unfinished run that cannot be resumed now (`cannot_resume`), a task whose data or packages this machine lacks
     (`missing_inputs`) and a task whose slice failed in this command are said and passed over, so none of them
-    blocks the tasks after it. `after_slice`, a shell command, runs after every slice (loan.sh packs what
-    finished). `budget` counts from `started` (default: now), as `run_slice`'s seconds do."""
+    blocks the tasks after it. A slice that stopped unfinished ends that task's turn in this command, not the
+    command: one that stopped early (a side run too long for the time left: `common.SideRuns.pending`) leaves the
+    rest of the budget to the next task that fits. `after_slice`, a shell command, runs after every slice (loan.sh
+    packs what finished). `budget` counts from `started` (default: now), as `run_slice`'s seconds do."""
     if env_seed() is not None:
         raise SystemExit("DL_SEED is set: the campaign runs each notebook's own seed; run another seed by name "
                          "(campaign.py run TASK, or loan.sh run SECONDS TASK)")
     tasks, end, failed, said = campaign(), (time.time() if started is None else started) + budget, set(), set()
+    stopped: set[str] = set()  # tasks whose slice stopped unfinished in this command: their turn is over
     while True:
         left = end - time.time()
         order = []
@@ -397,6 +400,7 @@ def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: b
             missing = missing_inputs(tasks[task], data_dir)
             reason = (f"this machine lacks {', '.join(missing)}" if missing
                       else "its slice failed in this command (see its log)" if task in failed
+                      else "its slice stopped in this command" if task in stopped
                       else cannot_resume(task, tasks[task], state_folder(root, task), left) if why == "resume" else None)
             if reason and (task, reason) not in said:
                 said.add((task, reason))
@@ -415,7 +419,7 @@ def run_campaign(budget: float, root: Path, data_dir: Path, device: str, save: b
             subprocess.run(after_slice, shell=True, check=False)
         state = run_state(state_folder(root, task)) or {"finished": False}
         if rc == 0 and not state["finished"]:
-            return 1 if failed else 0  # a slice that stopped at its deadline used the budget
+            stopped.add(task)  # at its deadline nothing else fits; stopped early, the rest goes to another task
 
 
 def list_campaign(root: Path | None) -> None:

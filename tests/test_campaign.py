@@ -710,3 +710,33 @@ def test_another_seed_runs_in_its_own_state_folder_and_its_record_lands_beside_t
     monkeypatch.setenv("DL_SEED", "x")
     with pytest.raises(SystemExit, match="not an integer"):
         campaign.env_seed()
+
+
+def test_a_slice_that_stops_early_leaves_the_rest_of_the_budget_to_the_next_task(tmp_path: Path, monkeypatch) -> None:
+    """A slice may stop long before its deadline: a side run (a training-deep-nets section) too long for the time
+    left is not started. The command used to end there, leaving minutes of a loan unused; now the stopped task's
+    turn ends and the next task that fits gets the rest. Control: a slice that used the budget leaves nothing, so
+    nothing more starts."""
+    tasks = {"a/sections": {"needs": []}, "b/next": {"needs": []}}
+
+    def run(uses: float) -> list[str]:
+        ran: list[str] = []
+        root = tmp_path / f"root_{uses}"
+
+        def fake_slice(task, seconds, state_dir, data_dir, **kwargs):
+            ran.append(task)
+            state_dir.mkdir(parents=True, exist_ok=True)
+            campaign.save_state(state_dir, {"finished": False})
+            clock[0] += uses * seconds  # the fake clock: this slice used that share of what was left
+            return 0
+        clock = [time.time()]
+        monkeypatch.setattr(campaign.time, "time", lambda: clock[0])
+        monkeypatch.setattr(campaign, "run_slice", fake_slice)
+        monkeypatch.setattr(campaign, "plan", lambda tasks, root, budget: [
+            (t, "resume" if campaign.state_folder(root, t).exists() else "start") for t in tasks if budget >= 180])
+        assert campaign.run_campaign(540, root, tmp_path, "cuda", save=False, started=clock[0]) == 0
+        return ran
+    monkeypatch.setattr(campaign, "campaign", lambda: tasks)
+    monkeypatch.setattr(campaign, "missing_inputs", lambda entry, data_dir: [])
+    assert run(0.4) == ["a/sections", "b/next"]  # stopped after 216 s of 540: the next task gets the 324 s left
+    assert run(0.99) == ["a/sections"]  # the control: at its deadline, nothing more fits
