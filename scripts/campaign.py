@@ -248,9 +248,9 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
         print(f"{task}: the notebook ended without a stop and without a run record; log {log}")
         return 1
     record = json.loads(new[-1].read_text())
-    seed = env_seed()
-    if seed is not None and record.get("config", {}).get("seed") != seed:  # a notebook that does not read DL_SEED
-        print(f"{task}: DL_SEED={seed}, but the record's config has seed {record.get('config', {}).get('seed')}: "
+    seed, ran = env_seed(), record.get("config", {}).get("seed")
+    if seed is not None and ran != seed:  # a notebook that does not read DL_SEED
+        print(f"{task}: DL_SEED={seed}, but the record's config has seed {ran}: "
               f"this notebook does not read DL_SEED (common.seed_from_env); no record saved")
         return 1
     of_steps = state["slices"][-1]["of_steps"] if state["slices"] else None

@@ -103,7 +103,7 @@ take() {  # DIR: parts carried in DIR (a .loan_in/K of `prepare`), kept on this 
 }
 state_parts() {  # DIR...: print the paths of the parts the manifest in those folders lists, in order; fail, saying
   # which are missing or whether the checksum differs, unless all are there. Nothing when no folder holds a part.
-  local man="" d k n sha p found=() missing=()
+  local man="" d k n sha p name found=() missing=()
   for d in "$@"; do [ -f "$d/state.manifest" ] && { man=$d/state.manifest; break; }; done
   for d in "$@"; do  # every call returns the manifest: one that differs is of another packing
     if [ -f "$d/state.manifest" ] && ! cmp -s "$d/state.manifest" "$man"; then
@@ -117,8 +117,9 @@ state_parts() {  # DIR...: print the paths of the parts the manifest in those fo
   fi
   n=$(awk '$1 == "parts" {print $2}' "$man"); sha=$(awk '$1 == "sha256" {print $2}' "$man")
   for (( k = 0; k < n; k++ )); do
-    p=""; for d in "$@"; do [ -f "$d/state.tgz.part-$(printf %02d $k)" ] && { p=$d/state.tgz.part-$(printf %02d $k); break; }; done
-    if [ -n "$p" ]; then found+=("$p"); else missing+=("$(printf %02d $k)"); fi
+    p="" name=state.tgz.part-$(printf %02d $k)
+    for d in "$@"; do [ -f "$d/$name" ] && { p=$d/$name; break; }; done
+    if [ -n "$p" ]; then found+=("$p"); else missing+=("${name#state.tgz.part-}"); fi
   done
   if (( ${#missing[@]} )); then echo "error: state parts missing: ${missing[*]} (of $n, manifest $man)" >&2; return 1; fi
   [ "$(cat "${found[@]}" | sha256sum | cut -d' ' -f1)" = "$sha" ] || { echo "error: the state parts differ from their manifest $man" >&2; return 1; }
@@ -128,7 +129,8 @@ unpack_state() {  # PARTS ROOT [MORE...]: once per machine for the same parts, s
   # made since; fails (nothing unpacked) while a part the manifest lists is missing
   local root=$2 list mark; list=$(state_parts "$1" "${@:3}") || return 1
   [ -n "$list" ] || return 0
-  mark="$root/.unpacked-$(cat $list | sha256sum | cut -c1-16)"
+  # the parts' checksum, as state_parts just checked it (each folder of parts holds the manifest): not hashed again
+  mark="$root/.unpacked-$(awk '$1 == "sha256" {print substr($2, 1, 16)}' "$(dirname "${list%%$'\n'*}")/state.manifest")"
   if [ -e "$mark" ]; then echo "resumable state already unpacked on this machine: $(ls "$root")"; return 0; fi
   mkdir -p "$root" && cat $list | tar xzf - -C "$root" && touch "$mark" && echo "resumable state unpacked: $(ls "$root")"
 }

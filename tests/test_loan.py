@@ -32,6 +32,13 @@ def loan(*args: str, part_mib: int = 1, back_mib: int = 60, max_parts: int = 16,
     return result.stdout + result.stderr
 
 
+def prepare(repo: Path, data: Path, **env: str) -> subprocess.CompletedProcess:
+    """`loan.sh prepare` in `repo` (its own copy of the script) with `data` as the datasets folder: no Fashion-MNIST
+    and no wheel downloads in a test."""
+    return subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1", **env})
+
+
 def part_names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("state.tgz.part-*"))
 
@@ -194,13 +201,10 @@ def test_a_state_bigger_than_one_call_carries_travels_in_batches_and_unpacks_onl
     assert sum(p.stat().st_size for p in (repo / "scripts").iterdir()) < 2**19
     carry = "3"  # MiB a call: the repository and 2 parts of 1 MiB (and a little for the stand-in data)
 
-    def prepare(state: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, capture_output=True,
-                              text=True, timeout=120,
-                              env={**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1", "LOAN_STATE": str(state),
-                                   "LOAN_CARRY_MIB": carry})
-    assert "state parts missing: 04 05" in prepare(str(back)).stderr  # the control: the send-back's folder left out
-    done = prepare(both)
+    def prepare_with(state: str) -> subprocess.CompletedProcess:
+        return prepare(repo, data, LOAN_STATE=state, LOAN_CARRY_MIB=carry)
+    assert "state parts missing: 04 05" in prepare_with(str(back)).stderr  # control: the send-back's folder left out
+    done = prepare_with(both)
     assert done.returncode == 0, done.stdout + done.stderr
     printed = done.stdout
     batches = sorted((repo / ".loan_in").iterdir())
@@ -219,7 +223,7 @@ def test_a_state_bigger_than_one_call_carries_travels_in_batches_and_unpacks_onl
         f.write(b"x")
     assert "differ from their manifest" in loan("unpack-state", str(back), str(tmp_path / "elsewhere"), str(back_2),
                                                 ok=False)
-    refused = prepare(both)
+    refused = prepare_with(both)
     assert refused.returncode != 0 and "differ from their manifest" in refused.stdout + refused.stderr
 
 
@@ -239,19 +243,17 @@ def test_prepare_records_whether_tracked_files_differ_from_the_commit(tmp_path: 
     for name in ("mnist.npz", "tinyshakespeare.txt"):
         (data / name).write_text("stand-in\n")
 
-    def prepare() -> str:
-        env = {**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1"}  # no data or wheel downloads in a test
-        result = subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, capture_output=True,
-                                text=True, timeout=120, env=env)
+    def dirty() -> str:
+        result = prepare(repo, data)
         assert result.returncode == 0, result.stdout + result.stderr
         return (repo / ".loan" / "dirty").read_text().strip()
     git(repo, "init", "-q")
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "one")
     (repo / "notes.txt").write_text("untracked\n")
-    assert prepare() == "false" and (repo / ".loan" / "commit").read_text().strip() == git(repo, "rev-parse", "HEAD")
+    assert dirty() == "false" and (repo / ".loan" / "commit").read_text().strip() == git(repo, "rev-parse", "HEAD")
     (repo / "scripts" / "loan.sh").write_text(LOAN.read_text() + "\n# an uncommitted change\n")
-    assert prepare() == "true"  # the control: a tracked file changed since the commit
+    assert dirty() == "true"  # the control: a tracked file changed since the commit
 
 
 def lent_machine_run(repo: Path, stage: Path, out: Path, bin_: Path, rc: int = 0, spec: str = "",
@@ -303,11 +305,7 @@ def test_the_lent_machines_half_runs_whole_here_and_a_run_cut_at_one_loan_finish
     git(repo, "commit", "-q", "-m", "one")
     commit = git(repo, "rev-parse", "HEAD")
 
-    def prepare(**extra: str) -> None:
-        env = {**os.environ, "LOAN_FASHION": "0", "PIP_NO_INDEX": "1", **extra}
-        subprocess.run(["bash", "scripts/loan.sh", "prepare", str(data)], cwd=repo, env=env, check=True,
-                       capture_output=True, timeout=120)
-    prepare()
+    prepare(repo, data).check_returncode()
     bin_.mkdir()
     (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho 'name, memory.total [MiB], driver_version'\necho 'Stand-in, 0 MiB, 0'\n")
     (bin_ / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # this test's Python, torch and all
@@ -343,7 +341,8 @@ def test_the_lent_machines_half_runs_whole_here_and_a_run_cut_at_one_loan_finish
     tracked = git(repo, "ls-files").split()
     size = sum((repo / f).stat().st_size for f in tracked) + sum(
         p.stat().st_size for p in (repo / ".loan").rglob("*") if p.is_file())
-    prepare(LOAN_STATE=str(cut), LOAN_CARRY_MIB=str(math.ceil(size / 2**20 + 1.5)))  # room for a part at most
+    prepare(repo, data, LOAN_STATE=str(cut),
+            LOAN_CARRY_MIB=str(math.ceil(size / 2**20 + 1.5))).check_returncode()  # room for a part at most
     assert (repo / ".loan_in" / "1").is_dir()  # the other parts: in a batch of their own, carried by a call
     machine = tmp_path / "machine_3"
     resumed = tmp_path / "resumed_out"
