@@ -173,8 +173,11 @@ def _compile_error_types() -> tuple[type[BaseException], ...]:
     `InductorError`) and Inductor's own (lowering, C++/CUDA compile errors). Imported only when needed."""
     found: list[type[BaseException]] = []
     try:
-        from torch._dynamo.exc import TorchDynamoException
-        found.append(TorchDynamoException)
+        from torch._dynamo import exc as dynamo_exc
+        found.append(dynamo_exc.TorchDynamoException)
+        limit_hit = getattr(dynamo_exc, "FailOnRecompileLimitHit", None)  # not a TorchDynamoException (torch 2.14)
+        if isinstance(limit_hit, type) and issubclass(limit_hit, BaseException):
+            found.append(limit_hit)
     except ImportError:
         pass
     try:
@@ -211,6 +214,39 @@ def is_compile_error(error: BaseException) -> bool:
 
 _COMPILE_OUTCOMES: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()  # by model
 _OUTCOMES_IN_ORDER: list[dict[str, Any]] = []  # every model's outcome, also once the model is garbage-collected
+RECOMPILES_PER_MODEL = 8  # Dynamo's default recompile_limit: compiled graphs one function may keep, per model
+_COMPILED_MODELS = [0]  # models `maybe_compile` has handed to torch.compile in this process
+
+
+def _recompile_limit_hit(error: BaseException) -> bool:
+    return any(type(e).__name__ == "FailOnRecompileLimitHit" for e in _chain(error))
+
+
+def _dynamo_setting(*names: str) -> str | None:
+    """The first of `names` that torch._dynamo.config has, else None (torch 2.14 keeps the older names
+    `cache_size_limit` and `fail_on_cache_limit_hit` as aliases; earlier versions may have only those)."""
+    import torch._dynamo
+
+    return next((name for name in names if hasattr(torch._dynamo.config, name)), None)
+
+
+def _allow_recompiles_for_one_more_model() -> None:
+    """Dynamo keeps at most `recompile_limit` compiled graphs per Python function, and models of one class share
+    their `forward`: the ViT's ablations (another patch size, depth or pooling) each need a graph of their own. Past
+    the limit Dynamo would run the function eagerly with a logged warning only. So each compiled model raises the
+    limit by Dynamo's default (never lowers it), and a hit that still happens raises (`fail_on_recompile_limit_hit`,
+    for every compiled function of the process: the notebooks compile only through `maybe_compile`), which
+    `_CompiledOrEager` turns into a fallback on the record."""
+    import torch._dynamo
+
+    _COMPILED_MODELS[0] += 1
+    limit, fail = _dynamo_setting("recompile_limit", "cache_size_limit"), _dynamo_setting(
+        "fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
+    if limit is not None:
+        setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit),
+                                                 RECOMPILES_PER_MODEL * _COMPILED_MODELS[0]))
+    if fail is not None:
+        setattr(torch._dynamo.config, fail, True)
 
 
 class _CompiledOrEager:
@@ -220,6 +256,7 @@ class _CompiledOrEager:
 
     def __init__(self, model: nn.Module, outcome: dict[str, Any]) -> None:
         self.model = model
+        _allow_recompiles_for_one_more_model()
         self.compiled = torch.compile(model)
         self.failed = False
         self.verified = False  # a whole training step has run compiled (through guarded_step)
@@ -229,6 +266,10 @@ class _CompiledOrEager:
         self.failed = True
         first_line = (str(error).strip().splitlines() or [""])[0][:160]
         reason = f"{type(error).__name__} in the {where}: {first_line}"
+        if _recompile_limit_hit(error):
+            limit = _dynamo_setting("recompile_limit", "cache_size_limit")
+            reason = (f"Dynamo's {limit} ({getattr(torch._dynamo.config, limit)} compiled graphs per function) was "
+                      f"reached in the {where}")
         self.outcome.update(status="fell_back", reason=reason)
         print(f"torch.compile failed ({reason}); running the model eagerly")
 
@@ -258,7 +299,9 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Call
     plain ones). The first compiled call compiles, so time it as the run's `compile` span. Run the training
     step through `guarded_step(train_model, step)`, at least the first one: Inductor compiles the backward
     only during the first `loss.backward()`, and only there can a failure of it fall back. The run record's
-    `compile` field says whether the run was compiled or fell back, and why (`compile_report()`).
+    `compile` field says whether the run was compiled or fell back, and why (`compile_report()`). Each compiled
+    model raises Dynamo's `recompile_limit` by 8, so that models of one class but other shapes do not silently
+    run eagerly once the limit is reached; a hit that still happens falls back like a compile error, on the record.
     """
     outcome: dict[str, Any] = {"model": type(model).__name__, "requested": bool(enabled), "status": "eager",
                                "reason": None if enabled else "not requested"}

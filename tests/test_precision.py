@@ -307,6 +307,67 @@ def test_a_real_torch_compile_whose_backward_fails_to_compile_falls_back(monkeyp
     assert_same_state(model, eager)
 
 
+@pytest.fixture
+def dynamo_fresh(monkeypatch, compile_possible):
+    """Dynamo as a new process has it, with a recompile limit of 1 to reach it quickly, a real torch.compile on
+    Dynamo's eager backend (no C++ compiler needed), and Dynamo's caches, counters and settings put back after."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", False)
+    monkeypatch.setattr(precision, "_COMPILED_MODELS", [0])
+    real_compile = torch.compile
+    monkeypatch.setattr(precision.torch, "compile", lambda model: real_compile(model, backend="eager"))
+    yield counters
+    torch._dynamo.reset()
+    counters.clear()
+
+
+def train_linears(widths: tuple[int, ...]) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
+    """One guarded training step of an nn.Linear(4, w) per width, all compiled (they share Linear.forward): each
+    model's compile outcome, its output and the eager output of a copy of the same model."""
+    results = []
+    for width in widths:
+        torch.manual_seed(width)
+        model, x = nn.Linear(4, width), torch.randn(3, 4)
+        expected = nn.Linear(4, width).requires_grad_(False)
+        expected.load_state_dict(model.state_dict())
+        train_model = maybe_compile(model, True, CPU)
+        out = guarded_step(train_model, lambda: train_model(x))
+        out.sum().backward()
+        results.append((dict(precision._COMPILE_OUTCOMES[model]), out.detach(), expected(x)))
+    return results
+
+
+def test_models_of_one_class_but_other_shapes_each_run_compiled(dynamo_fresh, monkeypatch, capsys):
+    results = train_linears((2, 5, 7))  # three shapes of one forward: three graphs, over a limit of 1
+    assert [outcome["status"] for outcome, _, _ in results] == ["compiled"] * 3
+    assert dynamo_fresh["stats"]["unique_graphs"] == 3  # each model ran a graph of its own: none ran eagerly
+    assert all(torch.allclose(out, expected) for _, out, expected in results)
+    assert torch._dynamo.config.recompile_limit == 3 * precision.RECOMPILES_PER_MODEL and capsys.readouterr().out == ""
+
+
+def test_a_recompile_limit_hit_is_a_fallback_on_the_record(dynamo_fresh, monkeypatch, capsys):
+    monkeypatch.setattr(precision, "RECOMPILES_PER_MODEL", 0)  # the limit stays at 1: the second model reaches it
+    (first, _, _), (second, out, expected) = train_linears((2, 5))
+    assert first["status"] == "compiled" and second["status"] == "fell_back"
+    assert "recompile_limit (1 compiled graphs per function) was reached in the forward" in second["reason"]
+    assert "running the model eagerly" in capsys.readouterr().out
+    assert torch.allclose(out, expected) and dynamo_fresh["stats"]["unique_graphs"] == 1
+
+
+def test_control_without_the_guard_a_limit_hit_leaves_a_record_that_says_compiled(dynamo_fresh, monkeypatch):
+    """What the two tests above rule out: Dynamo's own behaviour, the limit unchanged and no hard failure."""
+    monkeypatch.setattr(precision, "_allow_recompiles_for_one_more_model", lambda: None)
+    (first, _, _), (second, out, expected) = train_linears((2, 5))
+    assert first["status"] == second["status"] == "compiled"  # the record says compiled...
+    assert dynamo_fresh["stats"]["unique_graphs"] == 1  # ...but the second model ran eagerly
+    assert torch.allclose(out, expected)
+
+
 def test_out_of_memory_and_model_bugs_surface_as_themselves(monkeypatch, capsys, compile_possible):
     for error in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                   ValueError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x2)")):
