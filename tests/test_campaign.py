@@ -712,6 +712,34 @@ def test_another_seed_runs_in_its_own_state_folder_and_its_record_lands_beside_t
         campaign.env_seed()
 
 
+def test_a_record_of_another_seed_than_dl_seed_asks_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A notebook that does not read DL_SEED runs its own seed: its record would land in results/<task>/seed_<N>/
+    under a seed that never ran. The slice ends with exit 1 and saves nothing. Control: the same slice whose
+    record has the seed asked for is saved there."""
+    notebook = tmp_path / "field" / "task" / "task.ipynb"
+    notebook.parent.mkdir(parents=True)
+    notebook.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    monkeypatch.setattr(campaign, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {"field/task": notebook})
+    monkeypatch.setenv("DL_SEED", "5")
+
+    def run(seed_in_record: int) -> tuple[int, Path]:
+        record = {"config": {"seed": seed_in_record}, "device": "cpu", "train_seconds": 1.0, "timings": {}}
+        monkeypatch.setattr(campaign, "slice_script", lambda path, resume: (  # the notebook: writes its record
+            "import json, os, pathlib\n"
+            f"pathlib.Path(os.environ['DL_RUNS_DIR'], 'r{seed_in_record}.json').write_text({json.dumps(record)!r})\n"))
+        state = tmp_path / "state" / f"ran_{seed_in_record}"
+        return campaign.run_slice("field/task", 60, state, tmp_path, "smoke", "cpu"), state
+
+    rc, state = run(0)
+    assert rc == 1 and not (tmp_path / "results").exists()
+    assert "DL_SEED=5, but the record's config has seed 0" in capsys.readouterr().out
+    assert not json.loads((state / "state.json").read_text())["finished"]
+    rc, state = run(5)  # the control
+    assert rc == 0 and (tmp_path / "results" / "field" / "task" / "seed_5" / "r5.json").is_file()
+    assert json.loads((state / "state.json").read_text())["finished"]
+
+
 def test_a_slice_that_stops_early_leaves_the_rest_of_the_budget_to_the_next_task(tmp_path: Path, monkeypatch) -> None:
     """A slice may stop long before its deadline: a side run (a training-deep-nets section) too long for the time
     left is not started. The command used to end there, leaving minutes of a loan unused; now the stopped task's
