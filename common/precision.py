@@ -10,6 +10,10 @@
 - `fp32`: the CPU, Apple MPS, and CUDA GPUs older than 7.0 (no tensor cores). The same calls are
   made; autocast is simply disabled and the scaler passes everything through.
 
+A rehearsal of the GPU's bf16 path on a CPU: with `DL_CPU_AUTOCAST=bf16` the CPU's mode is 'bf16' (CPU autocast in
+bf16, as `scripts/gpu_check.py --cpu-bf16` runs every notebook's smoke preset), which finds dtype mismatches that
+would otherwise first show on a borrowed GPU. Its records say device cpu, precision bf16: not a GPU measurement.
+
 A notebook that trains under `autocast(device)` always creates `scaler = grad_scaler(device)` and calls
 `scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`: that is correct in every mode.
 
@@ -35,11 +39,17 @@ from common.seed import rng_state, set_rng_state
 
 BF16_MIN_CAPABILITY = (8, 0)  # native bf16 tensor cores from Ampere on
 FP16_MIN_CAPABILITY = (7, 0)  # fp16 tensor cores from Volta on; below, fp32
+CPU_AUTOCAST_ENV = "DL_CPU_AUTOCAST"  # "bf16": the CPU rehearses a GPU's bf16 autocast (module docstring)
 
 
 def precision_mode(device: torch.device) -> str:
     """'bf16', 'fp16' or 'fp32': the precision the forward pass runs in on `device` (see the module docstring)."""
     device = torch.device(device)
+    if device.type == "cpu":
+        rehearsal = os.environ.get(CPU_AUTOCAST_ENV, "").strip()
+        if rehearsal not in ("", "bf16"):
+            raise ValueError(f"{CPU_AUTOCAST_ENV}={rehearsal!r}: only 'bf16' (or unset) is allowed")
+        return rehearsal or "fp32"
     if device.type != "cuda":
         return "fp32"
     capability = tuple(torch.cuda.get_device_capability(device))

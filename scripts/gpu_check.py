@@ -4,6 +4,7 @@
     python scripts/gpu_check.py --data-dir /path/to/data --full image_generation/vae text_generation/char_gpt
     python scripts/gpu_check.py --data-dir /path/to/data --full all --timeout 3600
     python scripts/gpu_check.py --device cpu --only templates/task_template    # the same path on a CPU (tests)
+    python scripts/gpu_check.py --cpu-bf16      # every smoke on the CPU in bf16 autocast: a rehearsal before a loan
 
 It needs no Jupyter and no internet: each notebook's code cells are concatenated into a plain Python script
 (PyTorch, NumPy, Matplotlib and tqdm are enough for most; the seq2seq notebook also needs `num2words`, the
@@ -123,6 +124,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="after the smoke runs, run these tasks' `full` presets ('all' for every task)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                         help="cuda (default) or cpu: the CPU runs the same path, for testing")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="run on the CPU with autocast in bf16 (DL_CPU_AUTOCAST=bf16), as an Ampere+ GPU would: "
+                             "dtype errors show here before a loan; smoke only")
     parser.add_argument("--timeout", type=int, default=3 * 3600, help="seconds per notebook run (default 3 h)")
     parser.add_argument("--no-save", action="store_true", help="do not copy `full` records into results/")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (scripts, logs, records)")
@@ -131,6 +135,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.cpu_bf16:
+        if args.full:
+            print("--cpu-bf16 is a rehearsal at smoke: its records are no measurement of a GPU; drop --full")
+            return 2
+        args.device = "cpu"
     available = notebooks()
     tasks = args.only or list(available)
     full = [t for t in available if not t.startswith("templates/")] if args.full == ["all"] else args.full
@@ -155,10 +164,11 @@ def main(argv: list[str]) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         return NO_CUDA
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu" + (" (bf16 autocast)" * args.cpu_bf16)
     print(f"device: {device_name}, torch {torch.__version__}")
     env = {**os.environ, "DL_DATA_DIR": str(data_dir), "DL_DEVICE": args.device, "MPLBACKEND": "Agg",
            "DL_CHECKPOINT_DIR": str(workdir / "checkpoints"), "PYTHONUNBUFFERED": "1",
+           "DL_CPU_AUTOCAST": "bf16" if args.cpu_bf16 else "",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
 
     results = []

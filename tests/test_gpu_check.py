@@ -61,7 +61,19 @@ def test_the_same_path_runs_on_the_cpu_and_keeps_results_untouched():
     result = run("--device", "cpu", "--only", "templates/task_template", "--no-save")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "templates/task_template" in result.stdout and "1 of 1 runs passed on cpu" in result.stdout
+    assert " fp32 " in next(line for line in result.stdout.splitlines() if line.startswith("templates/task_template"))
     assert sorted((REPO_ROOT / "results").rglob("*")) == before
+
+
+def test_the_cpu_bf16_rehearsal_runs_the_notebook_in_bf16_autocast():
+    """`--cpu-bf16`: the template's smoke on the CPU with its autocast in bf16, as on an Ampere+ GPU (the record's
+    precision says what ran; the CPU-path test above is its control: fp32). No `full` run: it is no measurement."""
+    result = run("--cpu-bf16", "--only", "templates/task_template", "--no-save")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 of 1 runs passed on cpu (bf16 autocast)" in result.stdout
+    assert " bf16 " in next(line for line in result.stdout.splitlines() if line.startswith("templates/task_template"))
+    refused = run("--cpu-bf16", "--only", "templates/task_template", "--full", "templates/task_template")
+    assert refused.returncode == 2 and "drop --full" in refused.stdout
 
 
 def test_a_cuda_run_whose_compile_fell_back_fails_the_check():

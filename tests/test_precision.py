@@ -19,6 +19,19 @@ def test_cpu_runs_in_full_precision():
     assert out.dtype == torch.float32
 
 
+def test_the_cpu_rehearses_the_gpus_bf16_path_only_when_asked(monkeypatch):
+    monkeypatch.setenv("DL_CPU_AUTOCAST", "bf16")
+    assert precision_mode(CPU) == "bf16" and amp_dtype(CPU) is torch.bfloat16
+    with autocast(CPU):
+        assert nn.Linear(4, 3)(torch.randn(2, 4)).dtype == torch.bfloat16
+    assert not grad_scaler(CPU).is_enabled()  # bf16 needs no loss scaling, as on the GPU
+    monkeypatch.setenv("DL_CPU_AUTOCAST", "fp16")
+    with pytest.raises(ValueError, match="only 'bf16'"):
+        precision_mode(CPU)
+    monkeypatch.setenv("DL_CPU_AUTOCAST", "")  # the control: unset, the CPU runs fp32
+    assert precision_mode(CPU) == "fp32"
+
+
 def test_grad_scaler_is_a_pass_through_on_cpu():
     scaler = grad_scaler(CPU)
     assert not scaler.is_enabled()
