@@ -13,6 +13,7 @@
 A rehearsal of the GPU's bf16 path on a CPU: with `DL_CPU_AUTOCAST=bf16` the CPU's mode is 'bf16' (CPU autocast in
 bf16, as `scripts/gpu_check.py --cpu-bf16` runs every notebook's smoke preset), which finds dtype mismatches that
 would otherwise first show on a borrowed GPU. Its records say device cpu, precision bf16: not a GPU measurement.
+`DL_CPU_COMPILE=aot_eager` likewise rehearses `torch.compile` (`maybe_compile`).
 
 A notebook that trains under `autocast(device)` always creates `scaler = grad_scaler(device)` and calls
 `scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`: that is correct in every mode.
@@ -40,6 +41,7 @@ from common.seed import rng_state, set_rng_state
 BF16_MIN_CAPABILITY = (8, 0)  # native bf16 tensor cores from Ampere on
 FP16_MIN_CAPABILITY = (7, 0)  # fp16 tensor cores from Volta on; below, fp32
 CPU_AUTOCAST_ENV = "DL_CPU_AUTOCAST"  # "bf16": the CPU rehearses a GPU's bf16 autocast (module docstring)
+CPU_COMPILE_ENV = "DL_CPU_COMPILE"  # "aot_eager": the CPU rehearses a GPU's torch.compile (maybe_compile)
 
 
 def precision_mode(device: torch.device) -> str:
@@ -264,10 +266,10 @@ class _CompiledOrEager:
     says so in one line, records why, and runs the eager model from then on. Attributes are those of the eager
     model. `guarded_step` extends the guard to a whole training step (the backward is compiled lazily)."""
 
-    def __init__(self, model: nn.Module, outcome: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, outcome: dict[str, Any], backend: str | None = None) -> None:
         self.model = model
         _allow_recompiles_for_one_more_model()
-        self.compiled = torch.compile(model)
+        self.compiled = torch.compile(model) if backend is None else torch.compile(model, backend=backend)
         self.failed = False
         self.verified = False  # a whole training step has run compiled (through guarded_step)
         self.outcome = outcome
@@ -312,21 +314,36 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Call
     `compile` field says whether the run was compiled or fell back, and why (`compile_report()`). Each compiled
     model raises Dynamo's `recompile_limit` by 8, so that models of one class but other shapes do not silently
     run eagerly once the limit is reached; a hit that still happens falls back like a compile error, on the record.
+
+    With `DL_CPU_COMPILE=aot_eager` on the CPU every model is compiled, asked or not, by Dynamo and AOTAutograd
+    without code generation (`backend="aot_eager"`): a rehearsal of the GPU's tracing, guards, recompilations and
+    fallbacks (`scripts/gpu_check.py --cpu-bf16`), not a speed-up; the outcome then carries `rehearsal`.
     """
     outcome: dict[str, Any] = {"model": type(model).__name__, "requested": bool(enabled), "status": "eager",
                                "reason": None if enabled else "not requested"}
     earlier = _COMPILE_OUTCOMES.get(model)
     _OUTCOMES_IN_ORDER[:] = [o for o in _OUTCOMES_IN_ORDER if o is not earlier] + [outcome]  # a model counts once
     _COMPILE_OUTCOMES[model] = outcome
-    if not enabled:
+    rehearsal = _compile_rehearsal(torch.device(device))
+    if rehearsal is not None:
+        outcome["rehearsal"] = rehearsal
+    elif not enabled:
         return model
-    reason = compile_unavailable_reason(device)
+    reason = None if rehearsal is not None else compile_unavailable_reason(device)
     if reason is not None:
         outcome.update(status="unavailable", reason=reason)
         print(f"torch.compile unavailable ({reason}); running the model eagerly")
         return model
     outcome.update(status="compiled_unverified", reason="no training step has run through guarded_step")
-    return _CompiledOrEager(model, outcome)
+    return _CompiledOrEager(model, outcome, backend=rehearsal)
+
+
+def _compile_rehearsal(device: torch.device) -> str | None:
+    """'aot_eager' when `DL_CPU_COMPILE` asks the CPU to rehearse a GPU's compiled path, else None."""
+    value = os.environ.get(CPU_COMPILE_ENV, "").strip()
+    if value not in ("", "aot_eager"):
+        raise ValueError(f"{CPU_COMPILE_ENV}={value!r}: only 'aot_eager' (or unset) is allowed")
+    return value if value and device.type == "cpu" else None
 
 
 def _snapshot(model: nn.Module) -> dict[str, Any]:

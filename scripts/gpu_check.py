@@ -4,7 +4,7 @@
     python scripts/gpu_check.py --data-dir /path/to/data --full image_generation/vae text_generation/char_gpt
     python scripts/gpu_check.py --data-dir /path/to/data --full all --timeout 3600
     python scripts/gpu_check.py --device cpu --only templates/task_template    # the same path on a CPU (tests)
-    python scripts/gpu_check.py --cpu-bf16      # every smoke on the CPU in bf16 autocast: a rehearsal before a loan
+    python scripts/gpu_check.py --cpu-bf16      # every smoke on the CPU in bf16 autocast, compiled: a rehearsal
 
 It needs no Jupyter and no internet: each notebook's code cells are concatenated into a plain Python script
 (PyTorch, NumPy, Matplotlib and tqdm are enough for most; the seq2seq notebook also needs `num2words`, the
@@ -86,16 +86,19 @@ def run_one(task: str, script: Path, preset: str, env: dict[str, str], workdir: 
 
 def check_record(result: dict, device: str) -> None:
     """A run on CUDA must have trained on CUDA, and a model it asked to compile must not have fallen back to
-    eager mode (or found torch.compile unavailable); anything else is a failure of the check."""
+    eager mode (or found torch.compile unavailable); anything else is a failure of the check. So must a model of
+    the CPU's compile rehearsal (`--cpu-bf16`)."""
     record = result["record"]
     if result["status"] != "ok":
         return
     if record["device_type"] != device:
         result["status"] = f"failed (record says device {record['device_type']}, expected {device})"
         return
-    not_compiled = [m for m in (record.get("compile") or {}).get("models", [])
-                    if m["requested"] and m["status"] in ("fell_back", "unavailable")]
-    if device == "cuda" and not_compiled:
+    models = (record.get("compile") or {}).get("models", [])
+    rehearsed = [m for m in models if "rehearsal" in m]  # --cpu-bf16: every model compiled, asked or not
+    not_compiled = [m for m in models
+                    if (m["requested"] or "rehearsal" in m) and m["status"] in ("fell_back", "unavailable")]
+    if (device == "cuda" or rehearsed) and not_compiled:
         result["status"] = f"failed (compile {not_compiled[0]['status']}: {not_compiled[0]['reason']})"
 
 
@@ -125,8 +128,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                         help="cuda (default) or cpu: the CPU runs the same path, for testing")
     parser.add_argument("--cpu-bf16", action="store_true",
-                        help="run on the CPU with autocast in bf16 (DL_CPU_AUTOCAST=bf16), as an Ampere+ GPU would: "
-                             "dtype errors show here before a loan; smoke only")
+                        help="run on the CPU with autocast in bf16 (DL_CPU_AUTOCAST=bf16), as an Ampere+ GPU would, "
+                             "and every model through torch.compile's Dynamo and AOTAutograd (DL_CPU_COMPILE=aot_eager, "
+                             "no code generation): dtype and tracing errors show here before a loan; smoke only")
     parser.add_argument("--timeout", type=int, default=3 * 3600, help="seconds per notebook run (default 3 h)")
     parser.add_argument("--no-save", action="store_true", help="do not copy `full` records into results/")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (scripts, logs, records)")
@@ -164,11 +168,12 @@ def main(argv: list[str]) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         return NO_CUDA
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu" + (" (bf16 autocast)" * args.cpu_bf16)
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu" + (
+        " (bf16 autocast, aot_eager compile)" * args.cpu_bf16)
     print(f"device: {device_name}, torch {torch.__version__}")
     env = {**os.environ, "DL_DATA_DIR": str(data_dir), "DL_DEVICE": args.device, "MPLBACKEND": "Agg",
            "DL_CHECKPOINT_DIR": str(workdir / "checkpoints"), "PYTHONUNBUFFERED": "1",
-           "DL_CPU_AUTOCAST": "bf16" if args.cpu_bf16 else "",
+           "DL_CPU_AUTOCAST": "bf16" if args.cpu_bf16 else "", "DL_CPU_COMPILE": "aot_eager" if args.cpu_bf16 else "",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
 
     results = []

@@ -381,6 +381,39 @@ def test_control_without_the_guard_a_limit_hit_leaves_a_record_that_says_compile
     assert torch.allclose(out, expected)
 
 
+def test_the_cpu_rehearses_the_compiled_path_of_every_model_only_when_asked(monkeypatch, capsys, runs_tmp):
+    """DL_CPU_COMPILE=aot_eager: a model its notebook does not ask to compile (smoke on a CPU) goes through Dynamo and
+    AOTAutograd, and its step equals the eager one; the record says so. Control: unset, it stays the eager model."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    eager = make_net()
+    eager_loss = train_one_step(eager, eager)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", False)
+    monkeypatch.setenv("DL_CPU_COMPILE", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        model = make_net()
+        train_model = maybe_compile(model, False, CPU)
+        loss = train_one_step(train_model, model)
+        graphs = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    assert train_model is not model and graphs >= 1 and capsys.readouterr().out == ""
+    assert torch.allclose(loss, eager_loss) and all(torch.allclose(a, b) for a, b in
+                                                    zip(model.state_dict().values(), eager.state_dict().values()))
+    assert precision._COMPILE_OUTCOMES[model] == {"model": "Sequential", "requested": False, "status": "compiled",
+                                                  "reason": None, "rehearsal": "aot_eager"}
+    monkeypatch.setenv("DL_CPU_COMPILE", "inductor")
+    with pytest.raises(ValueError, match="only 'aot_eager'"):
+        maybe_compile(make_net(), True, CPU)
+    monkeypatch.delenv("DL_CPU_COMPILE")  # the control
+    off = make_net()
+    assert maybe_compile(off, False, CPU) is off and "rehearsal" not in precision._COMPILE_OUTCOMES[off]
+
+
 def test_out_of_memory_and_model_bugs_surface_as_themselves(monkeypatch, capsys, compile_possible):
     for error in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                   ValueError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x2)")):
