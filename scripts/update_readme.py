@@ -99,11 +99,23 @@ def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
         for toml_path in sorted((root / category).glob("*/task.toml")):
             folder = toml_path.parent.relative_to(root).as_posix()
             meta = tomllib.loads(toml_path.read_text())
-            records = [json.loads(p.read_text()) for p in sorted((root / "results" / folder).glob("*.json"))]
+            paths = sorted((root / "results" / folder).glob("*.json"))
+            records = [json.loads(p.read_text()) for p in paths]
+            for path, record in zip(paths, records):
+                if rehearsal(record):
+                    raise SystemExit(f"{path.relative_to(root)}: a CPU rehearsal of the GPU path (DL_CPU_AUTOCAST, "
+                                     "DL_CPU_COMPILE; scripts/gpu_check.py --cpu-bf16), no measurement: remove it")
             notebook = toml_path.parent / meta["notebook"]
             now = notebook_code_sha256(notebook) if notebook.exists() else None
             tasks.append(Task(folder, meta, records, now, frozenset(code_aliases.current_codes(folder, now, aliases))))
     return tasks
+
+
+def rehearsal(record: dict) -> bool:
+    """Whether the record comes from a CPU run that rehearsed the GPU's bf16 autocast or torch.compile."""
+    models = (record.get("compile") or {}).get("models", [])
+    return (record.get("device_type") == "cpu" and record.get("precision", "fp32") != "fp32") or any(
+        "rehearsal" in m for m in models)
 
 
 def older_code(record: dict, task: Task) -> bool:

@@ -132,6 +132,28 @@ def test_a_gpu_time_that_ran_eagerly_after_a_compile_fallback_says_so(tmp_path: 
     assert "eager" not in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
 
 
+def test_a_record_of_a_cpu_rehearsal_of_the_gpu_path_is_refused(tmp_path: Path) -> None:
+    """A CPU run in bf16 autocast or through the compile rehearsal (gpu_check.py --cpu-bf16) measured nothing a
+    reader may take for a GPU's or a CPU's time: its record in results/ stops the README. Control: the same record
+    in fp32 without a rehearsal is a CPU record like any other."""
+    add_task(tmp_path, "gan", "fid", [{"precision": "bf16"}])
+    with pytest.raises(SystemExit, match="a CPU rehearsal of the GPU path"):
+        update_readme.load_tasks(tmp_path)
+    compiled = {"status": "compiled", "models": [{"model": "G", "requested": False, "status": "compiled",
+                                                  "reason": None, "rehearsal": "aot_eager"}]}
+    (tmp_path / "results" / "image_generation" / "gan" / "0.json").write_text(json.dumps(
+        {"task": "image_generation/gan", "preset": "quick", "device": "cpu", "device_type": "cpu", "data": "MNIST",
+         "train_seconds": 60.0, "timing": "steps-only/v1", "metrics": {"fid": 50.0}, "finished_at": "2026-01-01",
+         "precision": "fp32", "compile": compiled}))
+    with pytest.raises(SystemExit, match="a CPU rehearsal of the GPU path"):
+        update_readme.load_tasks(tmp_path)
+    del compiled["models"][0]["rehearsal"]  # the control
+    record = json.loads((tmp_path / "results" / "image_generation" / "gan" / "0.json").read_text())
+    record["compile"] = compiled
+    (tmp_path / "results" / "image_generation" / "gan" / "0.json").write_text(json.dumps(record))
+    assert "1.0 min (cpu)" in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+
+
 def test_a_run_in_slices_on_two_gpus_is_listed_under_each_and_never_as_a_4090(tmp_path: Path) -> None:
     slices = [{"device": "NVIDIA GeForce RTX 4090", "train_seconds": 100.0},
               {"device": "NVIDIA H100 80GB HBM3", "train_seconds": 260.0}]
