@@ -42,6 +42,7 @@ BF16_MIN_CAPABILITY = (8, 0)  # native bf16 tensor cores from Ampere on
 FP16_MIN_CAPABILITY = (7, 0)  # fp16 tensor cores from Volta on; below, fp32
 CPU_AUTOCAST_ENV = "DL_CPU_AUTOCAST"  # "bf16": the CPU rehearses a GPU's bf16 autocast (module docstring)
 CPU_COMPILE_ENV = "DL_CPU_COMPILE"  # "aot_eager": the CPU rehearses a GPU's torch.compile (maybe_compile)
+LIMIT_HIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")  # Dynamo's, by torch version (new, older)
 
 
 def precision_mode(device: torch.device) -> str:
@@ -187,9 +188,10 @@ def _compile_error_types() -> tuple[type[BaseException], ...]:
     try:
         from torch._dynamo import exc as dynamo_exc
         found.append(dynamo_exc.TorchDynamoException)
-        limit_hit = getattr(dynamo_exc, "FailOnRecompileLimitHit", None)  # not a TorchDynamoException (torch 2.14)
-        if isinstance(limit_hit, type) and issubclass(limit_hit, BaseException):
-            found.append(limit_hit)
+        for name in LIMIT_HIT_ERRORS:  # not TorchDynamoExceptions
+            cls = getattr(dynamo_exc, name, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                found.append(cls)
     except ImportError:
         pass
     try:
@@ -231,7 +233,7 @@ _COMPILED_MODELS = [0]  # models `maybe_compile` has handed to torch.compile in 
 
 
 def _recompile_limit_hit(error: BaseException) -> bool:
-    return any(type(e).__name__ == "FailOnRecompileLimitHit" for e in _chain(error))
+    return any(type(e).__name__ in LIMIT_HIT_ERRORS for e in _chain(error))
 
 
 def _dynamo_setting(*names: str) -> str | None:
