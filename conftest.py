@@ -91,7 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SNAPSHOT] = tree_snapshot()
     extra = [str(user_data_dir().resolve()), os.environ.get("DL_EXTRA_DATA_DIRS", "")]
     os.environ["DL_PRESET"] = "smoke"
-    for name in ("DL_CPU_AUTOCAST", "DL_CPU_COMPILE", "DL_SEED"):  # a user's rehearsal or second seed: not in tests
+    for name in ("DL_REHEARSE_GPU", "DL_SEED"):  # a user's GPU rehearsal or second seed must not reach the tests
         os.environ.pop(name, None)
     os.environ["DL_RUNS_DIR"] = str(sandbox / "runs")
     os.environ["DL_CHECKPOINT_DIR"] = str(sandbox / "checkpoints")

@@ -10,10 +10,11 @@
 - `fp32`: the CPU, Apple MPS, and CUDA GPUs older than 7.0 (no tensor cores). The same calls are
   made; autocast is simply disabled and the scaler passes everything through.
 
-A rehearsal of the GPU's bf16 path on a CPU: with `DL_CPU_AUTOCAST=bf16` the CPU's mode is 'bf16' (CPU autocast in
-bf16, as `scripts/gpu_check.py --cpu-bf16` runs every notebook's smoke preset), which finds dtype mismatches that
-would otherwise first show on a borrowed GPU. Its records say device cpu, precision bf16: not a GPU measurement.
-`DL_CPU_COMPILE=aot_eager` likewise rehearses `torch.compile` (`maybe_compile`).
+A rehearsal of an Ampere+ GPU's path on a CPU (`DL_REHEARSE_GPU=1`, as `scripts/gpu_check.py --rehearse` runs every
+notebook's smoke preset): the CPU's mode is 'bf16' (CPU autocast in bf16), `maybe_compile` puts every model through
+Dynamo and AOTAutograd, and `to_channels_last` converts, so that a dtype mismatch, a tracing error or a layout bug
+shows here instead of in a borrowed GPU's minutes. Its records say device cpu, precision bf16 and `gpu_rehearsal`:
+no measurement (`scripts/update_readme.py` refuses them). TF32 and Inductor's generated kernels are not rehearsed.
 
 A notebook that trains under `autocast(device)` always creates `scaler = grad_scaler(device)` and calls
 `scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`: that is correct in every mode.
@@ -40,19 +41,23 @@ from common.seed import rng_state, set_rng_state
 
 BF16_MIN_CAPABILITY = (8, 0)  # native bf16 tensor cores from Ampere on
 FP16_MIN_CAPABILITY = (7, 0)  # fp16 tensor cores from Volta on; below, fp32
-CPU_AUTOCAST_ENV = "DL_CPU_AUTOCAST"  # "bf16": the CPU rehearses a GPU's bf16 autocast (module docstring)
-CPU_COMPILE_ENV = "DL_CPU_COMPILE"  # "aot_eager": the CPU rehearses a GPU's torch.compile (maybe_compile)
+REHEARSAL_ENV = "DL_REHEARSE_GPU"  # "1": the CPU rehearses an Ampere+ GPU's path (the module docstring)
 LIMIT_HIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")  # Dynamo's, by torch version (new, older)
+
+
+def gpu_rehearsal(device: torch.device) -> bool:
+    """Whether `device` is a CPU rehearsing an Ampere+ GPU's path (`DL_REHEARSE_GPU=1`; module docstring)."""
+    value = os.environ.get(REHEARSAL_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{REHEARSAL_ENV}={value!r}: only 1 (rehearse) or 0 / unset (do not) is allowed")
+    return value == "1" and torch.device(device).type == "cpu"
 
 
 def precision_mode(device: torch.device) -> str:
     """'bf16', 'fp16' or 'fp32': the precision the forward pass runs in on `device` (see the module docstring)."""
     device = torch.device(device)
-    if device.type == "cpu":
-        rehearsal = os.environ.get(CPU_AUTOCAST_ENV, "").strip()
-        if rehearsal not in ("", "bf16"):
-            raise ValueError(f"{CPU_AUTOCAST_ENV}={rehearsal!r}: only 'bf16' (or unset) is allowed")
-        return rehearsal or "fp32"
+    if gpu_rehearsal(device):
+        return "bf16"
     if device.type != "cuda":
         return "fp32"
     capability = tuple(torch.cuda.get_device_capability(device))
@@ -137,9 +142,9 @@ def to_channels_last(obj: nn.Module | torch.Tensor, device: torch.device) -> nn.
     channels_last (NHWC) lets cuDNN use its fastest convolution kernels. Elsewhere `obj` is
     returned unchanged: on the CPU the gain depends on the network (measured on a 2-core AMD
     EPYC: 1.12x for a ResNet-20 training step, 1.55x for SimCLR's encoder), so notebooks that
-    want it there convert explicitly, as `resnet` and `simclr` do.
+    want it there convert explicitly, as `resnet` and `simclr` do. A CPU rehearsing the GPU's path converts too.
     """
-    if torch.device(device).type != "cuda":
+    if torch.device(device).type != "cuda" and not gpu_rehearsal(device):
         return obj
     if isinstance(obj, torch.Tensor):
         return obj.contiguous(memory_format=torch.channels_last) if obj.dim() == 4 else obj
@@ -317,16 +322,16 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Call
     model raises Dynamo's `recompile_limit` by 8, so that models of one class but other shapes do not silently
     run eagerly once the limit is reached; a hit that still happens falls back like a compile error, on the record.
 
-    With `DL_CPU_COMPILE=aot_eager` on the CPU every model is compiled, asked or not, by Dynamo and AOTAutograd
-    without code generation (`backend="aot_eager"`): a rehearsal of the GPU's tracing, guards, recompilations and
-    fallbacks (`scripts/gpu_check.py --cpu-bf16`), not a speed-up; the outcome then carries `rehearsal`.
+    On a CPU rehearsing the GPU's path (`DL_REHEARSE_GPU=1`) every model is compiled, asked or not, by Dynamo and
+    AOTAutograd without code generation (`backend="aot_eager"`): a rehearsal of the GPU's tracing, guards,
+    recompilations and fallbacks (`scripts/gpu_check.py --rehearse`), not a speed-up; the outcome carries `rehearsal`.
     """
     outcome: dict[str, Any] = {"model": type(model).__name__, "requested": bool(enabled), "status": "eager",
                                "reason": None if enabled else "not requested"}
     earlier = _COMPILE_OUTCOMES.get(model)
     _OUTCOMES_IN_ORDER[:] = [o for o in _OUTCOMES_IN_ORDER if o is not earlier] + [outcome]  # a model counts once
     _COMPILE_OUTCOMES[model] = outcome
-    rehearsal = _compile_rehearsal(torch.device(device))
+    rehearsal = "aot_eager" if gpu_rehearsal(device) else None
     if rehearsal is not None:
         outcome["rehearsal"] = rehearsal
     elif not enabled:
@@ -338,14 +343,6 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Call
         return model
     outcome.update(status="compiled_unverified", reason="no training step has run through guarded_step")
     return _CompiledOrEager(model, outcome, backend=rehearsal)
-
-
-def _compile_rehearsal(device: torch.device) -> str | None:
-    """'aot_eager' when `DL_CPU_COMPILE` asks the CPU to rehearse a GPU's compiled path, else None."""
-    value = os.environ.get(CPU_COMPILE_ENV, "").strip()
-    if value not in ("", "aot_eager"):
-        raise ValueError(f"{CPU_COMPILE_ENV}={value!r}: only 'aot_eager' (or unset) is allowed")
-    return value if value and device.type == "cpu" else None
 
 
 def _snapshot(model: nn.Module) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from common.checkpoint import atomic_write
 from common.paths import REPO_ROOT, runs_dir
 from common.device import describe_device, synchronize
 from common.fid_classifier import scored_classifiers
-from common.precision import compile_report, precision_ran
+from common.precision import compile_report, gpu_rehearsal, precision_ran
 
 TIMING_POLICY = "steps-only/v1"
 TIMING_POLICY_TEXT = ("train_seconds = optimisation steps only (forward, backward, optimiser, on-device batching); "
@@ -334,6 +334,7 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         # what the forward passes ran in: the dtype common.autocast ran in (bf16, fp16 with loss scaling), else fp32
         "precision": precision if precision is not None else precision_ran(),
         "compile": compile_report(),  # compiled, or fell back to eager (and why), per maybe_compile'd model
+        **({"gpu_rehearsal": True} if gpu_rehearsal(device) else {}),  # DL_REHEARSE_GPU: no measurement
         "timing": TIMING_POLICY,
         "timing_policy": TIMING_POLICY_TEXT,
         "train_seconds": round(clock["train"], 2),

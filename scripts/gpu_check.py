@@ -4,7 +4,7 @@
     python scripts/gpu_check.py --data-dir /path/to/data --full image_generation/vae text_generation/char_gpt
     python scripts/gpu_check.py --data-dir /path/to/data --full all --timeout 3600
     python scripts/gpu_check.py --device cpu --only templates/task_template    # the same path on a CPU (tests)
-    python scripts/gpu_check.py --cpu-bf16      # every smoke on the CPU in bf16 autocast, compiled: a rehearsal
+    python scripts/gpu_check.py --rehearse      # every smoke on the CPU as on an Ampere+ GPU: a rehearsal
 
 It needs no Jupyter and no internet: each notebook's code cells are concatenated into a plain Python script
 (PyTorch, NumPy, Matplotlib and tqdm are enough for most; the seq2seq notebook also needs `num2words`, the
@@ -87,7 +87,7 @@ def run_one(task: str, script: Path, preset: str, env: dict[str, str], workdir: 
 def check_record(result: dict, device: str) -> None:
     """A run on CUDA must have trained on CUDA, and a model it asked to compile must not have fallen back to
     eager mode (or found torch.compile unavailable); anything else is a failure of the check. So must a model of
-    the CPU's compile rehearsal (`--cpu-bf16`)."""
+    the CPU's compile rehearsal (`--rehearse`)."""
     record = result["record"]
     if result["status"] != "ok":
         return
@@ -95,7 +95,7 @@ def check_record(result: dict, device: str) -> None:
         result["status"] = f"failed (record says device {record['device_type']}, expected {device})"
         return
     models = (record.get("compile") or {}).get("models", [])
-    rehearsed = [m for m in models if "rehearsal" in m]  # --cpu-bf16: every model compiled, asked or not
+    rehearsed = [m for m in models if "rehearsal" in m]  # --rehearse: every model compiled, asked or not
     not_compiled = [m for m in models
                     if (m["requested"] or "rehearsal" in m) and m["status"] in ("fell_back", "unavailable")]
     if (device == "cuda" or rehearsed) and not_compiled:
@@ -127,10 +127,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="after the smoke runs, run these tasks' `full` presets ('all' for every task)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                         help="cuda (default) or cpu: the CPU runs the same path, for testing")
-    parser.add_argument("--cpu-bf16", action="store_true",
-                        help="run on the CPU with autocast in bf16 (DL_CPU_AUTOCAST=bf16), as an Ampere+ GPU would, "
-                             "and every model through torch.compile's Dynamo and AOTAutograd (DL_CPU_COMPILE=aot_eager, "
-                             "no code generation): dtype and tracing errors show here before a loan; smoke only")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="run on the CPU as an Ampere+ GPU would (DL_REHEARSE_GPU=1): autocast in bf16, every "
+                             "model through torch.compile's Dynamo and AOTAutograd (no code generation), channels_last; "
+                             "dtype, tracing and layout errors show here before a loan; smoke only")
     parser.add_argument("--timeout", type=int, default=3 * 3600, help="seconds per notebook run (default 3 h)")
     parser.add_argument("--no-save", action="store_true", help="do not copy `full` records into results/")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (scripts, logs, records)")
@@ -139,9 +139,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if args.cpu_bf16:
+    if args.rehearse:
         if args.full:
-            print("--cpu-bf16 is a rehearsal at smoke: its records are no measurement of a GPU; drop --full")
+            print("--rehearse is a rehearsal at smoke: its records are no measurement of a GPU; drop --full")
             return 2
         args.device = "cpu"
     available = notebooks()
@@ -169,11 +169,11 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         return NO_CUDA
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu" + (
-        " (bf16 autocast, aot_eager compile)" * args.cpu_bf16)
+        " (rehearsing a GPU: bf16 autocast, aot_eager compile, channels_last)" * args.rehearse)
     print(f"device: {device_name}, torch {torch.__version__}")
     env = {**os.environ, "DL_DATA_DIR": str(data_dir), "DL_DEVICE": args.device, "MPLBACKEND": "Agg",
            "DL_CHECKPOINT_DIR": str(workdir / "checkpoints"), "PYTHONUNBUFFERED": "1",
-           "DL_CPU_AUTOCAST": "bf16" if args.cpu_bf16 else "", "DL_CPU_COMPILE": "aot_eager" if args.cpu_bf16 else "",
+           "DL_REHEARSE_GPU": "1" if args.rehearse else "0",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
 
     results = []

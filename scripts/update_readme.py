@@ -103,8 +103,8 @@ def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
             records = [json.loads(p.read_text()) for p in paths]
             for path, record in zip(paths, records):
                 if rehearsal(record):
-                    raise SystemExit(f"{path.relative_to(root)}: a CPU rehearsal of the GPU path (DL_CPU_AUTOCAST, "
-                                     "DL_CPU_COMPILE; scripts/gpu_check.py --cpu-bf16), no measurement: remove it")
+                    raise SystemExit(f"{path.relative_to(root)}: a CPU rehearsal of the GPU path (DL_REHEARSE_GPU; "
+                                     "scripts/gpu_check.py --rehearse), no measurement: remove it")
             notebook = toml_path.parent / meta["notebook"]
             now = notebook_code_sha256(notebook) if notebook.exists() else None
             tasks.append(Task(folder, meta, records, now, frozenset(code_aliases.current_codes(folder, now, aliases))))
@@ -112,10 +112,10 @@ def load_tasks(root: Path = REPO_ROOT) -> list[Task]:
 
 
 def rehearsal(record: dict) -> bool:
-    """Whether the record comes from a CPU run that rehearsed the GPU's bf16 autocast or torch.compile."""
+    """Whether the record comes from a CPU run that rehearsed a GPU's path (bf16 autocast, torch.compile)."""
     models = (record.get("compile") or {}).get("models", [])
-    return (record.get("device_type") == "cpu" and record.get("precision", "fp32") != "fp32") or any(
-        "rehearsal" in m for m in models)
+    return bool(record.get("gpu_rehearsal")) or (record.get("device_type") == "cpu" and record.get(
+        "precision", "fp32") != "fp32") or any("rehearsal" in m for m in models)
 
 
 def older_code(record: dict, task: Task) -> bool:

@@ -66,16 +66,16 @@ def test_the_same_path_runs_on_the_cpu_and_keeps_results_untouched():
     assert sorted((REPO_ROOT / "results").rglob("*")) == before
 
 
-def test_the_cpu_bf16_rehearsal_runs_the_notebook_in_bf16_autocast():
-    """`--cpu-bf16`: the template's smoke on the CPU with its autocast in bf16, as on an Ampere+ GPU, and its model
+def test_the_gpu_rehearsal_runs_the_notebook_in_bf16_autocast_and_compiled():
+    """`--rehearse`: the template's smoke on the CPU with its autocast in bf16, as on an Ampere+ GPU, and its model
     through Dynamo and AOTAutograd (the record's precision and compile status say what ran; the CPU-path test above
     is its control: fp32, eager). No `full` run: it is no measurement."""
-    result = run("--cpu-bf16", "--only", "templates/task_template", "--no-save")
+    result = run("--rehearse", "--only", "templates/task_template", "--no-save")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 of 1 runs passed on cpu (bf16 autocast, aot_eager compile)" in result.stdout
+    assert "1 of 1 runs passed on cpu (rehearsing a GPU: bf16 autocast, aot_eager compile, channels_last)" in result.stdout
     line = next(line for line in result.stdout.splitlines() if line.startswith("templates/task_template"))
     assert " bf16 " in line and "compile compiled" in line
-    refused = run("--cpu-bf16", "--only", "templates/task_template", "--full", "templates/task_template")
+    refused = run("--rehearse", "--only", "templates/task_template", "--full", "templates/task_template")
     assert refused.returncode == 2 and "drop --full" in refused.stdout
 
 
@@ -93,7 +93,7 @@ def test_a_cuda_run_whose_compile_fell_back_fails_the_check():
     cpu = {"status": "ok", "record": {"device_type": "cpu", "compile": None}}
     gpu_check.check_record(cpu, "cpu")
     assert cpu["status"] == "ok"
-    for rehearsal, ok in (({"rehearsal": "aot_eager"}, False), ({}, True)):  # --cpu-bf16 compiles unasked models too
+    for rehearsal, ok in (({"rehearsal": "aot_eager"}, False), ({}, True)):  # --rehearse compiles unasked models too
         model = {"model": "GPT", "requested": False, "status": "fell_back", "reason": "x", **rehearsal}
         r = {"status": "ok", "record": {"device_type": "cpu", "compile": {"status": "fell_back", "models": [model]}}}
         gpu_check.check_record(r, "cpu")

@@ -19,17 +19,30 @@ def test_cpu_runs_in_full_precision():
     assert out.dtype == torch.float32
 
 
-def test_the_cpu_rehearses_the_gpus_bf16_path_only_when_asked(monkeypatch):
-    monkeypatch.setenv("DL_CPU_AUTOCAST", "bf16")
+def test_the_cpu_rehearses_the_gpus_bf16_path_and_layout_only_when_asked(monkeypatch):
+    monkeypatch.setenv("DL_REHEARSE_GPU", "1")
     assert precision_mode(CPU) == "bf16" and amp_dtype(CPU) is torch.bfloat16
     with autocast(CPU):
         assert nn.Linear(4, 3)(torch.randn(2, 4)).dtype == torch.bfloat16
     assert not grad_scaler(CPU).is_enabled()  # bf16 needs no loss scaling, as on the GPU
-    monkeypatch.setenv("DL_CPU_AUTOCAST", "fp16")
-    with pytest.raises(ValueError, match="only 'bf16'"):
+    assert to_channels_last(torch.randn(2, 3, 4, 4), CPU).is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv("DL_REHEARSE_GPU", "bf16")
+    with pytest.raises(ValueError, match="only 1"):
         precision_mode(CPU)
-    monkeypatch.setenv("DL_CPU_AUTOCAST", "")  # the control: unset, the CPU runs fp32
-    assert precision_mode(CPU) == "fp32"
+    for off in ("0", ""):  # the control: not rehearsing, the CPU runs fp32 in its own layout
+        monkeypatch.setenv("DL_REHEARSE_GPU", off)
+        assert precision_mode(CPU) == "fp32"
+        assert to_channels_last(torch.randn(2, 3, 4, 4), CPU).is_contiguous()
+
+
+def test_a_record_of_a_gpu_rehearsal_says_so(monkeypatch, runs_tmp):
+    def record() -> dict:
+        path = write_run_record("templates/task_template", "smoke", CPU, RunClock(), {}, data="none")
+        return json.loads(path.read_text())
+    monkeypatch.setenv("DL_REHEARSE_GPU", "1")
+    assert record()["gpu_rehearsal"] is True
+    monkeypatch.delenv("DL_REHEARSE_GPU")  # the control: an ordinary CPU record has no such field
+    assert "gpu_rehearsal" not in record()
 
 
 def test_grad_scaler_is_a_pass_through_on_cpu():
@@ -382,7 +395,7 @@ def test_control_without_the_guard_a_limit_hit_leaves_a_record_that_says_compile
 
 
 def test_the_cpu_rehearses_the_compiled_path_of_every_model_only_when_asked(monkeypatch, capsys, runs_tmp):
-    """DL_CPU_COMPILE=aot_eager: a model its notebook does not ask to compile (smoke on a CPU) goes through Dynamo and
+    """DL_REHEARSE_GPU=1: a model its notebook does not ask to compile (smoke on a CPU) goes through Dynamo and
     AOTAutograd, and its step equals the eager one; the record says so. Control: unset, it stays the eager model."""
     import torch._dynamo
     from torch._dynamo.utils import counters
@@ -391,7 +404,7 @@ def test_the_cpu_rehearses_the_compiled_path_of_every_model_only_when_asked(monk
     eager_loss = train_one_step(eager, eager)
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", False)
-    monkeypatch.setenv("DL_CPU_COMPILE", "aot_eager")
+    monkeypatch.setenv("DL_REHEARSE_GPU", "1")
     torch._dynamo.reset()
     counters.clear()
     try:
@@ -406,10 +419,7 @@ def test_the_cpu_rehearses_the_compiled_path_of_every_model_only_when_asked(monk
                                                     zip(model.state_dict().values(), eager.state_dict().values()))
     assert precision._COMPILE_OUTCOMES[model] == {"model": "Sequential", "requested": False, "status": "compiled",
                                                   "reason": None, "rehearsal": "aot_eager"}
-    monkeypatch.setenv("DL_CPU_COMPILE", "inductor")
-    with pytest.raises(ValueError, match="only 'aot_eager'"):
-        maybe_compile(make_net(), True, CPU)
-    monkeypatch.delenv("DL_CPU_COMPILE")  # the control
+    monkeypatch.delenv("DL_REHEARSE_GPU")  # the control
     off = make_net()
     assert maybe_compile(off, False, CPU) is off and "rehearsal" not in precision._COMPILE_OUTCOMES[off]
 

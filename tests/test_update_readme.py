@@ -133,7 +133,7 @@ def test_a_gpu_time_that_ran_eagerly_after_a_compile_fallback_says_so(tmp_path: 
 
 
 def test_a_record_of_a_cpu_rehearsal_of_the_gpu_path_is_refused(tmp_path: Path) -> None:
-    """A CPU run in bf16 autocast or through the compile rehearsal (gpu_check.py --cpu-bf16) measured nothing a
+    """A CPU run in bf16 autocast or through the compile rehearsal (gpu_check.py --rehearse) measured nothing a
     reader may take for a GPU's or a CPU's time: its record in results/ stops the README. Control: the same record
     in fp32 without a rehearsal is a CPU record like any other."""
     add_task(tmp_path, "gan", "fid", [{"precision": "bf16"}])
