@@ -11,9 +11,10 @@
   made; autocast is simply disabled and the scaler passes everything through.
 
 A rehearsal of an Ampere+ GPU's path on a CPU (`DL_REHEARSE_GPU=1`, as `scripts/gpu_check.py --rehearse` runs every
-notebook's smoke preset): the CPU's mode is 'bf16' (CPU autocast in bf16), `maybe_compile` puts every model through
-Dynamo and AOTAutograd, and `to_channels_last` converts, so that a dtype mismatch, a tracing error or a layout bug
-shows here instead of in a borrowed GPU's minutes. Its records say device cpu, precision bf16 and `gpu_rehearsal`:
+notebook's smoke preset): the CPU's mode is 'bf16' (CPU autocast in bf16, whose op lists are close to CUDA's but
+not the same), `maybe_compile` puts every model through Dynamo and AOTAutograd (also those a GPU runs eagerly), and
+`to_channels_last` converts, so that most dtype mismatches, tracing errors and layout bugs show here instead of in
+a borrowed GPU's minutes. Its records say device cpu, precision bf16 and `gpu_rehearsal`:
 no measurement (`scripts/update_readme.py` refuses them). TF32 and Inductor's generated kernels are not rehearsed.
 
 A notebook that trains under `autocast(device)` always creates `scaler = grad_scaler(device)` and calls
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import weakref
 from contextlib import AbstractContextManager, contextmanager
@@ -47,10 +49,12 @@ LIMIT_HIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")  # Dynamo'
 
 def gpu_rehearsal(device: torch.device) -> bool:
     """Whether `device` is a CPU rehearsing an Ampere+ GPU's path (`DL_REHEARSE_GPU=1`; module docstring)."""
+    if torch.device(device).type != "cpu":
+        return False  # a GPU takes its own path: the variable cannot matter there
     value = os.environ.get(REHEARSAL_ENV, "").strip()
     if value not in ("", "0", "1"):
         raise ValueError(f"{REHEARSAL_ENV}={value!r}: only 1 (rehearse) or 0 / unset (do not) is allowed")
-    return value == "1" and torch.device(device).type == "cpu"
+    return value == "1"
 
 
 def precision_mode(device: torch.device) -> str:
@@ -67,8 +71,8 @@ def precision_mode(device: torch.device) -> str:
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `device`: bf16 or fp16 on CUDA (by compute capability), None (full precision)
-    elsewhere."""
+    """The autocast dtype for `device`: bf16 or fp16 on CUDA (by compute capability), bf16 on a CPU rehearsing a
+    GPU (`DL_REHEARSE_GPU=1`), None (full precision) elsewhere."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision_mode(device)]
 
 
@@ -137,7 +141,7 @@ def enable_tf32() -> None:
 
 
 def to_channels_last(obj: nn.Module | torch.Tensor, device: torch.device) -> nn.Module | torch.Tensor:
-    """Convert a 4-d tensor or a conv model to channels_last memory layout on CUDA only.
+    """Convert a 4-d tensor or a conv model to channels_last memory layout on CUDA (and a CPU rehearsing it) only.
 
     channels_last (NHWC) lets cuDNN use its fastest convolution kernels. Elsewhere `obj` is
     returned unchanged: on the CPU the gain depends on the network (measured on a 2-core AMD
@@ -238,7 +242,18 @@ _COMPILED_MODELS = [0]  # models `maybe_compile` has handed to torch.compile in 
 
 
 def _recompile_limit_hit(error: BaseException) -> bool:
+    """Whether `error` (or one it wraps) is Dynamo's hard failure at a recompile limit."""
     return any(type(e).__name__ in LIMIT_HIT_ERRORS for e in _chain(error))
+
+
+def _limit_reached(error: BaseException) -> str:
+    """Which of Dynamo's limits a recompile-limit failure reached, from the message it wraps ("Limit type: ..."),
+    with its value: "recompile_limit = 16" (or "accumulated_recompile_limit = 256")."""
+    import torch._dynamo
+
+    found = next((m.group(1) for e in _chain(error) for m in [re.search(r"Limit type: (\w+)", str(e))] if m), None)
+    name = found or _dynamo_setting("recompile_limit", "cache_size_limit") or "recompile_limit"
+    return f"{name} = {getattr(torch._dynamo.config, name, '?')}"
 
 
 def _dynamo_setting(*names: str) -> str | None:
@@ -255,7 +270,8 @@ def _allow_recompiles_for_one_more_model() -> None:
     the limit Dynamo would run the function eagerly with a logged warning only. So each compiled model raises the
     limit by Dynamo's default (never lowers it), and a hit that still happens raises (`fail_on_recompile_limit_hit`,
     for every compiled function of the process: the notebooks compile only through `maybe_compile`), which
-    `_CompiledOrEager` turns into a fallback on the record."""
+    `_CompiledOrEager` turns into a fallback on the record. Not where that setting is missing (torch before 2.6) or
+    where Dynamo's `suppress_errors` is on (the two cannot be set together): there a hit still runs eagerly unseen."""
     import torch._dynamo
 
     _COMPILED_MODELS[0] += 1
@@ -264,7 +280,7 @@ def _allow_recompiles_for_one_more_model() -> None:
     if limit is not None:
         setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit),
                                                  RECOMPILES_PER_MODEL * _COMPILED_MODELS[0]))
-    if fail is not None:
+    if fail is not None and not getattr(torch._dynamo.config, "suppress_errors", False):
         setattr(torch._dynamo.config, fail, True)
 
 
@@ -286,9 +302,7 @@ class _CompiledOrEager:
         first_line = (str(error).strip().splitlines() or [""])[0][:160]
         reason = f"{type(error).__name__} in the {where}: {first_line}"
         if _recompile_limit_hit(error):
-            limit = _dynamo_setting("recompile_limit", "cache_size_limit")
-            reason = (f"Dynamo's {limit} ({getattr(torch._dynamo.config, limit)} compiled graphs per function) was "
-                      f"reached in the {where}")
+            reason = f"Dynamo's recompile limit ({_limit_reached(error)}) was reached in the {where}"
         self.outcome.update(status="fell_back", reason=reason)
         print(f"torch.compile failed ({reason}); running the model eagerly")
 
@@ -320,7 +334,8 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Call
     only during the first `loss.backward()`, and only there can a failure of it fall back. The run record's
     `compile` field says whether the run was compiled or fell back, and why (`compile_report()`). Each compiled
     model raises Dynamo's `recompile_limit` by 8, so that models of one class but other shapes do not silently
-    run eagerly once the limit is reached; a hit that still happens falls back like a compile error, on the record.
+    run eagerly once the limit is reached; a hit that still happens falls back like a compile error, on the record
+    (from torch 2.6; the model then runs eagerly from that step on).
 
     On a CPU rehearsing the GPU's path (`DL_REHEARSE_GPU=1`) every model is compiled, asked or not, by Dynamo and
     AOTAutograd without code generation (`backend="aot_eager"`): a rehearsal of the GPU's tracing, guards,

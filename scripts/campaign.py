@@ -248,6 +248,9 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
         print(f"{task}: the notebook ended without a stop and without a run record; log {log}")
         return 1
     record = json.loads(new[-1].read_text())
+    if record.get("gpu_rehearsal"):  # DL_REHEARSE_GPU was set: a rehearsal on a CPU, never a record to keep
+        print(f"{task}: the record is a CPU rehearsal of the GPU path (DL_REHEARSE_GPU): no record saved")
+        return 1
     seed, ran = env_seed(), record.get("config", {}).get("seed")
     if seed is not None and ran != seed:  # a notebook that does not read DL_SEED
         print(f"{task}: DL_SEED={seed}, but the record's config has seed {ran}: "

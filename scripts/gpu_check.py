@@ -84,12 +84,15 @@ def run_one(task: str, script: Path, preset: str, env: dict[str, str], workdir: 
             "record": record, "record_path": records[-1] if records else None}
 
 
-def check_record(result: dict, device: str) -> None:
+def check_record(result: dict, device: str, rehearse: bool = False) -> None:
     """A run on CUDA must have trained on CUDA, and a model it asked to compile must not have fallen back to
     eager mode (or found torch.compile unavailable); anything else is a failure of the check. So must a model of
-    the CPU's compile rehearsal (`--rehearse`)."""
+    the CPU's compile rehearsal (`--rehearse`), whose record must say it rehearsed (DL_REHEARSE_GPU reached it)."""
     record = result["record"]
     if result["status"] != "ok":
+        return
+    if rehearse and not record.get("gpu_rehearsal"):
+        result["status"] = "failed (the record does not say gpu_rehearsal: DL_REHEARSE_GPU did not reach the run)"
         return
     if record["device_type"] != device:
         result["status"] = f"failed (record says device {record['device_type']}, expected {device})"
@@ -168,8 +171,9 @@ def main(argv: list[str]) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         return NO_CUDA
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu" + (
-        " (rehearsing a GPU: bf16 autocast, aot_eager compile, channels_last)" * args.rehearse)
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    if args.rehearse:
+        device_name += " (rehearsing a GPU: bf16 autocast, aot_eager compile, channels_last)"
     print(f"device: {device_name}, torch {torch.__version__}")
     env = {**os.environ, "DL_DATA_DIR": str(data_dir), "DL_DEVICE": args.device, "MPLBACKEND": "Agg",
            "DL_CHECKPOINT_DIR": str(workdir / "checkpoints"), "PYTHONUNBUFFERED": "1",
@@ -180,7 +184,7 @@ def main(argv: list[str]) -> int:
     for preset, selected in (("smoke", tasks), ("full", full)):
         for task in selected:
             result = run_one(task, scripts[task], preset, env, workdir, args.timeout)
-            check_record(result, args.device)
+            check_record(result, args.device, args.rehearse)
             results.append(result)
             print(summary_line(result), flush=True)
             if result["status"] != "ok":

@@ -740,6 +740,26 @@ def test_a_record_of_another_seed_than_dl_seed_asks_is_refused(tmp_path: Path, m
     assert json.loads((state / "state.json").read_text())["finished"]
 
 
+def test_a_record_of_a_cpu_rehearsal_of_the_gpu_path_is_never_saved(tmp_path: Path, monkeypatch, capsys) -> None:
+    """DL_REHEARSE_GPU passes through campaign.py to the notebook; the record it writes (`gpu_rehearsal`) is no
+    measurement: the slice ends with exit 1 and results/ stays empty. Control: the same record without the flag."""
+    notebook = tmp_path / "field" / "task" / "task.ipynb"
+    notebook.parent.mkdir(parents=True)
+    notebook.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    monkeypatch.setattr(campaign, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {"field/task": notebook})
+    monkeypatch.delenv("DL_SEED", raising=False)
+    for rehearsal, rc_wanted in ((True, 1), (False, 0)):
+        record = {"config": {"seed": 0}, "device": "cpu", "train_seconds": 1.0, "timings": {},
+                  **({"gpu_rehearsal": True} if rehearsal else {})}
+        monkeypatch.setattr(campaign, "slice_script", lambda path, resume, record=record: (
+            "import json, os, pathlib\n"
+            f"pathlib.Path(os.environ['DL_RUNS_DIR'], 'r.json').write_text({json.dumps(record)!r})\n"))
+        rc = campaign.run_slice("field/task", 60, tmp_path / "state" / str(rehearsal), tmp_path, "smoke", "cpu")
+        assert rc == rc_wanted and (tmp_path / "results" / "field" / "task" / "r.json").is_file() == (not rehearsal)
+    assert "a CPU rehearsal of the GPU path" in capsys.readouterr().out
+
+
 def test_a_slice_that_stops_early_leaves_the_rest_of_the_budget_to_the_next_task(tmp_path: Path, monkeypatch) -> None:
     """A slice may stop long before its deadline: a side run (a training-deep-nets section) too long for the time
     left is not started. The command used to end there, leaving minutes of a loan unused; now the stopped task's

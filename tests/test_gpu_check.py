@@ -98,6 +98,11 @@ def test_a_cuda_run_whose_compile_fell_back_fails_the_check():
         r = {"status": "ok", "record": {"device_type": "cpu", "compile": {"status": "fell_back", "models": [model]}}}
         gpu_check.check_record(r, "cpu")
         assert (r["status"] == "ok") == ok, (rehearsal, r["status"])
+    for flagged, ok in ((True, True), (False, False)):  # a --rehearse run whose record does not say it rehearsed
+        record = {"device_type": "cpu", "compile": None, **({"gpu_rehearsal": True} if flagged else {})}
+        r = {"status": "ok", "record": record}
+        gpu_check.check_record(r, "cpu", rehearse=True)
+        assert (r["status"] == "ok") == ok, (flagged, r["status"])
 
 
 def test_no_save_keeps_a_full_record_out_of_results(tmp_path: Path, monkeypatch) -> None:

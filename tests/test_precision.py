@@ -11,6 +11,17 @@ from common import (RunClock, amp_dtype, autocast, compile_report, compile_unava
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def dynamo_settings_restored(monkeypatch):
+    """`maybe_compile` raises Dynamo's recompile limit and sets its hard failure for the whole process; each test
+    here gets them, and the count of compiled models, back as they were."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "fail_on_recompile_limit_hit"):
+        monkeypatch.setattr(torch._dynamo.config, name, getattr(torch._dynamo.config, name))
+    monkeypatch.setattr(precision, "_COMPILED_MODELS", [precision._COMPILED_MODELS[0]])
+
+
 def test_cpu_runs_in_full_precision():
     assert amp_dtype(CPU) is None
     layer = nn.Linear(4, 3)
@@ -19,7 +30,7 @@ def test_cpu_runs_in_full_precision():
     assert out.dtype == torch.float32
 
 
-def test_the_cpu_rehearses_the_gpus_bf16_path_and_layout_only_when_asked(monkeypatch):
+def test_the_cpu_rehearses_the_gpus_bf16_path_and_layout_only_when_asked(monkeypatch, fresh_precision_log):
     monkeypatch.setenv("DL_REHEARSE_GPU", "1")
     assert precision_mode(CPU) == "bf16" and amp_dtype(CPU) is torch.bfloat16
     with autocast(CPU):
@@ -29,6 +40,7 @@ def test_the_cpu_rehearses_the_gpus_bf16_path_and_layout_only_when_asked(monkeyp
     monkeypatch.setenv("DL_REHEARSE_GPU", "bf16")
     with pytest.raises(ValueError, match="only 1"):
         precision_mode(CPU)
+    assert not precision.gpu_rehearsal(torch.device("cuda"))  # a GPU takes its own path, whatever the variable says
     for off in ("0", ""):  # the control: not rehearsing, the CPU runs fp32 in its own layout
         monkeypatch.setenv("DL_REHEARSE_GPU", off)
         assert precision_mode(CPU) == "fp32"
@@ -380,9 +392,20 @@ def test_a_recompile_limit_hit_is_a_fallback_on_the_record(dynamo_fresh, monkeyp
     monkeypatch.setattr(precision, "RECOMPILES_PER_MODEL", 0)  # the limit stays at 1: the second model reaches it
     (first, _, _), (second, out, expected) = train_linears((2, 5))
     assert first["status"] == "compiled" and second["status"] == "fell_back"
-    assert "recompile_limit (1 compiled graphs per function) was reached in the forward" in second["reason"]
+    assert "Dynamo's recompile limit (recompile_limit = 1) was reached in the forward" in second["reason"]
     assert "running the model eagerly" in capsys.readouterr().out
     assert torch.allclose(out, expected) and dynamo_fresh["stats"]["unique_graphs"] == 1
+
+
+def test_dynamos_suppress_errors_leaves_the_hard_failure_off(dynamo_fresh, monkeypatch):
+    """Dynamo refuses `fail_on_recompile_limit_hit` beside `suppress_errors` (an AssertionError at every compiled
+    call): with the latter on (TORCHDYNAMO_SUPPRESS_ERRORS=1), maybe_compile leaves the former off and compiles."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", True)
+    [(outcome, out, expected)] = train_linears((2,))
+    assert outcome["status"] == "compiled" and torch.allclose(out, expected)
+    assert torch._dynamo.config.fail_on_recompile_limit_hit is False
 
 
 def test_control_without_the_guard_a_limit_hit_leaves_a_record_that_says_compiled(dynamo_fresh, monkeypatch):
@@ -402,8 +425,6 @@ def test_the_cpu_rehearses_the_compiled_path_of_every_model_only_when_asked(monk
 
     eager = make_net()
     eager_loss = train_one_step(eager, eager)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", False)
     monkeypatch.setenv("DL_REHEARSE_GPU", "1")
     torch._dynamo.reset()
     counters.clear()

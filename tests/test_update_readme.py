@@ -147,10 +147,14 @@ def test_a_record_of_a_cpu_rehearsal_of_the_gpu_path_is_refused(tmp_path: Path) 
          "precision": "fp32", "compile": compiled}))
     with pytest.raises(SystemExit, match="a CPU rehearsal of the GPU path"):
         update_readme.load_tasks(tmp_path)
-    del compiled["models"][0]["rehearsal"]  # the control
     record = json.loads((tmp_path / "results" / "image_generation" / "gan" / "0.json").read_text())
-    record["compile"] = compiled
-    (tmp_path / "results" / "image_generation" / "gan" / "0.json").write_text(json.dumps(record))
+    del compiled["models"][0]["rehearsal"]
+    (tmp_path / "results" / "image_generation" / "gan" / "0.json").write_text(json.dumps(
+        {**record, "compile": compiled, "gpu_rehearsal": True}))  # rehearsed, though nothing autocast or compiled
+    with pytest.raises(SystemExit, match="a CPU rehearsal of the GPU path"):
+        update_readme.load_tasks(tmp_path)
+    (tmp_path / "results" / "image_generation" / "gan" / "0.json").write_text(json.dumps(
+        {**record, "compile": compiled}))  # the control: the same record without any mark of a rehearsal
     assert "1.0 min (cpu)" in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
 
 
