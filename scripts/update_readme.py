@@ -51,6 +51,7 @@ TASK_KEYS = ("title", "category", "paper", "paper_url", "notebook", "metric", "m
 NOT_MEASURED = "not yet measured"
 FID_CHECKSUMS = "common/fid_weights/SHA256SUMS"  # the committed FID classifiers' pinned SHA-256 (`sha256sum` format)
 OTHER_CLASSIFIER = "†"  # marks a fid headline measured with another FID classifier than the committed one
+FITS_4090_GIB = 23.5  # an RTX 4090's 24 GiB, less the few hundred MiB its CUDA context takes
 OLDER_CODE = "‡"  # marks a number measured with other notebook code than the notebook's now
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
@@ -210,7 +211,17 @@ def policy_note(record: dict) -> str:
     note = "" if record.get("timing") else ", earlier timing policy"
     eager = [m for m in (record.get("compile") or {}).get("models", [])
              if m.get("requested") and m.get("status") in ("fell_back", "unavailable")]
-    return note + (", eager: torch.compile fell back" if eager else "")
+    return note + (", eager: torch.compile fell back" if eager else "") + memory_note(record)
+
+
+def memory_note(record: dict) -> str:
+    """A GPU run whose peak memory (the notebook's allocated peak, or any span's reserved memory) would not fit an
+    RTX 4090, for which every `full` preset is sized, says so beside its time: a larger GPU hides it otherwise."""
+    if record.get("device_type") != "cuda":
+        return ""
+    spans = list((record.get("peak_memory_by_span") or {}).values()) + [record.get("train_peak_memory") or {}]
+    peak = max([record.get("peak_memory_bytes") or 0] + [s.get("reserved_bytes", 0) for s in spans]) / 2**30
+    return f", peak {peak:.1f} GiB: more than an RTX 4090 holds" if peak > FITS_4090_GIB else ""
 
 
 def wait_note(record: dict) -> str:

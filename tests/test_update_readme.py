@@ -132,6 +132,26 @@ def test_a_gpu_time_that_ran_eagerly_after_a_compile_fallback_says_so(tmp_path: 
     assert "eager" not in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
 
 
+def test_a_gpu_run_that_would_not_fit_an_rtx_4090_says_so(tmp_path: Path) -> None:
+    """Every `full` preset is sized for a 4090's 24 GiB, but the campaign runs on an H100 or H200 (80-141 GiB), where
+    a preset that outgrew it would still run. A span that reserved 30 GiB is named beside the time; the control, the
+    same record at 10 GiB, and a CPU run's 30 GiB of host memory are not."""
+    add_task(tmp_path, "ddpm", "fid", [])
+    results = tmp_path / "results" / "image_generation" / "ddpm"
+    record = {"task": "image_generation/ddpm", "preset": "full", "data": "MNIST subset", "train_seconds": 600.0,
+              "timing": "steps-only/v1", "metrics": {"fid": 20.0}, "finished_at": "2026-02-01",
+              "peak_memory_bytes": 2 * 2**30, "train_peak_memory": {"allocated_bytes": 2**30, "reserved_bytes": 2**31},
+              "peak_memory_by_span": {"eval": {"allocated_bytes": 29 * 2**30, "reserved_bytes": 30 * 2**30}},
+              **gpu_record("NVIDIA H100 80GB HBM3")}
+    (results / "h100.json").write_text(json.dumps(record))
+    table = update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert "(NVIDIA H100 80GB HBM3), peak 30.0 GiB: more than an RTX 4090 holds" in table
+    record["peak_memory_by_span"]["eval"] = {"allocated_bytes": 9 * 2**30, "reserved_bytes": 10 * 2**30}  # control
+    (results / "h100.json").write_text(json.dumps(record))
+    assert "RTX 4090 holds" not in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    assert update_readme.memory_note({"device_type": "cpu", "peak_memory_bytes": 30 * 2**30}) == ""
+
+
 def test_a_record_of_a_cpu_rehearsal_of_the_gpu_path_is_refused(tmp_path: Path) -> None:
     """A CPU run in bf16 autocast or through the compile rehearsal (gpu_check.py --rehearse) measured nothing a
     reader may take for a GPU's or a CPU's time: its record in results/ stops the README. Control: the same record
