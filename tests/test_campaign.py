@@ -712,24 +712,30 @@ def test_another_seed_runs_in_its_own_state_folder_and_its_record_lands_beside_t
         campaign.env_seed()
 
 
+def slice_writing_record(root: Path, monkeypatch: pytest.MonkeyPatch, record: dict, name: str, state: Path) -> int:
+    """One `campaign.run_slice` of a stand-in task field/task under `root` (REPO_ROOT) whose "notebook" only writes
+    `record` as `name` into DL_RUNS_DIR; returns the slice's exit code."""
+    notebook = root / "field" / "task" / "task.ipynb"
+    notebook.parent.mkdir(parents=True, exist_ok=True)
+    notebook.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    monkeypatch.setattr(campaign, "REPO_ROOT", root)
+    monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {"field/task": notebook})
+    monkeypatch.setattr(campaign, "slice_script", lambda path, resume: (
+        "import os, pathlib\n"
+        f"pathlib.Path(os.environ['DL_RUNS_DIR'], {name!r}).write_text({json.dumps(record)!r})\n"))
+    return campaign.run_slice("field/task", 60, state, root, "smoke", "cpu")
+
+
 def test_a_record_of_another_seed_than_dl_seed_asks_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
     """A notebook that does not read DL_SEED runs its own seed: its record would land in results/<task>/seed_<N>/
     under a seed that never ran. The slice ends with exit 1 and saves nothing. Control: the same slice whose
     record has the seed asked for is saved there."""
-    notebook = tmp_path / "field" / "task" / "task.ipynb"
-    notebook.parent.mkdir(parents=True)
-    notebook.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    monkeypatch.setattr(campaign, "REPO_ROOT", tmp_path)
-    monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {"field/task": notebook})
     monkeypatch.setenv("DL_SEED", "5")
 
     def run(seed_in_record: int) -> tuple[int, Path]:
         record = {"config": {"seed": seed_in_record}, "device": "cpu", "train_seconds": 1.0, "timings": {}}
-        monkeypatch.setattr(campaign, "slice_script", lambda path, resume: (  # the notebook: writes its record
-            "import json, os, pathlib\n"
-            f"pathlib.Path(os.environ['DL_RUNS_DIR'], 'r{seed_in_record}.json').write_text({json.dumps(record)!r})\n"))
         state = tmp_path / "state" / f"ran_{seed_in_record}"
-        return campaign.run_slice("field/task", 60, state, tmp_path, "smoke", "cpu"), state
+        return slice_writing_record(tmp_path, monkeypatch, record, f"r{seed_in_record}.json", state), state
 
     rc, state = run(0)
     assert rc == 1 and not (tmp_path / "results").exists()
@@ -743,19 +749,11 @@ def test_a_record_of_another_seed_than_dl_seed_asks_is_refused(tmp_path: Path, m
 def test_a_record_of_a_cpu_rehearsal_of_the_gpu_path_is_never_saved(tmp_path: Path, monkeypatch, capsys) -> None:
     """DL_REHEARSE_GPU passes through campaign.py to the notebook; the record it writes (`gpu_rehearsal`) is no
     measurement: the slice ends with exit 1 and results/ stays empty. Control: the same record without the flag."""
-    notebook = tmp_path / "field" / "task" / "task.ipynb"
-    notebook.parent.mkdir(parents=True)
-    notebook.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    monkeypatch.setattr(campaign, "REPO_ROOT", tmp_path)
-    monkeypatch.setattr(campaign.gpu_check, "notebooks", lambda: {"field/task": notebook})
     monkeypatch.delenv("DL_SEED", raising=False)
     for rehearsal, rc_wanted in ((True, 1), (False, 0)):
         record = {"config": {"seed": 0}, "device": "cpu", "train_seconds": 1.0, "timings": {},
                   **({"gpu_rehearsal": True} if rehearsal else {})}
-        monkeypatch.setattr(campaign, "slice_script", lambda path, resume, record=record: (
-            "import json, os, pathlib\n"
-            f"pathlib.Path(os.environ['DL_RUNS_DIR'], 'r.json').write_text({json.dumps(record)!r})\n"))
-        rc = campaign.run_slice("field/task", 60, tmp_path / "state" / str(rehearsal), tmp_path, "smoke", "cpu")
+        rc = slice_writing_record(tmp_path, monkeypatch, record, "r.json", tmp_path / "state" / str(rehearsal))
         assert rc == rc_wanted and (tmp_path / "results" / "field" / "task" / "r.json").is_file() == (not rehearsal)
     assert "a CPU rehearsal of the GPU path" in capsys.readouterr().out
 
