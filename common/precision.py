@@ -270,7 +270,7 @@ def _allow_recompiles_for_one_more_model() -> None:
     the limit Dynamo would run the function eagerly with a logged warning only. So each compiled model raises the
     limit by Dynamo's default (never lowers it), and a hit that still happens raises (`fail_on_recompile_limit_hit`,
     for every compiled function of the process: the notebooks compile only through `maybe_compile`), which
-    `_CompiledOrEager` turns into a fallback on the record. Not where that setting is missing (torch before 2.6) or
+    `_CompiledOrEager` turns into a fallback on the record. Not where that setting is missing (older torch) or
     where Dynamo's `suppress_errors` is on (the two cannot be set together): there a hit still runs eagerly unseen."""
     import torch._dynamo
 
@@ -335,7 +335,7 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Call
     `compile` field says whether the run was compiled or fell back, and why (`compile_report()`). Each compiled
     model raises Dynamo's `recompile_limit` by 8, so that models of one class but other shapes do not silently
     run eagerly once the limit is reached; a hit that still happens falls back like a compile error, on the record
-    (from torch 2.6; the model then runs eagerly from that step on).
+    (where torch has Dynamo's hard failure, as 2.14 does; the model then runs eagerly from that step on).
 
     On a CPU rehearsing the GPU's path (`DL_REHEARSE_GPU=1`) every model is compiled, asked or not, by Dynamo and
     AOTAutograd without code generation (`backend="aot_eager"`): a rehearsal of the GPU's tracing, guards,

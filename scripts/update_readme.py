@@ -217,7 +217,7 @@ def policy_note(record: dict) -> str:
 def memory_note(record: dict) -> str:
     """A GPU run whose peak memory (the notebook's allocated peak, or any span's reserved memory) would not fit an
     RTX 4090, for which every `full` preset is sized, says so beside its time: a larger GPU hides it otherwise."""
-    if record.get("device_type") != "cuda":
+    if record.get("device_type") != "cuda" or is_4090(record):  # a 4090's own run fitted it
         return ""
     spans = list((record.get("peak_memory_by_span") or {}).values()) + [record.get("train_peak_memory") or {}]
     peak = max([record.get("peak_memory_bytes") or 0] + [s.get("reserved_bytes", 0) for s in spans]) / 2**30

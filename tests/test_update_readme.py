@@ -150,6 +150,7 @@ def test_a_gpu_run_that_would_not_fit_an_rtx_4090_says_so(tmp_path: Path) -> Non
     (results / "h100.json").write_text(json.dumps(record))
     assert "RTX 4090 holds" not in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
     assert update_readme.memory_note({"device_type": "cpu", "peak_memory_bytes": 30 * 2**30}) == ""
+    assert update_readme.memory_note({**gpu_record("NVIDIA GeForce RTX 4090"), "peak_memory_bytes": 23.8 * 2**30}) == ""
 
 
 def test_a_record_of_a_cpu_rehearsal_of_the_gpu_path_is_refused(tmp_path: Path) -> None:
