@@ -43,24 +43,26 @@ from common.seed import rng_state, set_rng_state
 
 BF16_MIN_CAPABILITY = (8, 0)  # native bf16 tensor cores from Ampere on
 FP16_MIN_CAPABILITY = (7, 0)  # fp16 tensor cores from Volta on; below, fp32
-REHEARSAL_ENV = "DL_REHEARSE_GPU"  # "1": the CPU rehearses an Ampere+ GPU's path (the module docstring)
+REHEARSAL_ENV = "DL_REHEARSE_GPU"  # "1" or "inductor": the CPU rehearses an Ampere+ GPU's path (module docstring)
 LIMIT_HIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")  # Dynamo's, by torch version (new, older)
 
 
-def gpu_rehearsal(device: torch.device) -> bool:
-    """Whether `device` is a CPU rehearsing an Ampere+ GPU's path (`DL_REHEARSE_GPU=1`; module docstring)."""
+def gpu_rehearsal(device: torch.device) -> str | None:
+    """The torch.compile backend of a CPU rehearsing an Ampere+ GPU's path, else None: 'aot_eager' for
+    `DL_REHEARSE_GPU=1` (Dynamo and AOTAutograd, no code generation), 'inductor' for `DL_REHEARSE_GPU=inductor`
+    (Inductor's C++ code generation too: minutes more). See the module docstring."""
     if torch.device(device).type != "cpu":
-        return False  # a GPU takes its own path: the variable cannot matter there
+        return None  # a GPU takes its own path: the variable cannot matter there
     value = os.environ.get(REHEARSAL_ENV, "").strip()
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{REHEARSAL_ENV}={value!r}: only 1 (rehearse) or 0 / unset (do not) is allowed")
-    return value == "1"
+    if value not in ("", "0", "1", "inductor"):
+        raise ValueError(f"{REHEARSAL_ENV}={value!r}: only 1, inductor (rehearse) or 0 / unset (do not) is allowed")
+    return {"1": "aot_eager", "inductor": "inductor"}.get(value)
 
 
 def precision_mode(device: torch.device) -> str:
     """'bf16', 'fp16' or 'fp32': the precision the forward pass runs in on `device` (see the module docstring)."""
     device = torch.device(device)
-    if gpu_rehearsal(device):
+    if gpu_rehearsal(device) is not None:
         return "bf16"
     if device.type != "cuda":
         return "fp32"
@@ -148,7 +150,7 @@ def to_channels_last(obj: nn.Module | torch.Tensor, device: torch.device) -> nn.
     EPYC: 1.12x for a ResNet-20 training step, 1.55x for SimCLR's encoder), so notebooks that
     want it there convert explicitly, as `resnet` and `simclr` do. A CPU rehearsing the GPU's path converts too.
     """
-    if torch.device(device).type != "cuda" and not gpu_rehearsal(device):
+    if torch.device(device).type != "cuda" and gpu_rehearsal(device) is None:
         return obj
     if isinstance(obj, torch.Tensor):
         return obj.contiguous(memory_format=torch.channels_last) if obj.dim() == 4 else obj
@@ -338,26 +340,27 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Call
     (where torch has Dynamo's hard failure, as 2.14 does; the model then runs eagerly from that step on).
 
     On a CPU rehearsing the GPU's path (`DL_REHEARSE_GPU=1`) every model is compiled, asked or not, by Dynamo and
-    AOTAutograd without code generation (`backend="aot_eager"`): a rehearsal of the GPU's tracing, guards,
-    recompilations and fallbacks (`scripts/gpu_check.py --rehearse`), not a speed-up; the outcome carries `rehearsal`.
+    AOTAutograd without code generation (`backend="aot_eager"`; `DL_REHEARSE_GPU=inductor`: Inductor's C++ code
+    generation too): a rehearsal of the GPU's tracing, guards, recompilations, lowering and fallbacks
+    (`scripts/gpu_check.py --rehearse`), not a speed-up; the outcome carries `rehearsal`, the backend.
     """
     outcome: dict[str, Any] = {"model": type(model).__name__, "requested": bool(enabled), "status": "eager",
                                "reason": None if enabled else "not requested"}
     earlier = _COMPILE_OUTCOMES.get(model)
     _OUTCOMES_IN_ORDER[:] = [o for o in _OUTCOMES_IN_ORDER if o is not earlier] + [outcome]  # a model counts once
     _COMPILE_OUTCOMES[model] = outcome
-    rehearsal = "aot_eager" if gpu_rehearsal(device) else None
+    rehearsal = gpu_rehearsal(device)
     if rehearsal is not None:
         outcome["rehearsal"] = rehearsal
     elif not enabled:
         return model
-    reason = None if rehearsal is not None else compile_unavailable_reason(device)
+    reason = None if rehearsal == "aot_eager" else compile_unavailable_reason(device)  # Inductor needs a C++ compiler
     if reason is not None:
         outcome.update(status="unavailable", reason=reason)
         print(f"torch.compile unavailable ({reason}); running the model eagerly")
         return model
     outcome.update(status="compiled_unverified", reason="no training step has run through guarded_step")
-    return _CompiledOrEager(model, outcome, backend=rehearsal)
+    return _CompiledOrEager(model, outcome, backend=rehearsal if rehearsal == "aot_eager" else None)
 
 
 def _snapshot(model: nn.Module) -> dict[str, Any]:

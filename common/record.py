@@ -334,7 +334,7 @@ def write_run_record(task: str, preset: str, device: torch.device, clock: RunClo
         # what the forward passes ran in: the dtype common.autocast ran in (bf16, fp16 with loss scaling), else fp32
         "precision": precision if precision is not None else precision_ran(),
         "compile": compile_report(),  # compiled, or fell back to eager (and why), per maybe_compile'd model
-        **({"gpu_rehearsal": True} if gpu_rehearsal(device) else {}),  # DL_REHEARSE_GPU: no measurement
+        **({"gpu_rehearsal": True} if gpu_rehearsal(device) is not None else {}),  # no measurement
         "timing": TIMING_POLICY,
         "timing_policy": TIMING_POLICY_TEXT,
         "train_seconds": round(clock["train"], 2),

@@ -5,6 +5,7 @@
     python scripts/gpu_check.py --data-dir /path/to/data --full all --timeout 3600
     python scripts/gpu_check.py --device cpu --only templates/task_template    # the same path on a CPU (tests)
     python scripts/gpu_check.py --rehearse      # every smoke on the CPU as on an Ampere+ GPU: a rehearsal
+    python scripts/gpu_check.py --rehearse inductor   # the same, compiled by Inductor (C++ code): minutes more
 
 It needs no Jupyter and no internet: each notebook's code cells are concatenated into a plain Python script
 (PyTorch, NumPy, Matplotlib and tqdm are enough for most; the seq2seq notebook also needs `num2words`, the
@@ -130,10 +131,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="after the smoke runs, run these tasks' `full` presets ('all' for every task)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                         help="cuda (default) or cpu: the CPU runs the same path, for testing")
-    parser.add_argument("--rehearse", action="store_true",
-                        help="run on the CPU as an Ampere+ GPU would (DL_REHEARSE_GPU=1): autocast in bf16, every "
-                             "model through torch.compile's Dynamo and AOTAutograd (no code generation), channels_last; "
-                             "dtype, tracing and layout errors show here before a loan; smoke only")
+    parser.add_argument("--rehearse", nargs="?", const="aot_eager", choices=("aot_eager", "inductor"),
+                        help="run on the CPU as an Ampere+ GPU would (DL_REHEARSE_GPU): autocast in bf16, every "
+                             "model through torch.compile's Dynamo and AOTAutograd (no code generation; 'inductor': "
+                             "Inductor's C++ code too), channels_last; dtype, tracing, lowering and layout errors "
+                             "show here before a loan; smoke only")
     parser.add_argument("--timeout", type=int, default=3 * 3600, help="seconds per notebook run (default 3 h)")
     parser.add_argument("--no-save", action="store_true", help="do not copy `full` records into results/")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (scripts, logs, records)")
@@ -173,18 +175,18 @@ def main(argv: list[str]) -> int:
         return NO_CUDA
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     if args.rehearse:
-        device_name += " (rehearsing a GPU: bf16 autocast, aot_eager compile, channels_last)"
+        device_name += f" (rehearsing a GPU: bf16 autocast, {args.rehearse} compile, channels_last)"
     print(f"device: {device_name}, torch {torch.__version__}")
     env = {**os.environ, "DL_DATA_DIR": str(data_dir), "DL_DEVICE": args.device, "MPLBACKEND": "Agg",
            "DL_CHECKPOINT_DIR": str(workdir / "checkpoints"), "PYTHONUNBUFFERED": "1",
-           "DL_REHEARSE_GPU": "1" if args.rehearse else "0",
+           "DL_REHEARSE_GPU": {"aot_eager": "1", "inductor": "inductor"}.get(args.rehearse, "0"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
 
     results = []
     for preset, selected in (("smoke", tasks), ("full", full)):
         for task in selected:
             result = run_one(task, scripts[task], preset, env, workdir, args.timeout)
-            check_record(result, args.device, args.rehearse)
+            check_record(result, args.device, bool(args.rehearse))
             results.append(result)
             print(summary_line(result), flush=True)
             if result["status"] != "ok":

@@ -40,7 +40,7 @@ def test_the_cpu_rehearses_the_gpus_bf16_path_and_layout_only_when_asked(monkeyp
     monkeypatch.setenv("DL_REHEARSE_GPU", "bf16")
     with pytest.raises(ValueError, match="only 1"):
         precision_mode(CPU)
-    assert not precision.gpu_rehearsal(torch.device("cuda"))  # a GPU takes its own path, whatever the variable says
+    assert precision.gpu_rehearsal(torch.device("cuda")) is None  # a GPU takes its own path, whatever it says
     for off in ("0", ""):  # the control: not rehearsing, the CPU runs fp32 in its own layout
         monkeypatch.setenv("DL_REHEARSE_GPU", off)
         assert precision_mode(CPU) == "fp32"
@@ -443,6 +443,25 @@ def test_the_cpu_rehearses_the_compiled_path_of_every_model_only_when_asked(monk
     monkeypatch.delenv("DL_REHEARSE_GPU")  # the control
     off = make_net()
     assert maybe_compile(off, False, CPU) is off and "rehearsal" not in precision._COMPILE_OUTCOMES[off]
+
+
+def test_the_inductor_rehearsal_compiles_with_the_default_backend_where_a_cpp_compiler_is(monkeypatch):
+    """DL_REHEARSE_GPU=inductor: torch.compile with its default backend (Inductor; here a stand-in that records its
+    arguments, as a real C++ build takes a minute), and only where Inductor can work on the CPU (a C++ compiler);
+    =1 passes backend="aot_eager", which needs none."""
+    calls = []
+    monkeypatch.setattr(precision.torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    monkeypatch.setattr(precision, "compile_unavailable_reason", lambda device: None)
+    monkeypatch.setenv("DL_REHEARSE_GPU", "inductor")
+    model = make_net()
+    maybe_compile(model, False, CPU)
+    assert calls == [{}] and precision._COMPILE_OUTCOMES[model]["rehearsal"] == "inductor"
+    assert precision_mode(CPU) == "bf16"
+    monkeypatch.setattr(precision, "compile_unavailable_reason", lambda device: "no C++ compiler found")
+    assert maybe_compile(make_net(), False, CPU) is not None and len(calls) == 1  # unavailable: eager, not compiled
+    monkeypatch.setenv("DL_REHEARSE_GPU", "1")  # the other rehearsal needs no C++ compiler
+    maybe_compile(make_net(), False, CPU)
+    assert calls[1:] == [{"backend": "aot_eager"}]
 
 
 def test_out_of_memory_and_model_bugs_surface_as_themselves(monkeypatch, capsys, compile_possible):
