@@ -62,10 +62,8 @@ def gpu_rehearsal(device: torch.device) -> str | None:
 def precision_mode(device: torch.device) -> str:
     """'bf16', 'fp16' or 'fp32': the precision the forward pass runs in on `device` (see the module docstring)."""
     device = torch.device(device)
-    if gpu_rehearsal(device) is not None:
-        return "bf16"
-    if device.type != "cuda":
-        return "fp32"
+    if device.type != "cuda":  # autocast asks every step: the CUDA path stays free of the rehearsal's lookup
+        return "fp32" if gpu_rehearsal(device) is None else "bf16"
     capability = tuple(torch.cuda.get_device_capability(device))
     if capability >= BF16_MIN_CAPABILITY:
         return "bf16"

@@ -148,15 +148,16 @@ def record_target(task: str, name: str) -> Path:
 def load_state(state_dir: Path, task: str, preset: str, code: str) -> dict[str, Any]:
     """The run's state in `state_dir`, or a new one. A state of another task, preset or seed (`DL_SEED`) is refused,
     as is one whose notebook code has changed since its first slice."""
-    state = run_state(state_dir)
+    state, seed = run_state(state_dir), env_seed()
     if state is None:
-        return {"task": task, "preset": preset, "seed": env_seed(), "notebook_code_sha256": code, "slices": [],
+        return {"task": task, "preset": preset, "seed": seed, "notebook_code_sha256": code, "slices": [],
                 "finished": False}
     if (state["task"], state["preset"]) != (task, preset):
         raise SystemExit(f"{state_dir} holds a {state['preset']} run of {state['task']}, not {preset} of {task}")
-    if state.get("seed") != env_seed():
-        raise SystemExit(f"{state_dir} holds a run of seed {state.get('seed') or 'default'}, and DL_SEED asks for "
-                         f"{env_seed() or 'the default'}: give each seed a state folder of its own")
+    if state.get("seed") != seed:
+        held = "default" if state.get("seed") is None else state["seed"]
+        raise SystemExit(f"{state_dir} holds a run of seed {held}, and DL_SEED asks for "
+                         f"{'the default' if seed is None else seed}: give each seed a state folder of its own")
     if state["notebook_code_sha256"] != code:
         raise SystemExit(f"{task}'s notebook code changed since this run's first slice: its checkpoint is of other "
                          f"code; start again in an empty state folder")
