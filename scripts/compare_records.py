@@ -65,9 +65,13 @@ CONDITIONS = (
 
 
 def clock_metrics(task: str, root: Path = REPO_ROOT) -> set[str]:
-    """The task's metrics that read a clock (its task.toml's `resume_test_timing_metrics`): never compared."""
+    """The task's metrics that read a clock, never compared: its task.toml's `resume_test_timing_metrics` (which the
+    smoke preset writes) and `clock_metrics_not_in_smoke` (which only `quick` or `full` write)."""
     toml = root / task / "task.toml"
-    return set(tomllib.loads(toml.read_text()).get("resume_test_timing_metrics", [])) if toml.exists() else set()
+    if not toml.exists():
+        return set()
+    meta = tomllib.loads(toml.read_text())
+    return set(meta.get("resume_test_timing_metrics", [])) | set(meta.get("clock_metrics_not_in_smoke", []))
 
 
 def newest_committed(task: str, preset: str, exclude: Path, root: Path = REPO_ROOT) -> Path | None:
