@@ -64,13 +64,13 @@ def run_tagged(notebook: Path, tag: str, *, count: int | None = None, at_least: 
 
 
 def notebook_functions(notebook: Path, *names: str, namespace: dict | None = None) -> dict:
-    """Execute the notebook's top-level functions `names` (decorators included) in `namespace` (the modules they
-    use; a new one by default) and return it."""
+    """Execute the notebook's top-level functions and classes `names` (decorators included) in `namespace` (the
+    modules they use; a new one by default) and return it."""
     source = "\n".join(cell_sources(notebook))
     lines = source.split("\n")
     chunks = {}
     for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef) and node.name in names:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
             start = min([d.lineno for d in node.decorator_list] + [node.lineno])
             chunks[node.name] = "\n".join(lines[start - 1:node.end_lineno])
     assert sorted(chunks) == sorted(names), f"not found in {notebook.name}: {set(names) - set(chunks)}"
