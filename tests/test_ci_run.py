@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -48,3 +49,23 @@ def test_under_the_readmes_command_each_test_file_runs_as_one_xdist_group(reques
     if not hasattr(request.config, "workerinput") or not request.config.getvalue("loadgroup"):
         pytest.skip("no xdist groups outside `pytest -n N --dist loadgroup`")
     assert request.node.nodeid.endswith(f"@{Path(__file__).name}"), request.node.nodeid
+
+
+def ci_seconds_range(readme: str, contributing: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The range of clean-clone CI times the README states, and the range CONTRIBUTING's table of them holds."""
+    stated = re.search(r"`\.ci/run` has taken (\d[\d,]*) to (\d[\d,]*) s", readme)
+    assert stated, "the README no longer states the CI time range"
+    rows = [int(cells[5]) for line in contributing.splitlines()
+            if line.startswith("| 20") and len(cells := [c.strip() for c in line.split("|")]) > 6 and cells[5].isdigit()]
+    assert rows, "CONTRIBUTING's table of CI times was not found"
+    return (int(stated[1].replace(",", "")), int(stated[2].replace(",", ""))), (min(rows), max(rows))
+
+
+def test_the_readmes_ci_time_range_is_contributings_table() -> None:
+    """The README's 'has taken X to Y s' is the shortest and the longest clean-clone CI run that CONTRIBUTING records;
+    the control: a README still saying 361 after a 359-s run is caught."""
+    readme, contributing = (REPO_ROOT / "README.md").read_text(), (REPO_ROOT / "CONTRIBUTING.md").read_text()
+    stated, recorded = ci_seconds_range(readme, contributing)
+    assert stated == recorded, f"README says {stated[0]} to {stated[1]} s, CONTRIBUTING's table {recorded[0]} to {recorded[1]} s"
+    stale = readme.replace(f"has taken {stated[0]} to", f"has taken {stated[0] + 2} to")
+    assert ci_seconds_range(stale, contributing)[0] != recorded
