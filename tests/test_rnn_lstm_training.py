@@ -1,5 +1,5 @@
 """The training machinery of text_generation/rnn_lstm that is not a recurrent cell: the time-based schedule
-(Eq. 15), the coordinate search of the tuning probes, the sliding-window evaluation and the exploding-gradient
+(Eq. 14), the coordinate search of the tuning probes, the sliding-window evaluation and the exploding-gradient
 measurement against the spectral radius, each executed from the notebook's own cells.
 
 Every property is checked together with a control that breaks it: a schedule that ignores the seconds, a search
