@@ -380,3 +380,39 @@ def test_the_issue_check_flags_a_development_issue_but_not_a_public_link() -> No
                                       "; tissue samples") == []
     assert development_issue_mentions("see [the issue](https://github.com/pytorch/vision/issues/9536)") == []
     assert len(development_issue_mentions("see [the issue](https://example.org/notes)")) == 1  # not a tracker
+
+
+SHOWN_RECORD = re.compile(r"(?:\.\.\.)?(\w[\w.-]*\d{8}T\d{6}\d*Z\.json)`?[^|\n]{0,40}\*\*the outputs shown below\*\*")
+WRITTEN_RECORD = re.compile(r"Run record written: ([\w.-]+\.json)")
+
+
+def shown_and_written(nb: nbformat.NotebookNode) -> tuple[list[str], list[str]]:
+    """The record(s) the prose says the committed outputs come from, and the record(s) those outputs say they wrote."""
+    prose = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    printed = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                        for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+    return SHOWN_RECORD.findall(prose), WRITTEN_RECORD.findall(printed)
+
+
+TASK_NOTEBOOKS = [p for p in load_script("notebook_header").task_notebooks() if "templates" not in p.parts]
+
+
+@pytest.mark.parametrize("path", TASK_NOTEBOOKS, ids=_ids(TASK_NOTEBOOKS))
+def test_the_record_named_as_the_outputs_shown_is_the_one_the_outputs_wrote(path: Path) -> None:
+    """After a rerun the Overview's "**the outputs shown below**" row must name the new record: the committed outputs
+    print which record they wrote, and it must be that one (a stale row kept the last run's record name)."""
+    shown, written = shown_and_written(nbformat.read(path, as_version=4))
+    assert len(shown) == 1, f"the Overview names {len(shown)} records as the outputs shown"
+    assert len(written) == 1 and written[0].endswith(shown[0]), (shown, written)
+
+
+def test_a_stale_outputs_shown_row_is_caught() -> None:
+    """The control: the ViT's notebook with its Overview row pointing at the run before."""
+    nb = nbformat.read(REPO_ROOT / "image_classification" / "vit" / "vit.ipynb", as_version=4)
+    shown, written = shown_and_written(nb)
+    stale = "vit__quick__cpu__20261129T171141557821Z.json"
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = cell.source.replace(shown[0], stale)
+    shown_now, _ = shown_and_written(nb)
+    assert shown_now == [stale] and not written[0].endswith(stale)
