@@ -325,10 +325,13 @@ def unresolved_citations(text: str, committed: list[Path]) -> list[str]:
 def notebook_text(path: Path) -> str:
     """A notebook's cells and the text its committed outputs printed (where each run says which record it wrote)."""
     nb = nbformat.read(path, as_version=4)
-    parts = [cell.source for cell in nb.cells]
-    parts += [out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-              for out in cell.get("outputs", []) if out.get("output_type") == "stream"]
-    return "\n".join(parts)
+    return "\n".join([cell.source for cell in nb.cells] + [printed_text(nb)])
+
+
+def printed_text(nb: nbformat.NotebookNode) -> str:
+    """What the notebook's committed outputs printed (its code cells' stream outputs)."""
+    return "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                     for out in cell.get("outputs", []) if out.get("output_type") == "stream")
 
 
 @pytest.mark.parametrize("path", PROSE_FILES, ids=_ids(PROSE_FILES))
@@ -389,9 +392,7 @@ WRITTEN_RECORD = re.compile(r"Run record written: ([\w.-]+\.json)")
 def shown_and_written(nb: nbformat.NotebookNode) -> tuple[list[str], list[str]]:
     """The record(s) the prose says the committed outputs come from, and the record(s) those outputs say they wrote."""
     prose = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
-    printed = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-                        for out in cell.get("outputs", []) if out.get("output_type") == "stream")
-    return SHOWN_RECORD.findall(prose), WRITTEN_RECORD.findall(printed)
+    return SHOWN_RECORD.findall(prose), WRITTEN_RECORD.findall(printed_text(nb))
 
 
 TASK_NOTEBOOKS = [p for p in load_script("notebook_header").task_notebooks() if "templates" not in p.parts]
