@@ -217,6 +217,24 @@ def test_the_notebook_runs_forbid_float64_on_the_device(tmp_path: Path, smoke_en
     assert "3.0" in printed and "DL_FORBID_DEVICE_FLOAT64 is set" in printed
 
 
+@pytest.mark.notebook
+def test_the_vits_same_time_runs_refuse_a_headline_stopped_part_way(tmp_path: Path, smoke_env: Path) -> None:
+    """A headline that stop_after_steps stopped must not lend its partial seconds to the same-time ResNet-20 (which a
+    resumed run would then reuse from its side-run folder): the notebook raises before it. Control: after an
+    uninterrupted headline the same cells run on and train the ResNet-20."""
+    from nbclient.exceptions import CellExecutionError
+
+    guard = "the headline was stopped part-way"
+    for stop in (5, 0):
+        nb = with_resume(REPO_ROOT / "image_classification" / "vit" / "vit.ipynb", False, stop_after=stop)
+        last = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and guard in c.source)
+        nb.cells = nb.cells[:last + 1]
+        if stop:
+            with pytest.raises(CellExecutionError, match=guard):
+                execute(nb, tmp_path)
+        else:
+            assert "ResNet-20: " in execute(nb, tmp_path)
+
 def test_a_notebook_without_stop_after_steps_fails_the_resume_test(tmp_path: Path) -> None:
     """The mid-run resume test has no weaker fallback: a Config without the field is an error, not a skipped check."""
     (tmp_path / "task.toml").write_text("resume_test_stop = 3\n")
