@@ -74,12 +74,13 @@ def clock_metrics(task: str, root: Path = REPO_ROOT) -> set[str]:
     return set(meta.get("resume_test_timing_metrics", [])) | set(meta.get("clock_metrics_not_in_smoke", []))
 
 
-def newest_committed(task: str, preset: str, exclude: Path, root: Path = REPO_ROOT) -> Path | None:
-    """The newest record of `task` and `preset` among those the README reads (results/<task>/*.json), but `exclude`."""
+def newest_committed(task: str, preset: str, exclude: Path | None = None, root: Path = REPO_ROOT) -> Path | None:
+    """The newest record of `task` and `preset` among those the README reads (results/<task>/*.json), but `exclude`
+    (if given)."""
     found = []
     for path in (root / "results" / task).glob("*.json"):
         record = json.loads(path.read_text())
-        if record.get("preset") == preset and path.resolve() != exclude.resolve():
+        if record.get("preset") == preset and (exclude is None or path.resolve() != exclude.resolve()):
             found.append((record.get("finished_at", ""), path))
     return max(found)[1] if found else None
 

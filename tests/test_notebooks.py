@@ -235,6 +235,7 @@ def test_the_vits_same_time_runs_refuse_a_headline_stopped_part_way(tmp_path: Pa
         else:
             assert "ResNet-20: " in execute(nb, tmp_path)
 
+
 def test_a_notebook_without_stop_after_steps_fails_the_resume_test(tmp_path: Path) -> None:
     """The mid-run resume test has no weaker fallback: a Config without the field is an error, not a skipped check."""
     (tmp_path / "task.toml").write_text("resume_test_stop = 3\n")
