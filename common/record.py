@@ -208,12 +208,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Environment variables that cap the instruction set of PyTorch's, MKL's or oneDNN's kernels below what the CPU has
+KERNEL_ENV_VARS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
 def cpu_kernels() -> dict[str, Any]:
     """What decides the CPU's floating-point results besides the code: the instruction set PyTorch's kernels use
-    (`AVX2`, `AVX512`, ...; MKL and oneDNN pick their kernels by it, and two kinds give other roundings) and the
-    CPU's family, model and stepping from /proc/cpuinfo (a virtual machine may hide the model's name, not these).
+    (`AVX2`, `AVX512`, ...; MKL and oneDNN pick their kernels by it, and two kinds give other roundings), the
+    CPU's family, model and stepping from /proc/cpuinfo (a virtual machine may hide the model's name, not these),
+    and, under `env`, those of `KERNEL_ENV_VARS` that are set (a run that capped its kernels says so).
     Two CPU runs of the same code and seed agree to the last digit only where these agree."""
     ids: dict[str, Any] = {"capability": torch.backends.cpu.get_cpu_capability()}
+    overrides = {name: os.environ[name] for name in KERNEL_ENV_VARS if name in os.environ}
+    if overrides:
+        ids["env"] = overrides
     try:
         first_block = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]  # the first processor's lines
         for line in first_block.splitlines():

@@ -538,3 +538,15 @@ def test_moving_a_checkpoint_to_the_guarded_cpu_keeps_a_state_dicts_metadata():
     state = nn.BatchNorm1d(3).state_dict()
     moved = common.checkpoint._to_device({"model": state}, torch.device("cpu"))["model"]
     assert moved._metadata == state._metadata  # load_state_dict reads the module versions from it
+
+
+def test_cpu_kernels_names_kernel_caps_set_in_the_environment(monkeypatch):
+    """A run whose kernels were capped (ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU, say) says so; one without says
+    nothing, so that two uncapped records of one CPU kind still compare equal."""
+    from common.record import KERNEL_ENV_VARS, cpu_kernels
+    for name in KERNEL_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert "env" not in cpu_kernels()
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_kernels()["env"] == {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
