@@ -298,12 +298,16 @@ def headline_records(task: Task) -> tuple[list[dict], str | None]:
 
 def cpu_name(record: dict) -> str:
     """A CPU run's device, with the instruction set its kernels used when the record stores it (`cpu_kernels`):
-    "cpu (2 threads, x86_64, AVX2)". Two CPUs that share a name may differ there, and in speed."""
+    "cpu (2 threads, x86_64, AVX2)", or "AVX2, capped" where environment variables held the kernels below what the
+    CPU has (`cpu_kernels["env"]`). Two CPUs that share a name may differ there, and in speed."""
     from common.device import canonical_device_name  # late: `common` imports torch, which --help does not need
-    capability = (record.get("cpu_kernels") or {}).get("capability")
+    kernels = record.get("cpu_kernels") or {}
+    capability = kernels.get("capability")
     device = canonical_device_name(record["device"])
     if not capability:
         return device
+    if kernels.get("env"):
+        capability += ", capped"
     return f"{device[:-1]}, {capability})" if device.endswith(")") else f"{device} ({capability})"
 
 

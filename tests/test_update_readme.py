@@ -236,6 +236,18 @@ def test_a_cpu_time_names_the_instruction_set_of_its_kernels_when_the_record_has
                                                                              tmp_path)
 
 
+def test_a_cpu_time_says_when_its_kernels_were_capped(tmp_path: Path) -> None:
+    """A run that capped its kernels (ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU, to repeat an AVX2 machine's
+    rounding) ran AVX2 kernels on another CPU, whose speed is not an AVX2 machine's: the time says so."""
+    capped = {"capability": "AVX2", "cpu_family": "25", "model": "17", "stepping": "1",
+              "env": {"ATEN_CPU_CAPABILITY": "avx2"}}
+    add_task(tmp_path / "capped", "vae", "nelbo", [{"device": "cpu (2 threads, x86_64)", "cpu_kernels": capped}])
+    assert vae_cells(tmp_path / "capped")[5] == "1.0 min (cpu (2 threads, x86_64, AVX2, capped))"
+    del capped["env"]  # the control: the same record without the caps
+    add_task(tmp_path / "plain", "vae", "nelbo", [{"device": "cpu (2 threads, x86_64)", "cpu_kernels": capped}])
+    assert vae_cells(tmp_path / "plain")[5] == "1.0 min (cpu (2 threads, x86_64, AVX2))"
+
+
 def notebook_json(code: str, markdown: str = "# A task") -> str:
     cells = [{"cell_type": "markdown", "metadata": {}, "source": markdown},
              {"cell_type": "code", "metadata": {}, "source": code, "outputs": [], "execution_count": None}]
