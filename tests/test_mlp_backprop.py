@@ -142,3 +142,39 @@ def test_the_scalar_engine_accumulates_over_shared_values(ns: dict) -> None:
     z = y * y  # dz/dx = 2y (2x + 1)
     z.backward()
     assert x.grad == pytest.approx(2 * 12.0 * 7.0)
+
+
+@pytest.fixture(scope="module")
+def sym() -> dict:
+    return run_tagged(NOTEBOOK, "symmetry", count=1, namespace={"torch": torch})
+
+
+def test_the_symmetry_data_are_the_64_vectors_and_8_read_the_same_backwards(sym: dict) -> None:
+    x, d = sym["symmetry_data"](6)
+    assert x.shape == (64, 6) and len(set(map(tuple, x.tolist()))) == 64
+    assert d.sum().item() == 8 and all(d[i].item() == (x[i].tolist() == x[i].flip(0).tolist()) for i in range(64))
+
+
+def test_the_symmetry_networks_gradients_equal_autograd_and_the_control_does_not(sym: dict) -> None:
+    x, d = sym["symmetry_data"](6)
+    for seed in range(3):
+        params = sym["symmetry_init"](5, 6, 2, 1.0, torch.Generator().manual_seed(seed))
+        assert sym["symmetry_gradient_gap"](params, x, d, output_slope=True) < 1e-5
+        assert sym["symmetry_gradient_gap"](params, x, d, output_slope=False) > 0.1
+
+
+def test_fig_1s_weights_solve_the_task_and_a_broken_ratio_does_not(sym: dict) -> None:
+    """The caption's solution, built by hand: mirrored weights of opposite sign in the ratio 1 : 2 : 4, negative hidden
+    biases, a positive output bias. Every output is on the right side of 0.5; the control, 1 : 1 : 2, is not (two
+    half-patterns then send the same sum, so an asymmetric vector cancels like a symmetric one)."""
+    x, d = sym["symmetry_data"](6)
+
+    def net(half: list[float]) -> list[torch.Tensor]:
+        w = torch.tensor(half + [-v for v in reversed(half)])  # (6,): antisymmetric about the middle
+        w1 = torch.stack([w, -w]).unsqueeze(0)  # (2, 6) -> (1, 2, 6): one network, two hidden units
+        return [4 * w1, torch.full((1, 2), -2.0), torch.full((1, 1, 2), -20.0), torch.full((1, 1), 8.0)]
+
+    y, error, _ = sym["symmetry_forward_backward"](net([1.0, 2.0, 4.0]), x, d)
+    assert (y - d).abs().max().item() < 0.5 and error.item() < 0.5
+    y_control, _, _ = sym["symmetry_forward_backward"](net([1.0, 1.0, 2.0]), x, d)
+    assert (y_control - d).abs().max().item() > 0.5
