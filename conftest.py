@@ -32,6 +32,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent
 NOISE = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".venv", "venv", ".git")  # written by Python, pytest and Jupyter themselves
 LAST_TEST = "test_the_suite_leaves_the_working_tree_clean"
+SANDBOX_PREFIX = "dl_tests_"  # the temporary folder of one pytest process: DL_DATA_DIR, DL_RUNS_DIR, ... inside it
 
 
 def tree_snapshot() -> dict[str, tuple[str, int, int]] | None:
@@ -86,10 +87,13 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))  # the notebook kernels inherit it
         import torch
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    sandbox = Path(tempfile.mkdtemp(prefix="dl_tests_"))
+    sandbox = Path(tempfile.mkdtemp(prefix=SANDBOX_PREFIX))
     config.stash[SANDBOX] = sandbox
     config.stash[SNAPSHOT] = tree_snapshot()
-    extra = [str(user_data_dir().resolve()), os.environ.get("DL_EXTRA_DATA_DIRS", "")]
+    if user_data_dir().parent.name.startswith(SANDBOX_PREFIX):  # a worker of `pytest -n N`, or a pytest a test ran:
+        extra = [os.environ.get("DL_EXTRA_DATA_DIRS", "")]  # the user's folders, as the process that made it found them
+    else:
+        extra = [str(user_data_dir().resolve()), os.environ.get("DL_EXTRA_DATA_DIRS", "")]
     os.environ["DL_PRESET"] = "smoke"
     for name in ("DL_REHEARSE_GPU", "DL_SEED"):  # a user's GPU rehearsal or second seed must not reach the tests
         os.environ.pop(name, None)
@@ -182,7 +186,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def changes_since_start(config: pytest.Config) -> list[str] | None:
     """Paths created, changed or deleted in the checkout since pytest started (None outside a git checkout)."""
-    before, after = config.stash[SNAPSHOT], tree_snapshot()
+    return snapshot_changes(config.stash[SNAPSHOT], tree_snapshot())
+
+
+def snapshot_changes(before: dict[str, tuple[str, int, int]] | None,
+                     after: dict[str, tuple[str, int, int]] | None) -> list[str] | None:
+    """The paths whose entry differs between two `tree_snapshot()`s (None if either is None)."""
     if before is None or after is None:
         return None
     return sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))

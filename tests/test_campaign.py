@@ -348,8 +348,10 @@ def test_a_run_that_travels_once_trained_starts_with_a_budget_of_its_training(tm
 def test_the_list_says_which_runs_must_stay_on_one_machine(capsys: pytest.CaptureFixture) -> None:
     campaign.list_campaign(None)
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert "first 9 min (training) on one machine, then its state travels" in lines["image_generation/ddpm"]
-    assert "all 9.5 min on one machine (its state cannot travel)" in lines["text_generation/bpe_gpt"]
+    ddpm, bpe = (campaign.campaign()[task] for task in ("image_generation/ddpm", "text_generation/bpe_gpt"))
+    assert f"first {ddpm['train_minutes']} min (training) on one machine, then its state travels" in lines[
+        "image_generation/ddpm"]
+    assert f"all {bpe['estimate_minutes']} min on one machine (its state cannot travel)" in lines["text_generation/bpe_gpt"]
     assert "one machine" not in lines["image_generation/gan"]  # the control: its state travels
 
 

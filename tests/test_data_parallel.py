@@ -93,6 +93,7 @@ def test_the_gradient_check_sees_a_sum_in_place_of_the_mean_exactly(checks: tupl
     sees a missing all-reduce."""
     result, tol = checks
     assert result["max_grad_rel_diff"]["sum_not_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert result["max_grad_rel_diff"]["sum_not_mean"] > result["stated_grad_tol"]
     assert result["max_param_diff"]["sum_not_mean"] < result["max_param_diff"]["no_allreduce"]
 
 
@@ -115,6 +116,7 @@ def test_no_sync_all_reduces_once_per_step_and_accumulating_without_it_twice(che
 def test_the_check_fails_without_the_all_reduce(checks: tuple[dict, float]) -> None:
     result, tol = checks
     assert result["max_param_diff"]["no_allreduce"] > 10 * tol
+    assert result["max_grad_rel_diff"]["no_allreduce"] > result["stated_grad_tol"], "the gradient check sees it too"
     assert result["max_param_spread_across_ranks"]["no_allreduce"] > 10 * tol  # the ranks' copies drift apart
     assert result["max_param_spread_across_ranks"]["ddp"] <= tol and result["max_param_spread_across_ranks"]["manual"] <= tol
 

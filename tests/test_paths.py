@@ -83,6 +83,7 @@ def test_the_suite_reads_the_users_data_read_only_and_writes_into_its_sandbox():
     assert sandbox_data.parent.name.startswith("dl_tests_")
     extra = paths.extra_data_dirs()
     assert extra and extra[0] != sandbox_data and not str(extra[0]).startswith(str(sandbox_data.parent))
+    assert not any(p.parent.name.startswith("dl_tests_") for p in extra), "no sandbox, this one's or another's"
     assert paths.user_data_dir() == extra[0]
     assert not any(p.is_symlink() for p in sandbox_data.glob("*"))  # reads go to the real folder itself
 
