@@ -550,3 +550,35 @@ def test_cpu_kernels_names_kernel_caps_set_in_the_environment(monkeypatch):
     monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert cpu_kernels()["env"] == {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def test_the_code_hash_reads_code_cells_only(tmp_path):
+    """`notebook_code_sha256` names the code that ran: markdown, outputs and execution counts leave it alone (a rerun
+    or a prose fix keeps a record current), while any change to a code cell, a comment included, changes it."""
+    from common.record import notebook_code_sha256
+
+    def write(cells: list[dict]) -> str:
+        path = tmp_path / "nb.ipynb"
+        path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        return notebook_code_sha256(path)
+
+    code = {"cell_type": "code", "source": ["x = 1  # one\n", "y = x + 1"], "outputs": [], "execution_count": None}
+    prose = {"cell_type": "markdown", "source": ["Eq. 1"]}
+    base = write([prose, code])
+    run = {**code, "outputs": [{"output_type": "stream", "name": "stdout", "text": ["2\n"]}], "execution_count": 7}
+    assert write([{**prose, "source": ["Eq. 2, a fix"]}, run]) == base
+    assert write([prose, {**code, "source": "x = 1  # one\ny = x + 1"}]) == base, "a string source is the same code"
+    assert write([prose, {**code, "source": ["x = 1  # won\n", "y = x + 1"]}]) != base, "the control: a comment"
+    assert write([prose, {**code, "source": ["x = 2  # one\n", "y = x + 1"]}]) != base
+    assert write([code, prose, code]) != base, "a second code cell"
+
+
+@pytest.mark.parametrize("name, slug", [("NVIDIA GeForce RTX 4090", "nvidia-geforce-rtx-4090"),
+                                        ("NVIDIA H100 80GB HBM3", "nvidia-h100-80gb-hbm3"), ("NVIDIA H200", "nvidia-h200")])
+def test_a_record_file_names_its_gpu(monkeypatch, name, slug):
+    """The slug in a record's file name, by which the README and the campaign tell GPUs apart."""
+    from common.record import device_slug
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert device_slug(torch.device("cuda", 0)) == slug
+    assert device_slug(torch.device("cpu")) == "cpu"
