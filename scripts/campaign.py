@@ -363,21 +363,23 @@ def cannot_resume(task: str, entry: dict[str, Any], state_dir: Path, left: float
 
 
 def missing_inputs(entry: dict[str, Any], data_dir: Path) -> list[str]:
-    """The entries of the task's `needs` (campaign.toml) that this machine lacks: a file or folder not in
-    `data_dir`, Fashion-MNIST neither there nor in Debian's folder, a Python package (`module:NAME`) not
+    """The entries of the task's `needs` (campaign.toml) that this machine lacks: a file or folder neither in
+    `data_dir` nor in `DL_EXTRA_DATA_DIRS` (where the notebooks look too), Fashion-MNIST neither there nor in Debian's folder, a Python package (`module:NAME`) not
     installed. A run started without them fails offline, and used to end the whole command."""
     import importlib.util
 
     from common.data import DEBIAN_FASHION_MNIST
+    from common.paths import extra_data_dirs
 
+    folders = [data_dir, *extra_data_dirs()]  # where the notebook will look: DL_DATA_DIR, then DL_EXTRA_DATA_DIRS
     missing = []
     for need in entry.get("needs", []):
         if need.startswith("module:"):
             found = importlib.util.find_spec(need.split(":", 1)[1]) is not None
         elif need == "fashion_mnist":
-            found = (data_dir / "fashion_mnist.npz").is_file() or DEBIAN_FASHION_MNIST.is_dir()
+            found = any((d / "fashion_mnist.npz").is_file() for d in folders) or DEBIAN_FASHION_MNIST.is_dir()
         else:
-            found = (data_dir / need).exists()
+            found = any((d / need).exists() for d in folders)
         if not found:
             missing.append(need)
     return missing
@@ -486,7 +488,11 @@ def main(argv: list[str]) -> int:
             print("no CUDA device here: pass --device cpu to run the same path on the CPU")
             return gpu_check.NO_CUDA
     data_dir = args.data_dir.expanduser().resolve()
-    if args.command == "run":
+    if args.command == "run":  # a named task (loan.sh run BUDGET TASK): asked as `next` asks, before it starts
+        missing = missing_inputs(campaign().get(args.task) or {}, data_dir)
+        if missing:  # started anyway, it would fail offline after its imports, in the loan's time
+            print(f"skip {args.task}: this machine lacks {', '.join(missing)}")
+            return 1
         return run_slice(args.task, args.seconds, args.state.resolve(), data_dir, args.preset, args.device,
                          args.tail, args.slice_steps, not args.no_save, args.slice_side_runs, started)
     return run_campaign(args.budget, args.root.resolve(), data_dir, args.device, not args.no_save, args.after_slice,

@@ -49,11 +49,12 @@ pack_state() {  # ROOT OUT: one tar.gz of ROOT's unfinished run folders, cut int
   # machine, for send-back) with their manifest; the first parts go into OUT. Nothing when none is unfinished.
   local root=$1 out=$2 runs=() d tmp mib total=0 man=$1/.parts/state.manifest changed=0
   rm -rf "$root"/.parts-new.*  # a packing killed part-way
-  for d in "$root"/*/; do  # runs are added while together they fit the cap; float checkpoints gzip by a tenth at best
+  for d in "$root"/*/; do  # runs are added while, unpacked, they fit the cap: float checkpoints gzip by a tenth at
+    # best, so counting on gzip could accept runs whose parts then exceed the cap, and none of them would travel
     [ -f "$d/state.json" ] || continue
     python3 -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['finished'])" "$d/state.json" || continue
     mib=$(du -sm --exclude=notebook.py "$d" | cut -f1)
-    if (( 4 * (total + mib) > 5 * max_parts * part_mib )); then
+    if (( total + mib > max_parts * part_mib )); then
       echo "warning: $(basename "$d"): $mib MiB before packing, beside $total MiB of other runs, more than the $(( max_parts * part_mib )) MiB of parts (LOAN_MAX_PARTS) that travel: this run's state stays on this machine"
       continue
     fi
@@ -181,7 +182,7 @@ prepare)
   # whether tracked files differ from that commit (what a record's git_dirty means): the records made there say so
   if [ -z "$(git status --porcelain --untracked-files=no)" ]; then echo false; else echo true; fi >.loan/dirty
   [ -z "$(git status --porcelain)" ] || echo "warning: uncommitted changes or untracked files travel, but the records name $(cat .loan/commit): commit first"
-  tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1); loan=$(du -sb .loan | cut -f1)
+  tree=$(git ls-files -z -co --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1); loan=$(du -sb .loan | cut -f1)  # untracked files travel too
   if (( tree + loan > carry_mib * 1048576 )); then  # the device tool would refuse the call: say what to leave out now
     echo "error: the repository ($(( tree / 1048576 )) MiB) and .loan ($(( loan / 1048576 )) MiB) are over the 64 MiB one call carries: LOAN_FASHION=0 leaves out Fashion-MNIST (30 MB)"
     exit 1

@@ -642,6 +642,9 @@ def test_a_task_is_started_only_where_its_data_and_packages_are(tmp_path: Path, 
     """Prepared with LOAN_FASHION=0, a loan has no Fashion-MNIST: `next` used to start the MLP there, which failed
     offline and ended the command. Every task names what it reads (`needs`), and the machine is asked."""
     monkeypatch.setattr("common.data.DEBIAN_FASHION_MNIST", tmp_path / "no-debian-folder")
+    monkeypatch.setenv("DL_EXTRA_DATA_DIRS", str(tmp_path / "extra"))  # read-only folders the notebooks also search
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "tinyshakespeare.txt").write_text("")
     (tmp_path / "mnist.npz").write_bytes(b"")
     (tmp_path / "planetoid").mkdir()
     entry = {"needs": ["mnist.npz", "planetoid", "cifar10.npz", "fashion_mnist", "module:json",
@@ -649,8 +652,27 @@ def test_a_task_is_started_only_where_its_data_and_packages_are(tmp_path: Path, 
     assert campaign.missing_inputs(entry, tmp_path) == ["cifar10.npz", "fashion_mnist", "module:no_such_package_here"]
     (tmp_path / "no-debian-folder").mkdir()  # Debian's dataset-fashion-mnist, as loan.sh lays it out
     assert campaign.missing_inputs(entry, tmp_path) == ["cifar10.npz", "module:no_such_package_here"]
+    assert campaign.missing_inputs({"needs": ["tinyshakespeare.txt"]}, tmp_path) == [], "found in the extra folder"
+    monkeypatch.delenv("DL_EXTRA_DATA_DIRS")
+    assert campaign.missing_inputs({"needs": ["tinyshakespeare.txt"]}, tmp_path) == ["tinyshakespeare.txt"]
     for task, entry in campaign.campaign().items():
         assert entry.get("needs"), f"{task} says nothing of what it reads"
+
+
+def test_a_named_task_is_not_started_without_its_data(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`loan.sh run BUDGET TASK` runs `campaign.py run TASK`, which asks for the task's `needs` as `next` does: the MLP
+    without Fashion-MNIST (a loan prepared with LOAN_FASHION=0) is said and skipped. The control: with its data there,
+    the slice starts."""
+    monkeypatch.setattr("common.data.DEBIAN_FASHION_MNIST", tmp_path / "no-debian-folder")
+    monkeypatch.delenv("DL_EXTRA_DATA_DIRS", raising=False)
+    started = []
+    monkeypatch.setattr(campaign, "run_slice", lambda task, *args: started.append(task) or 0)
+    argv = ["run", "image_classification/mlp_backprop", "--seconds", "300", "--state", str(tmp_path / "state"),
+            "--data-dir", str(tmp_path), "--device", "cpu"]
+    assert campaign.main(argv) == 1 and started == []
+    assert "skip image_classification/mlp_backprop: this machine lacks fashion_mnist" in capsys.readouterr().out
+    (tmp_path / "no-debian-folder").mkdir()
+    assert campaign.main(argv) == 0 and started == ["image_classification/mlp_backprop"]
 
 
 def test_the_campaign_passes_over_missing_data_and_goes_on_after_a_failed_slice(tmp_path: Path, monkeypatch) -> None:

@@ -127,6 +127,21 @@ def test_runs_over_the_parts_cap_together_stay_and_the_others_still_travel(tmp_p
     assert "before packing" not in loan("pack-state", str(root), str(out), max_parts=20, back_mib=4)
 
 
+def test_runs_are_taken_while_their_unpacked_size_fits_so_the_parts_do_too(tmp_path: Path) -> None:
+    """Scaled down (parts of 1 MiB, at most 4): 1.9 and 2.4 MiB of incompressible checkpoint are 5 MiB by `du -sm`,
+    over the cap before packing and after it (5 parts). Taking both, hoping gzip shrinks them, would refuse the whole
+    packing, so that neither travels (the rule before 2026-11-30 did so); the second stays and the first travels."""
+    root, out, there = tmp_path / "state", tmp_path / "out", tmp_path / "next_loan"
+    out.mkdir()
+    first = make_run(root, "a_first", finished=False, mib=1.9)
+    make_run(root, "b_second", finished=False, mib=2.4)
+    printed = loan("pack-state", str(root), str(out), max_parts=4)
+    assert re.search(r"b_second: \d+ MiB before packing, beside 2 MiB", printed) and "more than LOAN_MAX_PARTS" not in printed
+    loan("unpack-state", str(out), str(there))
+    assert (there / "a_first" / "checkpoints" / "model.pt").read_bytes() == first
+    assert sorted(p.name for p in there.iterdir() if not p.name.startswith(".")) == ["a_first"]
+
+
 def test_an_unchanged_state_is_not_packed_again_and_a_changed_one_is(tmp_path: Path) -> None:
     """pack-all runs after every slice: a state no slice touched since its last packing comes back as the same parts,
     without gzipping it again (a 165 MiB state costs seconds each time); the control: a file written since, and
