@@ -218,9 +218,12 @@ run)
   device=${LOAN_DEVICE:-cuda} preset=${LOAN_PRESET:-full}  # cpu and smoke: the test of this whole path on a CPU
   export LOAN_TMP=$stage  # for the pack-all that campaign.py calls after each slice
   export DL_GIT_COMMIT=$(cat .loan/commit) DL_GIT_DIRTY=$(cat .loan/dirty 2>/dev/null) PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-  if ls .loan/wheels/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$stage/loan_site" .loan/wheels/*.whl \
-      && export PYTHONPATH=$PWD:$stage/loan_site
+  if ls .loan/wheels/*.whl >/dev/null 2>&1; then  # one by one: a wheel for another Python must not keep out the rest
+    for wheel in .loan/wheels/*.whl; do
+      python3 -m pip install -q --no-index --no-deps --no-compile --target "$stage/loan_site" "$wheel" \
+        || echo "warning: $(basename "$wheel") does not install here: the tasks that need it are passed over"
+    done
+    export PYTHONPATH=$PWD:$stage/loan_site
   fi
   out=${OUT:-$stage/loan_out}; mkdir -p "$out" "$stage/loan_state"
   unpack_state .loan/state "$stage/loan_state" "$stage/loan_incoming" \
@@ -257,7 +260,7 @@ run)
       --preset "$preset" --state "$stage/loan_state/${task//\//__}${seed:+__seed_$seed}"
     pack_all "$out"
   done
-  (cd "$stage/loan_state" && du -sh ./*/checkpoints 2>/dev/null)
+  (cd "$stage/loan_state" && du -sh ./*/checkpoints 2>/dev/null) || true  # the status says nothing: read the lines
   ;;
 *) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2 ;;
 esac
