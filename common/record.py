@@ -140,6 +140,17 @@ class RunClock:
     def load_state_dict(self, state: Mapping[str, float]) -> None:
         self.seconds = {str(k): float(v) for k, v in state.items()}
 
+    def peak_memory_so_far(self) -> dict[str, dict[str, int]]:
+        """`peak_memory` with the running span's peak so far folded in, without stopping it (read it after a
+        synchronisation): what a slice that stops mid-span hands to the next, whose process starts from zero."""
+        peaks = {name: dict(peak) for name, peak in self.peak_memory.items()}
+        if self._cuda and self.current is not None:
+            allocated, reserved = _fold(self._span_peak, _peak_since_reset(self.device))
+            old = peaks.get(self.current, {"allocated_bytes": 0, "reserved_bytes": 0})
+            peaks[self.current] = {"allocated_bytes": max(old["allocated_bytes"], allocated),
+                                   "reserved_bytes": max(old["reserved_bytes"], reserved)}
+        return peaks
+
     def train_peak_memory(self) -> dict[str, int] | None:
         """The peak GPU memory of training, {"allocated_bytes", "reserved_bytes"}: the maximum over the `train`
         and `compile` spans (the compiling first step is a training step). None if not measured (not CUDA)."""

@@ -121,6 +121,8 @@ def training_span_seconds(seconds: Mapping[str, float]) -> float:
 def _stop(clock: Any, done: int, total: int, why: str, side_runs: int | None = None,
           device: torch.device | str | None = None) -> None:
     device = getattr(clock, "device", None) or device
+    from common.device import synchronize  # late: keeps this module's import light
+    synchronize(device)  # the running span's queued GPU work belongs to this slice's seconds and memory
     train = float(clock["train"]) if clock is not None else None
     loop = None
     if clock is not None:  # clock[name] includes a span still running, even one that has never stopped yet
@@ -132,6 +134,10 @@ def _stop(clock: Any, done: int, total: int, why: str, side_runs: int | None = N
         name = describe_device(torch.device(device))
     _state["stopped"] = {"step": done, "of": total, "train_seconds": train, "loop_seconds": loop,
                         "device": name, "why": why}
+    peaks = clock.peak_memory_so_far() if hasattr(clock, "peak_memory_so_far") else {}
+    if peaks:  # CUDA: this process's peaks, which the last slice's record cannot see (scripts/campaign.py folds them)
+        from common.record import peak_memory_bytes  # late: common.record imports this module's package
+        _state["stopped"].update(peak_memory=peaks, process_peak_bytes=peak_memory_bytes(torch.device(device)))
     if side_runs is not None:
         _state["stopped"]["side_runs"] = side_runs  # side runs finished in this slice
     marker = os.environ.get(MARKER_ENV)

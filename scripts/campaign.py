@@ -237,6 +237,7 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
             entry["loop_seconds"] = slice_seconds(stop["loop_seconds"], done_loop)
         if "side_runs" in stop:
             entry["side_runs"] = stop["side_runs"]  # side runs finished in this slice (it stopped before the next)
+        entry.update({key: stop[key] for key in ("peak_memory", "process_peak_bytes") if key in stop})  # CUDA
         state["slices"].append(entry)
         save_state(state_dir, state)
         side = f" and {stop['side_runs']} side run(s)" if "side_runs" in stop else ""
@@ -261,8 +262,11 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     entry.update(device=record["device"], to_step=of_steps, of_steps=of_steps,
                  train_seconds=slice_seconds(record["train_seconds"], done_train),
                  loop_seconds=slice_seconds(training_span_seconds(record.get("timings", {})), done_loop))
+    if record.get("peak_memory_by_span") is not None:  # CUDA: this last slice's own peaks, before they are folded
+        entry.update(peak_memory=record["peak_memory_by_span"], process_peak_bytes=record.get("peak_memory_bytes"))
     state["slices"].append(entry)
     record["slices"] = state["slices"]
+    fold_slice_memory(record, state["slices"])
     new[-1].write_text(json.dumps(record, indent=2) + "\n")
     state.update(finished=True, record=new[-1].name)
     if save:
@@ -275,6 +279,30 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
     print(f"{task}: finished in {len(state['slices'])} slice(s) on {', '.join(devices)}: {record['train_seconds']:.1f} s "
           f"of steps; record {state['record']}")
     return 0
+
+
+def fold_slice_memory(record: dict[str, Any], slices: list[dict[str, Any]]) -> None:
+    """A run in slices ran in one process a slice, and each measured its own CUDA memory peaks; the record, written
+    by the last, saw only its own. Here it gets the maximum over all slices (each slice keeps its own in the list):
+    per span (`peak_memory_by_span`), for training (`train_peak_memory`: the train and compile spans, as
+    `RunClock.train_peak_memory` reads them) and for the whole run (`peak_memory_bytes`). Nothing off CUDA."""
+    peaks = [s["peak_memory"] for s in slices if s.get("peak_memory")]
+    if record.get("peak_memory_by_span") is None or not peaks:
+        return
+    from common.record import TRAIN_SPANS  # late: `list` and `need` run without torch
+
+    keys = ("allocated_bytes", "reserved_bytes")
+    by_span: dict[str, dict[str, int]] = {}
+    for slice_peaks in peaks:
+        for span, peak in slice_peaks.items():
+            old = by_span.get(span, dict.fromkeys(keys, 0))
+            by_span[span] = {key: max(old[key], int(peak[key])) for key in keys}
+    record["peak_memory_by_span"] = dict(sorted(by_span.items()))
+    train = [by_span[name] for name in TRAIN_SPANS if name in by_span]
+    record["train_peak_memory"] = {key: max(p[key] for p in train) for key in keys} if train else None
+    process = [s["process_peak_bytes"] for s in slices if s.get("process_peak_bytes") is not None]
+    if process:
+        record["peak_memory_bytes"] = max(process)
 
 
 def full_record_devices(task: str, code: str, preset: str = "full") -> set[str]:

@@ -659,6 +659,23 @@ def test_a_task_is_started_only_where_its_data_and_packages_are(tmp_path: Path, 
         assert entry.get("needs"), f"{task} says nothing of what it reads"
 
 
+def test_a_record_in_slices_gets_the_memory_peaks_of_every_slice() -> None:
+    """Each slice's process measures its own CUDA peaks; the record, written by the last, saw only its own (here: no
+    training at all, as when a diffusion run's tail runs in a slice of its own). Folded: the maximum of all."""
+    first = {"train": {"allocated_bytes": 700, "reserved_bytes": 800}, "compile": {"allocated_bytes": 750,
+                                                                                  "reserved_bytes": 760}}
+    last = {"eval": {"allocated_bytes": 300, "reserved_bytes": 900}, "sample": {"allocated_bytes": 1000,
+                                                                              "reserved_bytes": 1000}}
+    record = {"peak_memory_by_span": last, "train_peak_memory": None, "peak_memory_bytes": 1000}
+    slices = [{"peak_memory": first, "process_peak_bytes": 1200}, {"peak_memory": last, "process_peak_bytes": 1000}]
+    campaign.fold_slice_memory(record, slices)
+    assert record["train_peak_memory"] == {"allocated_bytes": 750, "reserved_bytes": 800}
+    assert record["peak_memory_by_span"] == {**first, **last} and record["peak_memory_bytes"] == 1200
+    cpu = {"peak_memory_by_span": None, "train_peak_memory": None, "peak_memory_bytes": 5}
+    campaign.fold_slice_memory(cpu, [{"to_step": 5}, {"to_step": 10}])  # the control: nothing to fold off CUDA
+    assert cpu == {"peak_memory_by_span": None, "train_peak_memory": None, "peak_memory_bytes": 5}
+
+
 def test_a_named_task_is_not_started_without_its_data(tmp_path: Path, monkeypatch, capsys) -> None:
     """`loan.sh run BUDGET TASK` runs `campaign.py run TASK`, which asks for the task's `needs` as `next` does: the MLP
     without Fashion-MNIST (a loan prepared with LOAN_FASHION=0) is said and skipped. The control: with its data there,

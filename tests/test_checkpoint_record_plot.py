@@ -299,6 +299,36 @@ class FakeCudaMemory:
 MiB = 2**20
 
 
+def test_a_slice_that_stops_mid_span_hands_on_its_memory_peak(monkeypatch, tmp_path):
+    """A slice stops inside the `train` span and its process ends: the marker carries that span's peak so far (which
+    `peak_memory` gets only when the span stops), so that scripts/campaign.py can fold it into the last slice's
+    record; read without stopping the span, and with the GPU synchronised first."""
+    from common import slicing
+
+    gpu = FakeCudaMemory(monkeypatch)
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    clock = RunClock(torch.device("cuda"))
+    clock.start("train")
+    gpu.use(700 * MiB), gpu.free(700 * MiB)
+    assert clock.peak_memory == {}, "the control: a running span's peak is not in peak_memory yet"
+    assert clock.peak_memory_so_far()["train"] == {"allocated_bytes": 700 * MiB, "reserved_bytes": 700 * MiB}
+    assert clock.current == "train" and clock.peak_memory == {}
+    marker = tmp_path / "marker.json"
+    monkeypatch.setenv(slicing.MARKER_ENV, str(marker))
+    monkeypatch.setattr(slicing, "_state", dict(slicing._state))  # the stop stays inside this test
+    synced.clear()
+    slicing._stop(clock, 5, 10, "deadline")
+    stop = json.loads(marker.read_text())
+    assert synced, "the queued GPU work is waited for before the marker's seconds and peaks are read"
+    assert stop["peak_memory"]["train"]["allocated_bytes"] == 700 * MiB and stop["process_peak_bytes"] >= 700 * MiB
+    assert stop["device"] == "NVIDIA GeForce RTX 4090"
+    cpu_clock = RunClock(torch.device("cpu"))  # the control: off CUDA the marker has no memory fields
+    cpu_clock.start("train")
+    slicing._stop(cpu_clock, 5, 10, "deadline")
+    assert "peak_memory" not in json.loads(marker.read_text())
+
+
 def test_each_span_records_its_own_cuda_memory_peak(monkeypatch, runs_tmp):
     gpu = FakeCudaMemory(monkeypatch)
     monkeypatch.setattr(common.precision, "_AUTOCAST_RAN", set())  # as in a fresh kernel: no autocast has run
