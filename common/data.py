@@ -371,8 +371,15 @@ class DeviceImageLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict()`: the next iteration replays the saved epoch's shuffle and skips the
-        batches that were served before the checkpoint."""
-        self.generator.set_state(state["generator"].cpu())
+        batches that were served before the checkpoint. A generator's state differs between device kinds (the
+        CPU's is 5,056 bytes, CUDA's 16): a checkpoint written on another kind of device cannot continue its order."""
+        saved = state["generator"].cpu()
+        if saved.numel() != self.generator.get_state().numel():
+            from common.checkpoint import CheckpointError  # late: common.checkpoint must not need this module
+            raise CheckpointError(f"the checkpoint's data order was drawn by a generator of another kind of device "
+                                  f"than this loader's ({self.device.type}): resume on the kind of device that wrote "
+                                  f"it, or start afresh (resume=False)")
+        self.generator.set_state(saved)
         self._epoch_start, self._served, self._skip = state["generator"].cpu(), state["served"], state["served"]
 
     def __len__(self) -> int:

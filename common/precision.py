@@ -123,11 +123,24 @@ def precision_ran() -> str:
     return "+".join(sorted(_AUTOCAST_RAN)) or "fp32"
 
 
+class _GradScaler(torch.amp.GradScaler):
+    """torch's GradScaler, resumable from a checkpoint written in another precision mode: a disabled scaler's
+    state is empty, which an enabled one refuses ("The source state dict is empty"); then the scale starts afresh."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.is_enabled() and not state_dict:
+            print("note: the checkpoint was written without fp16 loss scaling (bf16 or fp32, another device): the "
+                  "loss scale starts afresh")
+            return
+        super().load_state_dict(state_dict)
+
+
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     """A GradScaler that is enabled exactly when `precision_mode(device)` is 'fp16'; elsewhere its calls pass
-    through (`scale(loss)` returns `loss`, `step(opt)` calls `opt.step()`), so one training loop fits all."""
+    through (`scale(loss)` returns `loss`, `step(opt)` calls `opt.step()`), so one training loop fits all. It
+    loads the state of a checkpoint written in another precision mode too (a T4 resuming an A100's run)."""
     device = torch.device(device)  # "cuda" as a string works too, as it does for `autocast`
-    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
+    return _GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
 
 
 def enable_tf32() -> None:

@@ -219,4 +219,18 @@ def test_known_copies_are_named_in_the_description(data_tmp, monkeypatch):
     assert load_image_dataset("mnist").describe().endswith("; a test copy)")
 
 
+def test_a_loader_refuses_in_one_line_the_data_order_of_another_kind_of_device():
+    """A CPU generator's state is 5,056 bytes, a CUDA one's 16: loading one into the other used to fail deep inside
+    torch ("RNG state is wrong size"). Now a CheckpointError says what to do. The control: its own state loads."""
+    from common.checkpoint import CheckpointError
 
+    loader = _loader(batch_size=4, shuffle=True, generator_seed=3)
+    batches = iter(loader)
+    next(batches)
+    own = loader.state_dict()
+    fresh = _loader(batch_size=4, shuffle=True, generator_seed=3)
+    fresh.load_state_dict(own)
+    assert _labels(fresh) == _labels(batches), "the control: its own kind of state resumes the epoch exactly"
+    cuda_state = {"generator": torch.zeros(16, dtype=torch.uint8), "served": 1}  # the size of a CUDA generator's state
+    with pytest.raises(CheckpointError, match="another kind of device"):
+        fresh.load_state_dict(cuda_state)

@@ -539,3 +539,18 @@ def test_the_record_keeps_the_outcome_of_a_model_that_is_gone():
     side_run()
     gc.collect()
     assert len(compile_report()["models"]) == before + 1
+
+
+def test_a_scaler_resumes_from_a_checkpoint_written_without_loss_scaling(monkeypatch, capsys):
+    """A disabled scaler (bf16 or fp32) saves {}; an enabled one (fp16: a T4) used to refuse that state with torch's
+    "The source state dict is empty". The control: torch's own scaler still refuses it."""
+    monkeypatch.setattr(precision, "amp_dtype", lambda device: torch.float16)  # as on a GPU without bf16
+    scaler = grad_scaler(CPU)
+    assert scaler.is_enabled()
+    with pytest.raises(RuntimeError, match="empty"):
+        torch.amp.GradScaler("cpu", enabled=True).load_state_dict({})
+    scaler.load_state_dict({})
+    assert "loss scale starts afresh" in capsys.readouterr().out
+    saved = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 7}
+    scaler.load_state_dict(saved)  # an fp16 checkpoint still resumes exactly
+    assert scaler.state_dict() == saved
