@@ -134,6 +134,8 @@ def _stop(clock: Any, done: int, total: int, why: str, side_runs: int | None = N
         name = describe_device(torch.device(device))
     _state["stopped"] = {"step": done, "of": total, "train_seconds": train, "loop_seconds": loop,
                         "device": name, "why": why}
+    from common.precision import compile_report, precision_ran  # late: keeps this module's import light
+    _state["stopped"].update(precision=precision_ran(), compile=compile_report())  # this process's: folded later
     peaks = clock.peak_memory_so_far() if hasattr(clock, "peak_memory_so_far") else {}
     if peaks:  # CUDA: this process's peaks, which the last slice's record cannot see (scripts/campaign.py folds them)
         from common.record import peak_memory_bytes  # late: common.record imports this module's package

@@ -237,7 +237,8 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
             entry["loop_seconds"] = slice_seconds(stop["loop_seconds"], done_loop)
         if "side_runs" in stop:
             entry["side_runs"] = stop["side_runs"]  # side runs finished in this slice (it stopped before the next)
-        entry.update({key: stop[key] for key in ("peak_memory", "process_peak_bytes") if key in stop})  # CUDA
+        entry.update({key: stop[key] for key in ("peak_memory", "process_peak_bytes", "precision", "compile")
+                      if key in stop})
         state["slices"].append(entry)
         save_state(state_dir, state)
         side = f" and {stop['side_runs']} side run(s)" if "side_runs" in stop else ""
@@ -264,9 +265,11 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
                  loop_seconds=slice_seconds(training_span_seconds(record.get("timings", {})), done_loop))
     if record.get("peak_memory_by_span") is not None:  # CUDA: this last slice's own peaks, before they are folded
         entry.update(peak_memory=record["peak_memory_by_span"], process_peak_bytes=record.get("peak_memory_bytes"))
+    entry.update(precision=record.get("precision"), compile=record.get("compile"))  # this last slice's own
     state["slices"].append(entry)
     record["slices"] = state["slices"]
     fold_slice_memory(record, state["slices"])
+    fold_slice_precision(record, state["slices"])
     new[-1].write_text(json.dumps(record, indent=2) + "\n")
     state.update(finished=True, record=new[-1].name)
     if save:
@@ -303,6 +306,16 @@ def fold_slice_memory(record: dict[str, Any], slices: list[dict[str, Any]]) -> N
     process = [s["process_peak_bytes"] for s in slices if s.get("process_peak_bytes") is not None]
     if process:
         record["peak_memory_bytes"] = max(process)
+
+
+def fold_slice_precision(record: dict[str, Any], slices: list[dict[str, Any]]) -> None:
+    """What the forward passes ran in, over all slices: each process reports only its own autocast, and a slice that
+    trained nothing (a tail of sampling) reports fp32. The record's `precision` becomes every dtype any slice ran
+    autocast in ('bf16', or 'bf16+fp16' for a run resumed on a GPU without bf16), else 'fp32'. Each slice's own
+    precision and compile report stay in the slice list, where the README looks for a fall-back to eager too."""
+    ran = [s["precision"] for s in slices if s.get("precision")]
+    if ran:
+        record["precision"] = "+".join(sorted({p for r in ran for p in r.split("+")} - {"fp32"})) or "fp32"
 
 
 def full_record_devices(task: str, code: str, preset: str = "full") -> set[str]:

@@ -209,7 +209,8 @@ def policy_note(record: dict) -> str:
     a run that asked for torch.compile but ran eagerly (it fell back, or compile was unavailable) says so too:
     an eager time never passes for a compiled one."""
     note = "" if record.get("timing") else ", earlier timing policy"
-    eager = [m for m in (record.get("compile") or {}).get("models", [])
+    reports = [record.get("compile")] + [s.get("compile") for s in record.get("slices") or []]  # a slice's own too
+    eager = [m for report in reports for m in (report or {}).get("models", [])
              if m.get("requested") and m.get("status") in ("fell_back", "unavailable")]
     return note + (", eager: torch.compile fell back" if eager else "") + memory_note(record)
 

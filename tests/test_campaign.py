@@ -38,6 +38,8 @@ def fresh_slice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in (slicing.DEADLINE_ENV, slicing.STEPS_ENV, slicing.SIDE_RUNS_ENV, slicing.TAIL_DEADLINE_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(slicing.MARKER_ENV, str(tmp_path / "marker.json"))
+    monkeypatch.setattr("common.precision._AUTOCAST_RAN", set())  # as in a fresh process: no autocast,
+    monkeypatch.setattr("common.precision._OUTCOMES_IN_ORDER", [])  # no maybe_compile (the marker reports both)
     yield tmp_path / "marker.json"
     slicing._reset()
 
@@ -54,7 +56,7 @@ def test_a_step_budget_stops_after_that_many_steps_of_this_slice(fresh_slice: Pa
     assert calls.index(True) == 9  # after step 30: ten steps in this slice
     marker = json.loads(fresh_slice.read_text())
     assert marker == {"step": 30, "of": 100, "train_seconds": 12.5, "loop_seconds": 25.0, "device": marker["device"],
-                      "why": "step budget"}  # loop: FakeClock's train + compile
+                      "why": "step budget", "precision": "fp32", "compile": None}  # loop: FakeClock's train + compile
     assert all(calls[9:]), "a stopped slice stays stopped"
     assert json.loads(fresh_slice.read_text())["step"] == 30, "later calls do not move the marker"
     with pytest.raises(SystemExit) as exit_:
@@ -674,6 +676,19 @@ def test_a_record_in_slices_gets_the_memory_peaks_of_every_slice() -> None:
     cpu = {"peak_memory_by_span": None, "train_peak_memory": None, "peak_memory_bytes": 5}
     campaign.fold_slice_memory(cpu, [{"to_step": 5}, {"to_step": 10}])  # the control: nothing to fold off CUDA
     assert cpu == {"peak_memory_by_span": None, "train_peak_memory": None, "peak_memory_bytes": 5}
+
+
+@pytest.mark.parametrize("slices, expected", [(["bf16", "fp32"], "bf16"), (["fp32", "fp32"], "fp32"),
+                                              (["bf16", "fp16"], "bf16+fp16"), (["bf16+fp16", "bf16"], "bf16+fp16")])
+def test_a_record_in_slices_names_every_precision_its_slices_ran(slices: list[str], expected: str) -> None:
+    """A slice that trained nothing (a sampling tail) autocasts nothing and reports fp32: the run ran in bf16 all
+    the same. A run resumed on a GPU without bf16 ran in both. All fp32 is the control."""
+    record = {"precision": slices[-1]}
+    campaign.fold_slice_precision(record, [{"precision": p} for p in slices])
+    assert record["precision"] == expected
+    old = {"precision": "bf16"}
+    campaign.fold_slice_precision(old, [{"to_step": 5}])  # slices from before 2026-11-30 name no precision
+    assert old == {"precision": "bf16"}
 
 
 def test_a_named_task_is_not_started_without_its_data(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -306,6 +306,7 @@ def test_a_slice_that_stops_mid_span_hands_on_its_memory_peak(monkeypatch, tmp_p
     from common import slicing
 
     gpu = FakeCudaMemory(monkeypatch)
+    monkeypatch.setattr(common.precision, "_AUTOCAST_RAN", set())  # as in a fresh process: no autocast has run
     synced = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
     clock = RunClock(torch.device("cuda"))
@@ -323,6 +324,7 @@ def test_a_slice_that_stops_mid_span_hands_on_its_memory_peak(monkeypatch, tmp_p
     assert synced, "the queued GPU work is waited for before the marker's seconds and peaks are read"
     assert stop["peak_memory"]["train"]["allocated_bytes"] == 700 * MiB and stop["process_peak_bytes"] >= 700 * MiB
     assert stop["device"] == "NVIDIA GeForce RTX 4090"
+    assert stop["precision"] == "fp32" and "compile" in stop  # this process's own, for campaign.py to fold
     cpu_clock = RunClock(torch.device("cpu"))  # the control: off CUDA the marker has no memory fields
     cpu_clock.start("train")
     slicing._stop(cpu_clock, 5, 10, "deadline")

@@ -130,6 +130,10 @@ def test_a_gpu_time_that_ran_eagerly_after_a_compile_fallback_says_so(tmp_path: 
     record["compile"]["models"][0]["status"] = record["compile"]["status"] = "compiled"
     (results / "rtx.json").write_text(json.dumps(record))
     assert "eager" not in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
+    fell_back = {"status": "fell_back", "models": [{"model": "G", "requested": True, "status": "fell_back"}]}
+    record["slices"] = [{"to_step": 500, "compile": fell_back}, {"to_step": 1000, "compile": record["compile"]}]
+    (results / "rtx.json").write_text(json.dumps(record))  # compiled in its last slice, eager in its first
+    assert "eager: torch.compile fell back" in update_readme.render_table(update_readme.load_tasks(tmp_path), tmp_path)
 
 
 def test_a_gpu_run_that_would_not_fit_an_rtx_4090_says_so(tmp_path: Path) -> None:
