@@ -380,7 +380,7 @@ class DeviceImageLoader:
                                   f"than this loader's ({self.device.type}): resume on the kind of device that wrote "
                                   f"it, or start afresh (resume=False)")
         self.generator.set_state(saved)
-        self._epoch_start, self._served, self._skip = state["generator"].cpu(), state["served"], state["served"]
+        self._epoch_start, self._served, self._skip = saved, state["served"], state["served"]
 
     def __len__(self) -> int:
         n = len(self.images)

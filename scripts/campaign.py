@@ -405,8 +405,9 @@ def cannot_resume(task: str, entry: dict[str, Any], state_dir: Path, left: float
 
 def missing_inputs(entry: dict[str, Any], data_dir: Path) -> list[str]:
     """The entries of the task's `needs` (campaign.toml) that this machine lacks: a file or folder neither in
-    `data_dir` nor in `DL_EXTRA_DATA_DIRS` (where the notebooks look too), Fashion-MNIST neither there nor in Debian's folder, a Python package (`module:NAME`) not
-    installed. A run started without them fails offline, and used to end the whole command."""
+    `data_dir` nor in `DL_EXTRA_DATA_DIRS` (where the notebooks look too), Fashion-MNIST neither there nor in
+    Debian's folder, a Python package (`module:NAME`) not installed. A run started without them fails offline, and
+    used to end the whole command."""
     import importlib.util
 
     from common.data import DEBIAN_FASHION_MNIST
