@@ -112,10 +112,7 @@ class RunClock:
         self._sync()
         self.seconds[self.current] = self.seconds.get(self.current, 0.0) + time.perf_counter() - self._start
         if self._cuda:
-            allocated, reserved = _fold(self._span_peak, _peak_since_reset(self.device))
-            old = self.peak_memory.get(self.current, {"allocated_bytes": 0, "reserved_bytes": 0})
-            self.peak_memory[self.current] = {"allocated_bytes": max(old["allocated_bytes"], allocated),
-                                              "reserved_bytes": max(old["reserved_bytes"], reserved)}
+            self.peak_memory[self.current] = max_peak(self.peak_memory.get(self.current), self._running_peak())
             _RUNNING.discard(self)
         self.current = None
 
@@ -145,22 +142,33 @@ class RunClock:
         synchronisation): what a slice that stops mid-span hands to the next, whose process starts from zero."""
         peaks = {name: dict(peak) for name, peak in self.peak_memory.items()}
         if self._cuda and self.current is not None:
-            allocated, reserved = _fold(self._span_peak, _peak_since_reset(self.device))
-            old = peaks.get(self.current, {"allocated_bytes": 0, "reserved_bytes": 0})
-            peaks[self.current] = {"allocated_bytes": max(old["allocated_bytes"], allocated),
-                                   "reserved_bytes": max(old["reserved_bytes"], reserved)}
+            peaks[self.current] = max_peak(peaks.get(self.current), self._running_peak())
         return peaks
+
+    def _running_peak(self) -> dict[str, int]:
+        """The running span's peak so far (CUDA), its part from before another clock's reset included."""
+        return dict(zip(PEAK_KEYS, _fold(self._span_peak, _peak_since_reset(self.device))))
 
     def train_peak_memory(self) -> dict[str, int] | None:
         """The peak GPU memory of training, {"allocated_bytes", "reserved_bytes"}: the maximum over the `train`
         and `compile` spans (the compiling first step is a training step). None if not measured (not CUDA)."""
-        spans = [self.peak_memory[name] for name in TRAIN_SPANS if name in self.peak_memory]
-        if not spans:
-            return None
-        return {key: max(s[key] for s in spans) for key in ("allocated_bytes", "reserved_bytes")}
+        return train_peak(self.peak_memory)
 
 
 TRAIN_SPANS = ("train", "compile")  # the spans whose memory peak is the training peak
+PEAK_KEYS = ("allocated_bytes", "reserved_bytes")  # a span's peak GPU memory, in bytes
+
+
+def max_peak(a: Mapping[str, int] | None, b: Mapping[str, int]) -> dict[str, int]:
+    """The larger of two peaks, {"allocated_bytes", "reserved_bytes"}, key by key; `a` None: no peak yet."""
+    return {key: max(int(a[key]) if a else 0, int(b[key])) for key in PEAK_KEYS}
+
+
+def train_peak(by_span: Mapping[str, Mapping[str, int]]) -> dict[str, int] | None:
+    """The training peak among per-span peaks: the maximum over the `train` and `compile` spans (the compiling first
+    step is a training step); None if neither has one."""
+    spans = [by_span[name] for name in TRAIN_SPANS if name in by_span]
+    return {key: max(int(s[key]) for s in spans) for key in PEAK_KEYS} if spans else None
 _RUNNING: "weakref.WeakSet[RunClock]" = weakref.WeakSet()  # clocks with a span running on CUDA
 _PROCESS_PEAK: dict[str, tuple[int, int]] = {}  # device -> (allocated, reserved) peaks before the latest reset
 

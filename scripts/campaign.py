@@ -292,17 +292,14 @@ def fold_slice_memory(record: dict[str, Any], slices: list[dict[str, Any]]) -> N
     peaks = [s["peak_memory"] for s in slices if s.get("peak_memory")]
     if record.get("peak_memory_by_span") is None or not peaks:
         return
-    from common.record import TRAIN_SPANS  # late: `list` and `need` run without torch
+    from common.record import max_peak, train_peak  # late: `list` and `need` run without torch
 
-    keys = ("allocated_bytes", "reserved_bytes")
     by_span: dict[str, dict[str, int]] = {}
     for slice_peaks in peaks:
         for span, peak in slice_peaks.items():
-            old = by_span.get(span, dict.fromkeys(keys, 0))
-            by_span[span] = {key: max(old[key], int(peak[key])) for key in keys}
+            by_span[span] = max_peak(by_span.get(span), peak)
     record["peak_memory_by_span"] = dict(sorted(by_span.items()))
-    train = [by_span[name] for name in TRAIN_SPANS if name in by_span]
-    record["train_peak_memory"] = {key: max(p[key] for p in train) for key in keys} if train else None
+    record["train_peak_memory"] = train_peak(by_span)
     process = [s["process_peak_bytes"] for s in slices if s.get("process_peak_bytes") is not None]
     if process:
         record["peak_memory_bytes"] = max(process)
