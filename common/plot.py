@@ -11,7 +11,6 @@ matplotlib's `figure.hooks` setting (matplotlib 3.7+) that calls `stamp_footer` 
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from typing import Mapping, Sequence
 

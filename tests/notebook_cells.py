@@ -9,12 +9,19 @@ that namespace (the functions and classes the cells define). Tag the cells a tes
     namespace = notebook_functions(NOTEBOOK, "ema_update", "ode_sample", namespace={"torch": torch, ...})
 
 executes only the named top-level functions (with their decorators), for cells that also train or plot.
+
+    control = notebook_functions(NOTEBOOK, "q_sample", "ddim_sample", namespace={...},
+                                 edits=[("q_sample", "alpha_bars[t].sqrt()", "alpha_bars[t]")])
+
+does the same with a control's edit: each (name, old, new) replaces `old`, which must occur exactly once in the
+notebook's `name`, so a control breaks loudly instead of passing once the notebook changes. Functions that call the
+edited one find it in the same namespace, so they use the broken version.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nbformat
@@ -63,16 +70,30 @@ def run_tagged(notebook: Path, tag: str, *, count: int | None = None, at_least: 
     return run_sources(sources, notebook, namespace)
 
 
-def notebook_functions(notebook: Path, *names: str, namespace: dict | None = None) -> dict:
-    """Execute the notebook's top-level functions and classes `names` (decorators included) in `namespace` (the
-    modules they use; a new one by default) and return it."""
+def definition_sources(notebook: Path) -> dict[str, str]:
+    """The source of each top-level function and class of the notebook's code cells, decorators included, by name."""
     source = "\n".join(cell_sources(notebook))
     lines = source.split("\n")
-    chunks = {}
+    sources = {}
     for node in ast.parse(source).body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             start = min([d.lineno for d in node.decorator_list] + [node.lineno])
-            chunks[node.name] = "\n".join(lines[start - 1:node.end_lineno])
-    assert sorted(chunks) == sorted(names), f"not found in {notebook.name}: {set(names) - set(chunks)}"
+            sources[node.name] = "\n".join(lines[start - 1:node.end_lineno])
+    return sources
+
+
+def notebook_functions(notebook: Path, *names: str, namespace: dict | None = None,
+                       edits: Sequence[tuple[str, str, str]] = ()) -> dict:
+    """Execute the notebook's top-level functions and classes `names` (decorators included) in `namespace` (the
+    modules they use; a new one by default) and return it. Each edit (name, old, new) first replaces the one
+    occurrence of `old` in `name`'s source by `new` (a control, broken in exactly that way)."""
+    sources = definition_sources(notebook)
+    assert set(names) <= set(sources), f"not found in {notebook.name}: {set(names) - set(sources)}"
+    chunks = {name: source for name, source in sources.items() if name in names}  # in the notebook's order
+    for name, old, new in edits:
+        assert name in chunks, f"the edit of `{name}` names a function that is not executed: {names}"
+        count = chunks[name].count(old)
+        assert count == 1, f"the control's edit expects {old!r} once in {notebook.name}'s `{name}`, found {count}"
+        chunks[name] = chunks[name].replace(old, new)
     code = "from __future__ import annotations\n" + "\n\n".join(chunks.values())
     return run_sources([code], notebook, namespace)

@@ -11,7 +11,6 @@ notebook teaches. Small random models, nothing written anywhere.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import unicodedata
