@@ -21,6 +21,7 @@ edited one find it in the same namespace, so they use the broken version.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -71,8 +72,16 @@ def run_tagged(notebook: Path, tag: str, *, count: int | None = None, at_least: 
 
 
 def definition_sources(notebook: Path) -> dict[str, str]:
-    """The source of each top-level function and class of the notebook's code cells, decorators included, by name."""
-    source = "\n".join(cell_sources(notebook))
+    """The source of each top-level function and class of the notebook's code cells, decorators included, by name.
+    Read once per version of the file (a test that builds twenty controls reads a notebook of megabytes once)."""
+    stat = Path(notebook).stat()
+    return dict(_definition_sources(str(Path(notebook).resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=32)
+def _definition_sources(notebook: str, mtime_ns: int, size: int) -> dict[str, str]:
+    """definition_sources of the file as it is at (mtime_ns, size): the cache's key, so an edited file is read again."""
+    source = "\n".join(cell_sources(Path(notebook)))
     lines = source.split("\n")
     sources = {}
     for node in ast.parse(source).body:
