@@ -115,6 +115,30 @@ def test_task_folder_is_complete(task_dir: Path) -> None:
     assert f"({task_dir.relative_to(REPO_ROOT).as_posix()}/{meta['notebook']})" in readme, "no README row"
 
 
+def lesson_test_modules(notebook_name: str, tests_dir: Path) -> list[str]:
+    """The test modules in `tests_dir` that execute a notebook's own code: they import tests/notebook_cells and
+    name the notebook's file as a string."""
+    return sorted(p.name for p in tests_dir.glob("test_*.py")
+                  if "from notebook_cells import" in (text := p.read_text()) and f'"{notebook_name}"' in text)
+
+
+@pytest.mark.parametrize("task_dir", TASK_DIRS, ids=_ids(TASK_DIRS))
+def test_the_lesson_code_has_unit_tests(task_dir: Path) -> None:
+    """Beside the smoke run, a task's models, losses and samplers are unit-tested from the notebook itself (see
+    tests/notebook_cells.py and CONTRIBUTING's Tests convention)."""
+    notebook = update_readme.tomllib.loads((task_dir / "task.toml").read_text())["notebook"]
+    assert lesson_test_modules(notebook, REPO_ROOT / "tests"), (
+        f"no test module imports notebook_cells and names {notebook!r}: unit-test its lesson code")
+
+
+def test_the_lesson_test_check_needs_both_the_import_and_the_name(tmp_path: Path) -> None:
+    (tmp_path / "test_both.py").write_text('from notebook_cells import notebook_functions\nNB = "a.ipynb"\n')
+    (tmp_path / "test_name_only.py").write_text('NB = "b.ipynb"\n')  # the control: names it, runs none of its code
+    (tmp_path / "test_import_only.py").write_text('from notebook_cells import notebook_functions\nNB = "c"\n')
+    assert lesson_test_modules("a.ipynb", tmp_path) == ["test_both.py"]
+    assert lesson_test_modules("b.ipynb", tmp_path) == [] and lesson_test_modules("c.ipynb", tmp_path) == []
+
+
 @pytest.mark.parametrize("task_dir", TASK_DIRS, ids=_ids(TASK_DIRS))
 def test_committed_outputs_show_at_least_one_figure(task_dir: Path) -> None:
     """Readers on GitHub see the committed outputs: a run saved with a headless backend shows them no plot."""
