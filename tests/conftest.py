@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +31,20 @@ def default_matmul_precision():
     reset()
     yield
     reset()
+
+
+@pytest.fixture(autouse=True)
+def global_random_state():
+    """Every test leaves Python's, NumPy's and torch's global random generators as it found them.
+
+    Tests seed them (torch.manual_seed, and the notebooks' `seed_everything` that unit tests call); left behind, a
+    later test's unseeded draws would depend on which tests ran before it.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):  # the CPU generator; the CUDA ones are not touched here
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
 
 
 @pytest.fixture(scope="session")

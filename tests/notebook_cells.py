@@ -14,8 +14,8 @@ executes only the named top-level functions (with their decorators), for cells t
                                  edits=[("q_sample", "alpha_bars[t].sqrt()", "alpha_bars[t]")])
 
 does the same with a control's edit: each (name, old, new) replaces `old`, which must occur exactly once in the
-notebook's `name`, so a control breaks loudly instead of passing once the notebook changes. Functions that call the
-edited one find it in the same namespace, so they use the broken version.
+notebook's `name`, so a control breaks loudly (ControlEditError, not an AssertionError) instead of passing once the
+notebook changes. Functions that call the edited one find it in the same namespace, so they use the broken version.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ def run_tagged(notebook: Path, tag: str, *, count: int | None = None, at_least: 
     return run_sources(sources, notebook, namespace)
 
 
+class ControlEditError(LookupError):
+    """A control's edit (or a function it names) is no longer in the notebook. Not an AssertionError, so that a test
+    expecting its control to fail a check (`pytest.raises(AssertionError)`) cannot mistake a stale edit for that."""
+
+
 def definition_sources(notebook: Path) -> dict[str, str]:
     """The source of each top-level function and class of the notebook's code cells, decorators included, by name.
     Read once per version of the file (a test that builds twenty controls reads a notebook of megabytes once)."""
@@ -97,12 +102,16 @@ def notebook_functions(notebook: Path, *names: str, namespace: dict | None = Non
     modules they use; a new one by default) and return it. Each edit (name, old, new) first replaces the one
     occurrence of `old` in `name`'s source by `new` (a control, broken in exactly that way)."""
     sources = definition_sources(notebook)
-    assert set(names) <= set(sources), f"not found in {notebook.name}: {set(names) - set(sources)}"
+    if not set(names) <= set(sources):
+        raise ControlEditError(f"not found in {notebook.name}: {set(names) - set(sources)}")
     chunks = {name: source for name, source in sources.items() if name in names}  # in the notebook's order
     for name, old, new in edits:
-        assert name in chunks, f"the edit of `{name}` names a function that is not executed: {names}"
+        if name not in chunks:
+            raise ControlEditError(f"the edit of `{name}` names a function that is not executed: {names}")
         count = chunks[name].count(old)
-        assert count == 1, f"the control's edit expects {old!r} once in {notebook.name}'s `{name}`, found {count}"
+        if count != 1:
+            raise ControlEditError(f"the control's edit expects {old!r} once in {notebook.name}'s `{name}`, "
+                                   f"found {count}")
         chunks[name] = chunks[name].replace(old, new)
     code = "from __future__ import annotations\n" + "\n\n".join(chunks.values())
     return run_sources([code], notebook, namespace)

@@ -342,7 +342,8 @@ def check_nearly_uniform(ns: dict[str, Any], preset: str) -> None:
     Its tolerance comes from the init: the head's rows are N(0, 0.02^2) and the final LayerNorm's output has squared
     norm n_embd, so a logit has variance sigma^2 = 0.02^2 n_embd and KL(U || p) ~ sigma^2 / 2 for independent logits;
     we allow sigma^2 (twice that: 0.026, 0.051 and 0.154 nats at widths 64, 128 and 384), for the tied head's pull
-    towards the current character, whose own embedding is in the stream."""
+    towards the current character, whose own embedding is in the stream. The factor of 2 is empirical, not derived:
+    the excess measured 0.61-0.77 of this bound (three presets; 12 seeds each of smoke and quick)."""
     cfg = config(preset)
     model = gpt(ns, cfg)
     with torch.no_grad():

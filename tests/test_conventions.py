@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
+from notebook_cells import ControlEditError, notebook_functions
 from scripts_module import load_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -116,27 +119,63 @@ def test_task_folder_is_complete(task_dir: Path) -> None:
 
 
 def lesson_test_modules(notebook_name: str, tests_dir: Path) -> list[str]:
-    """The test modules in `tests_dir` that execute a notebook's own code: they import tests/notebook_cells and
-    name the notebook's file as a string."""
-    return sorted(p.name for p in tests_dir.glob("test_*.py")
-                  if "from notebook_cells import" in (text := p.read_text()) and f'"{notebook_name}"' in text)
+    """The test modules in `tests_dir` (this one aside) that import tests/notebook_cells at their top level and name
+    the notebook's file in a string of their code (not their docstring): the modules that run its own functions."""
+    found = []
+    for path in sorted(tests_dir.glob("test_*.py")):
+        if path.name == Path(__file__).name:
+            continue
+        tree = ast.parse(path.read_text())
+        imports = any(isinstance(node, ast.ImportFrom) and node.module in ("notebook_cells", "tests.notebook_cells")
+                      for node in tree.body)
+        docstring = ast.get_docstring(tree, clean=False)
+        names = any(isinstance(node, ast.Constant) and node.value == notebook_name and node.value != docstring
+                    for node in ast.walk(tree))
+        if imports and names:
+            found.append(path.name)
+    return found
 
 
 @pytest.mark.parametrize("task_dir", TASK_DIRS, ids=_ids(TASK_DIRS))
-def test_the_lesson_code_has_unit_tests(task_dir: Path) -> None:
-    """Beside the smoke run, a task's models, losses and samplers are unit-tested from the notebook itself (see
-    tests/notebook_cells.py and CONTRIBUTING's Tests convention)."""
+def test_the_lesson_code_has_a_unit_test_module(task_dir: Path) -> None:
+    """Beside the smoke run, some test module imports tests/notebook_cells and names the task's notebook: it runs the
+    notebook's own functions (what it checks is that module's business; CONTRIBUTING's Tests convention)."""
     notebook = update_readme.tomllib.loads((task_dir / "task.toml").read_text())["notebook"]
     assert lesson_test_modules(notebook, REPO_ROOT / "tests"), (
         f"no test module imports notebook_cells and names {notebook!r}: unit-test its lesson code")
 
 
-def test_the_lesson_test_check_needs_both_the_import_and_the_name(tmp_path: Path) -> None:
-    (tmp_path / "test_both.py").write_text('from notebook_cells import notebook_functions\nNB = "a.ipynb"\n')
-    (tmp_path / "test_name_only.py").write_text('NB = "b.ipynb"\n')  # the control: names it, runs none of its code
-    (tmp_path / "test_import_only.py").write_text('from notebook_cells import notebook_functions\nNB = "c"\n')
+def test_the_lesson_test_check_needs_the_import_and_the_name_in_code(tmp_path: Path) -> None:
+    """Controls: a module that only names the notebook, one that only imports notebook_cells, one whose import is text
+    in a string, one that names the notebook only in its docstring, and this module itself."""
+    modules = {
+        "test_both.py": 'from notebook_cells import notebook_functions\nNB = "a.ipynb"\n',
+        "test_package_import.py": 'from tests.notebook_cells import cell_sources\nNB = "f.ipynb"\n',
+        "test_name_only.py": 'NB = "b.ipynb"\n',
+        "test_import_only.py": 'from notebook_cells import notebook_functions\nNB = "c"\n',
+        "test_import_in_a_string.py": 'TEXT = "from notebook_cells import x"\nNB = "d.ipynb"\n',
+        "test_docstring_only.py": '"""e.ipynb"""\nfrom notebook_cells import notebook_functions\n',
+        Path(__file__).name: 'from notebook_cells import notebook_functions\nNB = "g.ipynb"\n',
+    }
+    for name, text in modules.items():
+        (tmp_path / name).write_text(text)
     assert lesson_test_modules("a.ipynb", tmp_path) == ["test_both.py"]
-    assert lesson_test_modules("b.ipynb", tmp_path) == [] and lesson_test_modules("c.ipynb", tmp_path) == []
+    assert lesson_test_modules("f.ipynb", tmp_path) == ["test_package_import.py"]
+    assert not any(lesson_test_modules(f"{c}.ipynb", tmp_path) for c in "bcdeg")
+
+
+def test_a_stale_control_edit_is_not_an_assertion_error() -> None:
+    """A control expected to fail a check (pytest.raises(AssertionError)) must not pass because its edit no longer
+    matches the notebook: notebook_functions raises ControlEditError, which AssertionError does not catch."""
+    notebook = REPO_ROOT / "image_generation" / "vae" / "vae.ipynb"
+    with pytest.raises(ControlEditError, match="found 0"):
+        notebook_functions(notebook, "reparameterise", namespace={"torch": torch},
+                           edits=[("reparameterise", "text that is not in the notebook", "")])
+    assert not issubclass(ControlEditError, AssertionError)
+    doubled = notebook_functions(notebook, "reparameterise", namespace={"torch": torch},
+                                 edits=[("reparameterise", "return mu +", "return 2 * mu +")])["reparameterise"]
+    mu = torch.arange(1.0, 4.0)
+    assert torch.equal(doubled(mu, torch.full((3,), -200.0)), 2 * mu)  # sigma = e^-100: the edit is what runs
 
 
 @pytest.mark.parametrize("task_dir", TASK_DIRS, ids=_ids(TASK_DIRS))

@@ -472,7 +472,7 @@ def check_ddim(ns: dict, prediction: str, steps: int, t_start: int | None, sched
     x0 = torch.rand(2, 1, 28, 28, generator=gen(8), dtype=torch.float64) * 1.8 - 0.9  # inside [-1, 1]: no clip
     net = CleanImageOracle(x0, ab, prediction)
     with torch.random.fork_rng():  # seeds the global generator too (the fresh-noise control draws from it)
-        torch.manual_seed(9)
+        torch.manual_seed(10)  # not the sampler's seed: a fresh draw differs from the start at once
         out = ns["ddim_sample"](net, torch.full((2,), NULL), steps, ab, 0.0, NULL, prediction, gen(9), t_start)
     start = T if t_start is None else t_start
     (t0, x_start), *_ = net.seen
