@@ -21,11 +21,14 @@ notebook changes. Functions that call the edited one find it in the same namespa
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nbformat
+
+from common import pick
 
 
 def cell_sources(notebook: Path, tag: str | None = None,
@@ -115,3 +118,21 @@ def notebook_functions(notebook: Path, *names: str, namespace: dict | None = Non
         chunks[name] = chunks[name].replace(old, new)
     code = "from __future__ import annotations\n" + "\n\n".join(chunks.values())
     return run_sources([code], notebook, namespace)
+
+
+def notebook_literal(notebook: Path, name: str) -> object:
+    """The value of the notebook's top-level assignment `name = <literal>` (a dict, tuple, ... of constants), read
+    without running its cell."""
+    tree = ast.parse("\n".join(cell_sources(notebook)))
+    values = [node.value for node in tree.body if isinstance(node, ast.Assign)
+              and any(isinstance(target, ast.Name) and target.id == name for target in node.targets)]
+    if len(values) != 1:
+        raise ControlEditError(f"{notebook.name}: {len(values)} top-level assignments to {name}, expected 1")
+    return ast.literal_eval(values[0])
+
+
+def preset_config(notebook: Path, preset: str, namespace: dict | None = None) -> object:
+    """An instance of the notebook's `Config` as the preset `preset` sets it, its fields evaluated in `namespace`
+    (the names they read besides `dataclass` and `pick`, e.g. {"device": torch.device("cpu")})."""
+    names = {"dataclass": dataclasses.dataclass, "pick": functools.partial(pick, preset=preset), **(namespace or {})}
+    return notebook_functions(notebook, "Config", namespace=names)["Config"]()

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import common
-from notebook_cells import notebook_functions
+from notebook_cells import notebook_functions, preset_config
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "text_generation" / "char_gpt" / "char_gpt.ipynb"
 NAMES = ("encode", "decode", "get_batch", "bigram_baselines", "causal_attention", "CausalSelfAttention", "Block", "GPT",
@@ -95,16 +95,14 @@ def broken(name: str, old: str, new: str) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None)
-def preset_config(preset: str) -> Any:
-    """The notebook's Config as `preset` sets it, on the CPU."""
-    namespace = {"dataclass": dataclasses.dataclass, "pick": functools.partial(common.pick, preset=preset),
-                 "device": CPU, "common": common}
-    return notebook_functions(NOTEBOOK, "Config", namespace=namespace)["Config"]()
+def preset_cfg(preset: str) -> Any:
+    """The notebook's Config as `preset` sets it, on the CPU (read once per preset)."""
+    return preset_config(NOTEBOOK, preset, {"device": CPU, "common": common})
 
 
 def config(preset: str = "smoke", **changes: Any) -> Any:
     """A copy of the preset's Config with `changes`."""
-    return dataclasses.replace(preset_config(preset), **changes)
+    return dataclasses.replace(preset_cfg(preset), **changes)
 
 
 def gpt(ns: dict[str, Any], cfg: Any, seed: int = 0) -> nn.Module:
@@ -299,7 +297,7 @@ def test_the_head_is_tied_and_the_sizes_are_as_stated(nb: dict) -> None:
     with pytest.raises(AssertionError, match="not tied"):
         check_tied_and_sizes(untied)
     tied_count, untied_count = parameter_count(nb, "full")[0], parameter_count(untied, "full")[0]
-    assert untied_count - tied_count == VOCAB * preset_config("full").n_embd  # exercise 4's answer
+    assert untied_count - tied_count == VOCAB * config("full").n_embd  # exercise 4's answer
     assert round(untied_count / 1e6, 2) != 10.75  # so the stated size fails too
 
 

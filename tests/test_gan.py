@@ -32,9 +32,7 @@ namespace. Small networks, float64 where precision matters, every random draw se
 
 from __future__ import annotations
 
-import ast
 import copy
-import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import autocast, fp32_exact
-from notebook_cells import module_source, notebook_functions
+from notebook_cells import notebook_functions, notebook_literal
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_generation" / "gan" / "gan.ipynb"
 NAMES = ("Generator", "Discriminator", "dcgan_init", "discriminator_loss", "generator_loss", "update_ema",
@@ -69,12 +67,6 @@ def ns() -> dict:
     return notebook_functions(NOTEBOOK, *NAMES, namespace=namespace())
 
 
-@functools.lru_cache(maxsize=1)
-def notebook_module() -> tuple[str, ast.Module]:
-    source = module_source(NOTEBOOK)
-    return source, ast.parse(source)
-
-
 def broken(name: str, old: str, new: str) -> Callable:
     """The notebook's `name` with `old` (which must occur exactly once in it) replaced by `new`, beside fresh copies
     of the other functions (so the module fixture stays intact)."""
@@ -83,10 +75,7 @@ def broken(name: str, old: str, new: str) -> Callable:
 
 def variants() -> dict[str, dict[str, str]]:
     """The notebook's VARIANTS, a module-level dict of literals, read without running its cell."""
-    _, tree = notebook_module()
-    [node] = [n for n in tree.body if isinstance(n, ast.Assign)
-              and any(isinstance(t, ast.Name) and t.id == "VARIANTS" for t in n.targets)]
-    return ast.literal_eval(node.value)
+    return notebook_literal(NOTEBOOK, "VARIANTS")
 
 
 BCE, HINGE = variants()["baseline"]["loss"], variants()["hinge"]["loss"]  # the names the notebook trains with

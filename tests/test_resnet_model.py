@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import common
-from notebook_cells import notebook_functions
+from notebook_cells import notebook_functions, preset_config
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "resnet" / "resnet.ipynb"
 NAMES = ("augment", "make_loader", "BasicBlock", "CifarResNet", "build", "predict_logits", "accuracy",
@@ -77,9 +77,7 @@ def broken(name: str, *edits: tuple[str, str]) -> dict[str, Any]:
 
 def config(preset: str) -> Any:
     """The notebook's Config as the preset `preset` sets it (on the CPU)."""
-    namespace = {"dataclass": dataclasses.dataclass, "pick": functools.partial(common.pick, preset=preset),
-                 "device": CPU}
-    return notebook_functions(NOTEBOOK, "Config", namespace=namespace)["Config"]()
+    return preset_config(NOTEBOOK, preset, {"device": CPU})
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -53,7 +53,6 @@ Z = 5 standard errors. Every random draw is seeded; small tensors on the CPU; no
 
 from __future__ import annotations
 
-import ast
 import functools
 import math
 from collections.abc import Callable
@@ -67,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import fp32_exact
-from notebook_cells import module_source, notebook_functions
+from notebook_cells import notebook_functions, notebook_literal
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "representation_learning" / "simclr" / "simclr.ipynb"
 NAMES = ("random_resized_crop", "ColourSpace", "colour_space", "grey_level", "hue_rotation", "color_distortion",
@@ -84,15 +83,7 @@ COVER = 0.05
 
 # --- the notebook's code, and one-line controls of it ---
 
-def rgb_to_yiq() -> tuple:
-    """The notebook's RGB_TO_YIQ, a module-level tuple of literals, read without running its cell."""
-    tree = ast.parse(module_source(NOTEBOOK))
-    [node] = [n for n in tree.body if isinstance(n, ast.Assign)
-              and any(isinstance(t, ast.Name) and t.id == "RGB_TO_YIQ" for t in n.targets)]
-    return ast.literal_eval(node.value)
-
-
-RGB_TO_YIQ = rgb_to_yiq()
+RGB_TO_YIQ = notebook_literal(NOTEBOOK, "RGB_TO_YIQ")
 
 
 def imports() -> dict[str, Any]:
