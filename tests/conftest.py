@@ -33,18 +33,30 @@ def default_matmul_precision():
     reset()
 
 
+def _keep_global_random_state():
+    """Save Python's, NumPy's and torch's CPU generators, yield, and put them back."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):  # the CPU generator; the tests seed no CUDA generator they read later
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_random_state():
+    """A module's fixtures (set up before its tests' own) leave the global random generators as they found them."""
+    yield from _keep_global_random_state()
+
+
 @pytest.fixture(autouse=True)
 def global_random_state():
     """Every test leaves Python's, NumPy's and torch's global random generators as it found them.
 
     Tests seed them (torch.manual_seed, and the notebooks' `seed_everything` that unit tests call); left behind, a
-    later test's unseeded draws would depend on which tests ran before it.
+    later test's unseeded draws would depend on which tests ran before it. Module fixtures are covered by
+    `module_random_state`; a session fixture that seeds must restore what it changes itself.
     """
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):  # the CPU generator; the CUDA ones are not touched here
-        yield
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
+    yield from _keep_global_random_state()
 
 
 @pytest.fixture(scope="session")

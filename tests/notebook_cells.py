@@ -75,27 +75,34 @@ def run_tagged(notebook: Path, tag: str, *, count: int | None = None, at_least: 
 
 
 class ControlEditError(LookupError):
-    """A control's edit (or a function it names) is no longer in the notebook. Not an AssertionError, so that a test
-    expecting its control to fail a check (`pytest.raises(AssertionError)`) cannot mistake a stale edit for that."""
+    """What a test asked of the notebook's code is not there as asked: a control's edit (or a name, or a literal)
+    that no longer matches the notebook. Not an AssertionError, so that a test expecting its control to fail a check
+    (`pytest.raises(AssertionError)`) cannot mistake a stale edit for that."""
 
 
 def definition_sources(notebook: Path) -> dict[str, str]:
-    """The source of each top-level function and class of the notebook's code cells, decorators included, by name.
-    Read once per version of the file (a test that builds twenty controls reads a notebook of megabytes once)."""
+    """The source of each top-level function and class of the notebook's code cells, decorators included, by name
+    (of a name defined twice, the later definition). Read once per version of the file (a test that builds twenty
+    controls reads a notebook of megabytes once)."""
+    return {name: sources[-1] for name, sources in _all_definitions(notebook).items()}
+
+
+def _all_definitions(notebook: Path) -> dict[str, tuple[str, ...]]:
+    """Every definition's source of each top-level name, in the notebook's order of first definition."""
     stat = Path(notebook).stat()
-    return dict(_definition_sources(str(Path(notebook).resolve()), stat.st_mtime_ns, stat.st_size))
+    return _definitions(str(Path(notebook).resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=32)
-def _definition_sources(notebook: str, mtime_ns: int, size: int) -> dict[str, str]:
-    """definition_sources of the file as it is at (mtime_ns, size): the cache's key, so an edited file is read again."""
+def _definitions(notebook: str, mtime_ns: int, size: int) -> dict[str, tuple[str, ...]]:
+    """_all_definitions of the file as it is at (mtime_ns, size): the cache's key, so an edited file is read again."""
     source = "\n".join(cell_sources(Path(notebook)))
     lines = source.split("\n")
-    sources = {}
+    sources: dict[str, tuple[str, ...]] = {}
     for node in ast.parse(source).body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             start = min([d.lineno for d in node.decorator_list] + [node.lineno])
-            sources[node.name] = "\n".join(lines[start - 1:node.end_lineno])
+            sources[node.name] = sources.get(node.name, ()) + ("\n".join(lines[start - 1:node.end_lineno]),)
     return sources
 
 
@@ -104,9 +111,13 @@ def notebook_functions(notebook: Path, *names: str, namespace: dict | None = Non
     """Execute the notebook's top-level functions and classes `names` (decorators included) in `namespace` (the
     modules they use; a new one by default) and return it. Each edit (name, old, new) first replaces the one
     occurrence of `old` in `name`'s source by `new` (a control, broken in exactly that way)."""
+    definitions = _all_definitions(notebook)
+    if not set(names) <= set(definitions):
+        raise ControlEditError(f"not found in {notebook.name}: {set(names) - set(definitions)}")
+    twice = sorted(name for name in names if len(definitions[name]) > 1)
+    if twice:  # e.g. a deliberately broken twin defined later for a demonstration: which one is meant is unclear
+        raise ControlEditError(f"defined more than once in {notebook.name}: {twice}; take the one meant by its cell")
     sources = definition_sources(notebook)
-    if not set(names) <= set(sources):
-        raise ControlEditError(f"not found in {notebook.name}: {set(names) - set(sources)}")
     chunks = {name: source for name, source in sources.items() if name in names}  # in the notebook's order
     for name, old, new in edits:
         if name not in chunks:

@@ -56,7 +56,6 @@ import contextlib
 import dataclasses
 import io
 import math
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,14 +88,11 @@ K = 10  # CIFAR-10's classes
 @pytest.fixture(scope="module")
 def vit() -> dict[str, Any]:
     """The namespace of the notebook's `model` cells (smoke preset, CPU) plus the functions of NAMES. The cells seed
-    the global generators (`seed_everything`): their states are put back afterwards."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with pytest.MonkeyPatch.context() as mp, torch.random.fork_rng(devices=[]):
+    the global generators (`seed_everything`): conftest's module_random_state puts them back after the module."""
+    with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DL_PRESET", "smoke")
         mp.setenv("DL_DEVICE", "cpu")
         ns = run_tagged(NOTEBOOK, "model", at_least=6)
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
     return notebook_functions(NOTEBOOK, *NAMES, namespace=ns)
 
 
