@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from pathlib import Path
@@ -125,15 +126,24 @@ def lesson_test_modules(notebook_name: str, tests_dir: Path) -> list[str]:
     for path in sorted(tests_dir.glob("test_*.py")):
         if path.name == Path(__file__).name:
             continue
-        tree = ast.parse(path.read_text())
-        imports = any(isinstance(node, ast.ImportFrom) and node.module in ("notebook_cells", "tests.notebook_cells")
-                      for node in tree.body)
-        docstring = ast.get_docstring(tree, clean=False)
-        names = any(isinstance(node, ast.Constant) and node.value == notebook_name and node.value != docstring
-                    for node in ast.walk(tree))
-        if imports and names:
+        stat = path.stat()
+        imports, strings = module_facts(str(path), stat.st_mtime_ns, stat.st_size)
+        if imports and notebook_name in strings:
             found.append(path.name)
     return found
+
+
+@functools.lru_cache(maxsize=256)
+def module_facts(path: str, mtime_ns: int, size: int) -> tuple[bool, frozenset[str]]:
+    """Whether the module imports notebook_cells at its top level, and the strings of its code (its docstring aside),
+    for the file as it is at (mtime_ns, size)."""
+    tree = ast.parse(Path(path).read_text())
+    imports = any(isinstance(node, ast.ImportFrom) and node.module in ("notebook_cells", "tests.notebook_cells")
+                  for node in tree.body)
+    docstring = ast.get_docstring(tree, clean=False)
+    strings = frozenset(node.value for node in ast.walk(tree)
+                        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value != docstring)
+    return imports, strings
 
 
 @pytest.mark.parametrize("task_dir", TASK_DIRS, ids=_ids(TASK_DIRS))
@@ -172,6 +182,8 @@ def test_a_stale_control_edit_is_not_an_assertion_error() -> None:
         notebook_functions(notebook, "reparameterise", namespace={"torch": torch},
                            edits=[("reparameterise", "text that is not in the notebook", "")])
     assert not issubclass(ControlEditError, AssertionError)
+    with pytest.raises(ControlEditError, match="more than once"):  # the MLP's deliberately broken twin, defined later
+        notebook_functions(REPO_ROOT / "image_classification" / "mlp_backprop" / "mlp_backprop.ipynb", "relu_backward")
     doubled = notebook_functions(notebook, "reparameterise", namespace={"torch": torch},
                                  edits=[("reparameterise", "return mu +", "return 2 * mu +")])["reparameterise"]
     mu = torch.arange(1.0, 4.0)

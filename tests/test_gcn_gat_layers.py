@@ -20,7 +20,8 @@ weights, the ablated weights, the neighbourhood softmax, label propagation); thi
   the expectation factorises;
 - at Cora's sizes (1,433 features, 7 classes) the models have exactly the parameters the papers' Cora settings
   give: the GCN's W0 and W1 for 16 hidden units, the GAT's W^k and a^k for 8 heads of 8 features and one output
-  head, with a bias per output feature.
+  head, with a bias per output feature (the authors' code has that bias; its attention scorers are 1x1 convolutions
+  with a bias each, two scalars per head that this notebook, like the paper's Eq. 3, leaves out).
 
 Each check is paired with a control broken in exactly the way the check guards against, asserted to fail the same
 check (with the check's own message). The controls are the notebook's source with one exact edit (each edited
@@ -487,8 +488,9 @@ def test_the_gat_dropouts_keep_the_expected_output(nb: dict, cfg: Any, control: 
 
 def paper_parameter_count(kind: str) -> int:
     """The parameters of the papers' Cora models. GCN (Eq. 9): W0 (1433 x 16) and W1 (16 x 7), no bias. GAT: per
-    head k of a layer, W^k (F' x F) and a^k (2F'), and one bias per output feature (the authors' code); 8 heads of
-    8 features concatenated, then one head of 7 outputs."""
+    head k of a layer, W^k (F' x F) and a^k (2F'), and one bias per output feature (the authors' code, whose scorers
+    also carry a bias each, left out here as in Eq. 3); 8 heads of 8 features concatenated, then one head of 7
+    outputs."""
     if kind == "gcn":
         return CORA_FEATURES * GCN_HIDDEN + GCN_HIDDEN * CORA_CLASSES
     hidden = GAT_HEADS * GAT_FEATURES

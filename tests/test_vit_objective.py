@@ -171,6 +171,14 @@ def test_loss_controls_fail(vit: dict, control: str) -> None:
             check_loss(loss_fn, lam, s)
 
 
+def test_a_loss_whose_second_term_carries_no_gradient_fails_the_gradient_check(vit: dict) -> None:
+    """Control of the gradient assertion: the same value, but no gradient through the second label's term."""
+    second_term = "F.cross_entropy(logits.float(), y2, label_smoothing=smoothing)"
+    loss_fn = broken(vit, "loss_fn", (second_term, second_term + ".detach()"))["loss_fn"]
+    with pytest.raises(AssertionError, match="gradient at lambda=0.7"):
+        check_loss(loss_fn, 0.7, 0.1)
+
+
 def check_fp32_loss(loss_fn: Callable) -> None:
     g = gen(2)
     logits = (3 * torch.randn(64, K, generator=g)).bfloat16()  # autocast's logits on a GPU
@@ -541,6 +549,12 @@ def test_the_initialisation_is_the_one_the_model_section_states(vit: dict) -> No
     control = broken(vit, "ViT", ("nn.init.xavier_uniform_(m.weight)", "pass"))  # PyTorch's default linear init
     with pytest.raises(AssertionError, match="is not Xavier-uniform"):
         check_init(control)
+    for edit, fault in [(("nn.init.zeros_(m.bias)", "pass"), "bias is not zero"),
+                        (("cfg.dim) * 0.02)", "cfg.dim) * 0.2)"), "pos is not N"),
+                        (("nn.Parameter(torch.zeros(1, 1, cfg.dim))", "nn.Parameter(torch.randn(1, 1, cfg.dim))"),
+                         "cls is not zero")]:
+        with pytest.raises(AssertionError, match=fault):
+            check_init(broken(vit, "ViT", edit))
 
 
 # --- mixing: the coin and mixup's lambda ---
