@@ -372,7 +372,7 @@ def check_variance_factor(act_std: list[float], width: int, factor: float) -> No
     """Given h_{l-1}, each unit of z_l = W_l h_{l-1} is N(0, sigma^2 |h_{l-1}|^2), independently, so a ReLU layer
     multiplies the mean square of h by F = (n sigma^2 / 2) * (2 / n) sum_j xi_j, xi_j = g_j^2 1{g_j > 0} with mean 1/2
     and variance 5/4: E F = n sigma^2 / 2 = `factor`, Var(log F) ~ 5 / n, E log F ~ log(factor) - 5 / (2n)
-    (Hanin 2018's beta = 5 sum 1/n_l; averaging over a batch can only lower the variance). Over layers 1 -> l, with
+    (summed over layers: beta = 5 sum 1/n_l; averaging over a batch can only lower the variance). Over layers 1 -> l, with
     beta = 5 (l - 1) / n: |log(v_l / v_1) - (l - 1) log(factor)| <= Z sqrt(beta) + beta, the last beta covering the
     mean's drift and that of the std (what layer_stats reports) against the root mean square (a constant 1 - 1/pi of
     it for a zero-mean Gaussian z_l, moved by the spread of |h| across the batch, itself of variance <= beta)."""
