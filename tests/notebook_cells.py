@@ -8,7 +8,8 @@ that namespace (the functions and classes the cells define). Tag the cells a tes
 
     namespace = notebook_functions(NOTEBOOK, "ema_update", "ode_sample", namespace={"torch": torch, ...})
 
-executes only the named top-level functions (with their decorators), for cells that also train or plot.
+executes only the named top-level functions and classes (with their decorators) and UPPER_CASE constants
+(`NORMS = {...}`), for cells that also train or plot.
 
     control = notebook_functions(NOTEBOOK, "q_sample", "ddim_sample", namespace={...},
                                  edits=[("q_sample", "alpha_bars[t].sqrt()", "alpha_bars[t]")])
@@ -80,15 +81,11 @@ class ControlEditError(LookupError):
     (`pytest.raises(AssertionError)`) cannot mistake a stale edit for that."""
 
 
-def definition_sources(notebook: Path) -> dict[str, str]:
-    """The source of each top-level function and class of the notebook's code cells, decorators included, by name
-    (of a name defined twice, the later definition). Read once per version of the file (a test that builds twenty
-    controls reads a notebook of megabytes once)."""
-    return {name: sources[-1] for name, sources in _all_definitions(notebook).items()}
-
-
 def _all_definitions(notebook: Path) -> dict[str, tuple[str, ...]]:
-    """Every definition's source of each top-level name, in the notebook's order of first definition."""
+    """The source of every top-level function, class (decorators included) and UPPER_CASE constant assignment of
+    the notebook's code cells, by name (a tuple: a name may be defined more than once), in the order of first
+    definition. Read once per version of the file (a test that builds twenty controls reads a notebook of megabytes
+    once)."""
     stat = Path(notebook).stat()
     return _definitions(str(Path(notebook).resolve()), stat.st_mtime_ns, stat.st_size)
 
@@ -101,24 +98,28 @@ def _definitions(notebook: str, mtime_ns: int, size: int) -> dict[str, tuple[str
     sources: dict[str, tuple[str, ...]] = {}
     for node in ast.parse(source).body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
-            sources[node.name] = sources.get(node.name, ()) + ("\n".join(lines[start - 1:node.end_lineno]),)
+            name, start = node.name, min([d.lineno for d in node.decorator_list] + [node.lineno])
+        elif (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+              and node.targets[0].id.isupper()):
+            name, start = node.targets[0].id, node.lineno
+        else:
+            continue
+        sources[name] = sources.get(name, ()) + ("\n".join(lines[start - 1:node.end_lineno]),)
     return sources
 
 
 def notebook_functions(notebook: Path, *names: str, namespace: dict | None = None,
                        edits: Sequence[tuple[str, str, str]] = ()) -> dict:
-    """Execute the notebook's top-level functions and classes `names` (decorators included) in `namespace` (the
-    modules they use; a new one by default) and return it. Each edit (name, old, new) first replaces the one
-    occurrence of `old` in `name`'s source by `new` (a control, broken in exactly that way)."""
+    """Execute the notebook's top-level functions, classes (decorators included) and UPPER_CASE constants `names` in
+    `namespace` (the modules they use; a new one by default) and return it. Each edit (name, old, new) first replaces
+    the one occurrence of `old` in `name`'s source by `new` (a control, broken in exactly that way)."""
     definitions = _all_definitions(notebook)
     if not set(names) <= set(definitions):
         raise ControlEditError(f"not found in {notebook.name}: {set(names) - set(definitions)}")
     twice = sorted(name for name in names if len(definitions[name]) > 1)
     if twice:  # e.g. a deliberately broken twin defined later for a demonstration: which one is meant is unclear
         raise ControlEditError(f"defined more than once in {notebook.name}: {twice}; take the one meant by its cell")
-    sources = definition_sources(notebook)
-    chunks = {name: source for name, source in sources.items() if name in names}  # in the notebook's order
+    chunks = {name: sources[0] for name, sources in definitions.items() if name in names}  # in the notebook's order
     for name, old, new in edits:
         if name not in chunks:
             raise ControlEditError(f"the edit of `{name}` names a function that is not executed: {names}")
@@ -132,14 +133,13 @@ def notebook_functions(notebook: Path, *names: str, namespace: dict | None = Non
 
 
 def notebook_literal(notebook: Path, name: str) -> object:
-    """The value of the notebook's top-level assignment `name = <literal>` (a dict, tuple, ... of constants), read
-    without running its cell."""
-    tree = ast.parse("\n".join(cell_sources(notebook)))
-    values = [node.value for node in tree.body if isinstance(node, ast.Assign)
-              and any(isinstance(target, ast.Name) and target.id == name for target in node.targets)]
-    if len(values) != 1:
-        raise ControlEditError(f"{notebook.name}: {len(values)} top-level assignments to {name}, expected 1")
-    return ast.literal_eval(values[0])
+    """The value of the notebook's top-level UPPER_CASE constant `name = <literal>` (a dict, tuple, ... of constants),
+    read without running its cell."""
+    sources = _all_definitions(notebook).get(name, ())
+    if len(sources) != 1:
+        raise ControlEditError(f"{notebook.name}: {len(sources)} top-level definitions of {name}, expected 1")
+    [node] = ast.parse(sources[0]).body
+    return ast.literal_eval(node.value)
 
 
 def preset_config(notebook: Path, preset: str, namespace: dict | None = None) -> object:

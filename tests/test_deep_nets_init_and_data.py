@@ -55,11 +55,9 @@ set is read and nothing is written.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from notebook_cells import ControlEditError, module_source, notebook_functions, preset_config
+from notebook_cells import notebook_functions, preset_config
 
 NOTEBOOK = (Path(__file__).resolve().parent.parent / "image_classification" / "training_deep_nets"
             / "training_deep_nets.ipynb")
@@ -84,46 +82,11 @@ Edit = tuple[str, str, str]
 
 # --- the notebook's code, and controls made from it ---------------------------------------------------------------
 
-@functools.lru_cache(maxsize=4)
-def assignment_sources(notebook: str, mtime_ns: int, size: int) -> dict[str, list[str]]:
-    """The source of each top-level `name = ...` of the notebook's code cells, by name (a list: a name may be assigned
-    more than once). Parsed once per version of the file, (mtime_ns, size) being the cache's key."""
-    source = module_source(Path(notebook))
-    sources: dict[str, list[str]] = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    sources.setdefault(target.id, []).append(ast.get_source_segment(source, node))
-    return sources
-
-
-def notebook_assignments(names: Sequence[str], namespace: dict, edits: Sequence[Edit] = ()) -> dict:
-    """Execute the notebook's top-level assignments `name = ...` for each of `names` (each must be assigned once) in
-    `namespace`, after the edits (name, old, new) that name them (old must occur exactly once in that assignment)."""
-    stat = NOTEBOOK.stat()
-    found = assignment_sources(str(NOTEBOOK), stat.st_mtime_ns, stat.st_size)
-    chunks = {}
-    for name in names:
-        if len(found.get(name, [])) != 1:
-            raise ControlEditError(f"{NOTEBOOK.name}: {len(found.get(name, []))} top-level assignments to {name}, "
-                                   "expected 1")
-        chunks[name] = found[name][0]
-    for name, old, new in edits:
-        if chunks[name].count(old) != 1:
-            raise ControlEditError(f"the control's edit expects {old!r} once in {NOTEBOOK.name}'s `{name}`")
-        chunks[name] = chunks[name].replace(old, new)
-    for chunk in chunks.values():
-        exec(compile(chunk, str(NOTEBOOK), "exec"), namespace)  # noqa: S102 - the repository's own notebook
-    return namespace
-
-
 def load(*edits: Edit) -> dict[str, Any]:
     """The notebook's NAMES and ASSIGNMENTS executed in a fresh namespace; each edit (name, old, new) replaces the one
     occurrence of `old` in `name` (a control, broken in exactly that way; the other functions use the broken one)."""
     namespace = {"torch": torch, "nn": nn, "F": F, "math": math, "functools": functools}
-    notebook_functions(NOTEBOOK, *NAMES, namespace=namespace, edits=[e for e in edits if e[0] not in ASSIGNMENTS])
-    return notebook_assignments(ASSIGNMENTS, namespace, [e for e in edits if e[0] in ASSIGNMENTS])
+    return notebook_functions(NOTEBOOK, *NAMES, *ASSIGNMENTS, namespace=namespace, edits=edits)
 
 
 @pytest.fixture(scope="module")
