@@ -24,8 +24,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from unittest import mock
 
 import nbformat
 
@@ -66,13 +68,16 @@ def run_sources(sources: list[str], notebook: Path, namespace: dict | None = Non
 
 
 def run_tagged(notebook: Path, tag: str, *, count: int | None = None, at_least: int = 1,
-               namespace: dict | None = None) -> dict:
-    """Execute the code cells tagged `tag` (exactly `count` of them if given, else at least `at_least`)."""
+               namespace: dict | None = None, preset: str | None = None) -> dict:
+    """Execute the code cells tagged `tag` (exactly `count` of them if given, else at least `at_least`); with
+    `preset`, under DL_PRESET=preset on the CPU (DL_DEVICE=cpu), the environment restored afterwards."""
     sources = cell_sources(notebook, tag)
     if count is not None:
         assert len(sources) == count, f"{notebook.name}: {len(sources)} code cells tagged `{tag}`, expected {count}"
     assert len(sources) >= at_least, f"expected at least {at_least} code cells tagged `{tag}` in {notebook.name}"
-    return run_sources(sources, notebook, namespace)
+    env = {} if preset is None else {"DL_PRESET": preset, "DL_DEVICE": "cpu"}
+    with mock.patch.dict(os.environ, env):
+        return run_sources(sources, notebook, namespace)
 
 
 class ControlEditError(LookupError):

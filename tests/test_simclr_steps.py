@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from notebook_cells import run_tagged
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "representation_learning" / "simclr" / "simclr.ipynb"
 SYNCING = {"aten.lift_fresh", "aten.lift_fresh_copy", "aten._local_scalar_dense", "aten.linalg_inv_ex",
@@ -56,16 +57,8 @@ class OpLog(TorchDispatchMode):
 @pytest.fixture(scope="module")
 def simclr() -> dict:
     """The namespace left by the notebook's `model` cells, run in the smoke preset on the CPU."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cells = [c.source for c in nb.cells if c.cell_type == "code" and "model" in c.metadata.get("tags", [])]
-    assert len(cells) >= 6, "the notebook's code cells up to the training functions are tagged `model`"
     namespace: dict = {"mean": torch.full((1, 3, 1, 1), 0.45), "std": torch.full((1, 3, 1, 1), 0.25)}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DL_PRESET", "smoke")
-        mp.setenv("DL_DEVICE", "cpu")
-        for source in cells:
-            exec(compile(source, str(NOTEBOOK), "exec"), namespace)
-    return namespace
+    return run_tagged(NOTEBOOK, "model", at_least=6, namespace=namespace, preset="smoke")
 
 
 def test_the_log_catches_what_syncs() -> None:

@@ -25,10 +25,7 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "vi
 @pytest.fixture(scope="module")
 def vit() -> dict:
     """The namespace left by the notebook's `model` cells, run in the smoke preset on the CPU."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DL_PRESET", "smoke")
-        mp.setenv("DL_DEVICE", "cpu")
-        return run_tagged(NOTEBOOK, "model", at_least=6)
+    return run_tagged(NOTEBOOK, "model", at_least=6, preset="smoke")
 
 
 def test_written_out_attention_equals_sdpa(vit: dict) -> None:

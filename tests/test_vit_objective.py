@@ -89,11 +89,7 @@ K = 10  # CIFAR-10's classes
 def vit() -> dict[str, Any]:
     """The namespace of the notebook's `model` cells (smoke preset, CPU) plus the functions of NAMES. The cells seed
     the global generators (`seed_everything`): conftest's module_random_state puts them back after the module."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DL_PRESET", "smoke")
-        mp.setenv("DL_DEVICE", "cpu")
-        ns = run_tagged(NOTEBOOK, "model", at_least=6)
-    return notebook_functions(NOTEBOOK, *NAMES, namespace=ns)
+    return notebook_functions(NOTEBOOK, *NAMES, namespace=run_tagged(NOTEBOOK, "model", at_least=6, preset="smoke"))
 
 
 def broken(vit: dict[str, Any], name: str, *edits: tuple[str, str]) -> dict[str, Any]:
