@@ -22,7 +22,8 @@ Checked, each on the notebook's own code:
   statistics it gets zero mean and unit variance.
 - `epoch_order` is a permutation fixed by (seed, epoch) alone (not by the global generator or the cache), another
   for another epoch or seed; `get_batch` pages through it: an epoch's batches are full and disjoint, labels stay with
-  their images, the next epoch is reshuffled, and the batch (augmented too) is a function of the step.
+  their images, the next epoch is reshuffled, and the batch (augmented too) is a function of the step; the
+  augmentation's generators never take an epoch order's seed.
 - `augment` returns each image flipped left-right or not and shifted by at most `max_shift` pixels, the uncovered
   border black (the batch's darkest value, not 0), about half of the images flipped and every shift drawn.
 - `ranking` is best first, ties in their order, diverged (None) last; `spread` is (mean, min, max) of the runs that
@@ -40,7 +41,8 @@ keep probability, with BatchNorm's momentum and eps swapped, unseeded, with a fi
 instead of h_l, or the gradients of the wrong layers; He without ReLU's factor 2 (LeCun's std) and Glorot's bound as
 the std in the depth experiment; standardise without the / 255, or flattening column-major; epoch_order from the
 global generator, ignoring the epoch, ignoring the seed; get_batch without reshuffling, with overlapping batches,
-with unshuffled labels, augmenting from the global generator or from an unseeded one (the same draws at every step);
+with unshuffled labels, augmenting from the global generator or from an unseeded one (the same draws at every step)
+or from step t's epoch order's seed (the notebook's code before 30 November 2026);
 augment with circular or zero padding, a vertical flip, over-wide padding, no flip, one shift per batch; ranking
 worst first or with diverged runs as 0; spread with diverged runs as 0, or (0, 0, 0) when all diverged; best_of
 taking the lowest; lr_area over the grid index, without the division by the decades, with diverged runs as 0;
@@ -72,7 +74,7 @@ NOTEBOOK = (Path(__file__).resolve().parent.parent / "image_classification" / "t
             / "training_deep_nets.ipynb")
 NAMES = ("BatchNorm", "init_std", "deep_mlp", "layer_stats", "standardise", "epoch_order", "augment", "get_batch",
          "ranking", "val_accuracy_or_chance", "lr_area", "weight_norm", "spread", "best_of")
-ASSIGNMENTS = ("ACTIVATIONS", "NORMS")  # module-level dicts deep_mlp and layer_stats read
+ASSIGNMENTS = ("ACTIVATIONS", "NORMS", "AUGMENT_SEEDS")  # module-level constants deep_mlp, layer_stats, get_batch read
 CPU = torch.device("cpu")
 Z = 5.0  # statistical bounds: 5 standard deviations, a two-sided chance of about 6e-7 of a false alarm
 EPS32 = torch.finfo(torch.float32).eps
@@ -569,9 +571,65 @@ def check_augmented_batches(get_batch, cfg: Any) -> None:
 def test_get_batch_augments_from_a_generator_seeded_by_the_step(nb: dict, new: str, message: str) -> None:
     cfg = config(batch_size=8)
     check_augmented_batches(nb["get_batch"], cfg)
-    broken = load(("get_batch", "torch.Generator().manual_seed(cfg.seed * 100_003 + step)", new))
+    broken = load(("get_batch", "torch.Generator().manual_seed(AUGMENT_SEEDS + cfg.seed * 100_003 + step)", new))
     with pytest.raises(AssertionError, match=message):
         check_augmented_batches(broken["get_batch"], cfg)
+
+
+class SeedLog(torch.Generator):
+    """A torch.Generator that logs every seed it is given (in `seeds`, shared by all instances)."""
+
+    seeds: list[int] = []
+
+    def manual_seed(self, seed: int) -> torch.Generator:
+        SeedLog.seeds.append(int(seed))
+        return super().manual_seed(seed)
+
+
+class TorchWithSeedLog:
+    """torch, except that torch.Generator is SeedLog: what the notebook's functions see in place of torch."""
+
+    Generator = SeedLog
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+def check_streams_apart(ns: dict, cfg: Any, seeds: tuple[int, ...] = (0, 1, 2, 1337), k: int = 200) -> None:
+    """The epoch orders of epochs 0..k-1 and the augmentations of steps 0..k-1 (seeds `seeds`) are drawn from
+    generators with no seed in common, so no step's flips and shifts repeat the random numbers of an epoch's
+    shuffle. The epoch orders' seeds are logged by SeedLog, the augmentations' read from the generator `augment` is
+    given; with a split of one batch, step t is epoch t."""
+    x, y = torch.zeros(cfg.batch_size, 784), torch.zeros(cfg.batch_size, dtype=torch.long)
+    augment, flips = ns["augment"], []
+    ns["augment"] = lambda xb, max_shift, gen: flips.append(gen.initial_seed()) or augment(xb, max_shift, gen)
+    try:
+        for seed in seeds:
+            ns["epoch_order"].cache_clear()
+            SeedLog.seeds, flips[:] = [], []
+            for epoch in range(k):
+                ns["epoch_order"](len(x), seed, epoch)
+            orders = set(SeedLog.seeds)
+            for step in range(k):
+                ns["get_batch"](step, x, y, dataclasses.replace(cfg, seed=seed), augmented=True)
+            assert len(orders) == len(set(flips)) == k, "a seed repeats within a stream"
+            assert not orders & set(flips), f"an augmentation reuses an epoch order's generator (seed {seed})"
+    finally:
+        ns["augment"] = augment
+
+
+def load_with_seed_log(*edits: Edit) -> dict[str, Any]:
+    namespace = {"torch": TorchWithSeedLog(), "nn": nn, "F": F, "math": math, "functools": functools}
+    return notebook_functions(NOTEBOOK, *NAMES, *ASSIGNMENTS, namespace=namespace, edits=edits)
+
+
+def test_augmentation_and_epoch_order_never_share_a_generator() -> None:
+    """Control: the augmentation seeded like the epoch order (seed * 100_003 + step, the notebook's code before
+    30 November 2026), so that step t drew from epoch t's generator."""
+    cfg = config(batch_size=4, max_shift=2)
+    check_streams_apart(load_with_seed_log(), cfg)
+    with pytest.raises(AssertionError, match="reuses an epoch order's generator"):
+        check_streams_apart(load_with_seed_log(("get_batch", "AUGMENT_SEEDS + cfg.seed", "cfg.seed")), cfg)
 
 
 # --- ranking, spread, best_of -------------------------------------------------------------------------------------
