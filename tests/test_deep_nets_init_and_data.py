@@ -23,7 +23,7 @@ Checked, each on the notebook's own code:
 - `epoch_order` is a permutation fixed by (seed, epoch) alone (not by the global generator or the cache), another
   for another epoch or seed; `get_batch` pages through it: an epoch's batches are full and disjoint, labels stay with
   their images, the next epoch is reshuffled, and the batch (augmented too) is a function of the step; the
-  augmentation's generators never take an epoch order's seed.
+  augmentation never draws an epoch order's random stream.
 - `augment` returns each image flipped left-right or not and shifted by at most `max_shift` pixels, the uncovered
   border black (the batch's darkest value, not 0), about half of the images flipped and every shift drawn.
 - `ranking` is best first, ties in their order, diverged (None) last; `spread` is (mean, min, max) of the runs that
@@ -42,7 +42,7 @@ instead of h_l, or the gradients of the wrong layers; He without ReLU's factor 2
 the std in the depth experiment; standardise without the / 255, or flattening column-major; epoch_order from the
 global generator, ignoring the epoch, ignoring the seed; get_batch without reshuffling, with overlapping batches,
 with unshuffled labels, augmenting from the global generator or from an unseeded one (the same draws at every step)
-or from step t's epoch order's seed (the notebook's code before 30 November 2026);
+or from step t's epoch order's seed (the notebook's code before 30 November 2026) or that seed plus 2**32;
 augment with circular or zero padding, a vertical flip, over-wide padding, no flip, one shift per batch; ranking
 worst first or with diverged runs as 0; spread with diverged runs as 0, or (0, 0, 0) when all diverged; best_of
 taking the lowest; lr_area over the grid index, without the division by the decades, with diverged runs as 0;
@@ -595,11 +595,17 @@ class TorchWithSeedLog:
         return getattr(torch, name)
 
 
+def stream(seed: int) -> tuple[int, ...]:
+    """The first draws of a CPU generator seeded with `seed`: two seeds give one stream when these agree (the CPU
+    generator keeps only a seed's low 32 bits, so 2**32 + s and s do)."""
+    return tuple(torch.randint(2**31, (4,), generator=torch.Generator().manual_seed(seed)).tolist())
+
+
 def check_streams_apart(ns: dict, cfg: Any, seeds: tuple[int, ...] = (0, 1, 2, 1337), k: int = 200) -> None:
-    """The epoch orders of epochs 0..k-1 and the augmentations of steps 0..k-1 (seeds `seeds`) are drawn from
-    generators with no seed in common, so no step's flips and shifts repeat the random numbers of an epoch's
-    shuffle. The epoch orders' seeds are logged by SeedLog, the augmentations' read from the generator `augment` is
-    given; with a split of one batch, step t is epoch t."""
+    """The epoch orders of epochs 0..k-1 and the augmentations of steps 0..k-1 (seeds `seeds`) draw from generators
+    with no random stream in common, so no step's flips and shifts repeat the random numbers of an epoch's shuffle.
+    The epoch orders' seeds are logged by SeedLog, the augmentations' read from the generator `augment` is given;
+    with a split of one batch, step t is epoch t."""
     x, y = torch.zeros(cfg.batch_size, 784), torch.zeros(cfg.batch_size, dtype=torch.long)
     augment, flips = ns["augment"], []
     ns["augment"] = lambda xb, max_shift, gen: flips.append(gen.initial_seed()) or augment(xb, max_shift, gen)
@@ -609,11 +615,12 @@ def check_streams_apart(ns: dict, cfg: Any, seeds: tuple[int, ...] = (0, 1, 2, 1
             SeedLog.seeds, flips[:] = [], []
             for epoch in range(k):
                 ns["epoch_order"](len(x), seed, epoch)
-            orders = set(SeedLog.seeds)
+            orders = {stream(s) for s in SeedLog.seeds}
             for step in range(k):
                 ns["get_batch"](step, x, y, dataclasses.replace(cfg, seed=seed), augmented=True)
-            assert len(orders) == len(set(flips)) == k, "a seed repeats within a stream"
-            assert not orders & set(flips), f"an augmentation reuses an epoch order's generator (seed {seed})"
+            augmentations = {stream(s) for s in flips}
+            assert len(orders) == len(augmentations) == k, "a stream repeats within the epoch orders or augmentations"
+            assert not orders & augmentations, f"an augmentation draws an epoch order's random stream (seed {seed})"
     finally:
         ns["augment"] = augment
 
@@ -623,13 +630,14 @@ def load_with_seed_log(*edits: Edit) -> dict[str, Any]:
     return notebook_functions(NOTEBOOK, *NAMES, *ASSIGNMENTS, namespace=namespace, edits=edits)
 
 
-def test_augmentation_and_epoch_order_never_share_a_generator() -> None:
-    """Control: the augmentation seeded like the epoch order (seed * 100_003 + step, the notebook's code before
-    30 November 2026), so that step t drew from epoch t's generator."""
+@pytest.mark.parametrize("offset", ["", "2**32 + "], ids=["seeded-like-the-epoch-order", "offset-above-32-bits"])
+def test_augmentation_and_epoch_order_never_share_a_random_stream(offset: str) -> None:
+    """Controls: the augmentation seeded like the epoch order (seed * 100_003 + step, the notebook's code before
+    30 November 2026), so that step t drew epoch t's stream; and offset by 2**32, which the CPU generator drops."""
     cfg = config(batch_size=4, max_shift=2)
     check_streams_apart(load_with_seed_log(), cfg)
-    with pytest.raises(AssertionError, match="reuses an epoch order's generator"):
-        check_streams_apart(load_with_seed_log(("get_batch", "AUGMENT_SEEDS + cfg.seed", "cfg.seed")), cfg)
+    with pytest.raises(AssertionError, match="draws an epoch order's random stream"):
+        check_streams_apart(load_with_seed_log(("get_batch", "AUGMENT_SEEDS + ", offset)), cfg)
 
 
 # --- ranking, spread, best_of -------------------------------------------------------------------------------------
