@@ -1,0 +1,126 @@
+"""The house style of CONTRIBUTING.md that a parser can check, in every task notebook's code cells and the template's:
+
+- every field of a `Config` dataclass carries a comment (its meaning or unit), on one of its lines or on a
+  comment-only line directly above it;
+- every statement that reshapes or joins tensors (reshape, view, flatten, unflatten, permute, transpose, squeeze,
+  unsqueeze, einsum, cat, concat, stack) carries a comment, on one of its lines or directly above, that says the
+  shapes, e.g. `# (B, T, C) -> (B, nh, T, hs)`;
+- no function is longer than FUNCTION_LINES lines (CONTRIBUTING: "under ~40 lines").
+
+Each check is paired with a control: a cell broken in exactly that way, which the check reports. What a parser cannot
+judge (whether a comment says the right shapes) is left to review. Code inside strings (the data-parallel notebook's
+script parts, written to dp_train.py) is not parsed here.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import tokenize
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from test_conventions import TASK_DIRS, TEMPLATE, _ids
+
+NOTEBOOKS = [next(d.glob("*.ipynb")) for d in [*TASK_DIRS, TEMPLATE]]
+SHAPE_OPS = {"reshape", "view", "flatten", "unflatten", "permute", "transpose", "squeeze", "unsqueeze", "einsum",
+             "cat", "concat", "stack"}
+FUNCTION_LINES = 45  # "under ~40 lines": the tilde's allowance; the longest lesson functions now have 43
+
+
+def parse_cell(source: str) -> tuple[ast.Module, set[int], set[int]]:
+    """A code cell's syntax tree, the lines that hold a comment and the lines that hold only one (1-based). IPython's
+    magics and shell lines are blanked first."""
+    text = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    comments, only = set(), set()
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.COMMENT:
+            comments.add(tok.start[0])
+            if not tok.line[:tok.start[1]].strip():
+                only.add(tok.start[0])
+    return ast.parse(text), comments, only
+
+
+def commented(node: ast.AST, comments: set[int], only: set[int]) -> bool:
+    """A comment on one of the node's lines, or on a comment-only line directly above it."""
+    return bool(set(range(node.lineno, node.end_lineno + 1)) & comments) or node.lineno - 1 in only
+
+
+def simple_statements(tree: ast.Module):
+    """Statements without a body of their own (a compound statement's lines are its body's)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.stmt) and not hasattr(node, "body"):
+            yield node
+
+
+def style_problems(source: str) -> list[str]:
+    """What one code cell breaks of the rules above, one line per problem."""
+    tree, comments, only = parse_cell(source)
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "Config":
+            problems += [f"Config field `{f.target.id}` has no comment" for f in node.body
+                         if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)
+                         and not commented(f, comments, only)]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > FUNCTION_LINES:
+                problems.append(f"function `{node.name}` has {length} lines (at most {FUNCTION_LINES})")
+    for stmt in simple_statements(tree):
+        ops = sorted({c.func.attr for c in ast.walk(stmt) if isinstance(c, ast.Call)
+                      and isinstance(c.func, ast.Attribute) and c.func.attr in SHAPE_OPS})
+        if ops and not commented(stmt, comments, only):
+            problems.append(f"line {stmt.lineno}: {', '.join(ops)} without a comment on the shapes")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_code_follows_the_house_style(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    problems = [f"cell {cell.get('id')}: {p}" for cell in nb.cells if cell.cell_type == "code"
+                for p in style_problems(cell.source)]
+    assert not problems, "\n".join(problems)
+
+
+GOOD = '''
+@dataclass
+class Config:
+    lr: float = 3e-4  # peak learning rate after warm-up
+    # (name, changes) pairs, each trained from scratch
+    ablations: tuple = (
+        ("baseline", {}),
+    )
+
+
+def heads(x, nh):
+    b, t, c = x.shape
+    y = x.view(b, t, nh, c // nh).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
+    # (B, nh, T, hs) -> (B, T, C)
+    z = y.transpose(1, 2).reshape(b, t, c)
+    return torch.cat([y.flatten(1), z.flatten(1)], 1)  # (B, nh T hs) twice -> (B, 2 nh T hs)
+'''
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ("lr: float = 3e-4  # peak learning rate after warm-up", "lr: float = 3e-4", "field `lr` has no comment"),
+    ("    # (name, changes) pairs, each trained from scratch\n", "", "field `ablations` has no comment"),
+    ("  # (B, T, C) -> (B, nh, T, hs)", "", "line 13: transpose, view without a comment"),
+    ("    # (B, nh, T, hs) -> (B, T, C)\n", "", "line 14: reshape, transpose without a comment"),
+    ("  # (B, nh T hs) twice -> (B, 2 nh T hs)", "", "line 16: cat, flatten without a comment"),
+    ("    return torch.cat([y.flatten(1), z.flatten(1)], 1)  # (B, nh T hs) twice -> (B, 2 nh T hs)",
+     "    w = z  # (B, nh T hs) twice -> (B, 2 nh T hs)\n    return torch.cat([y.flatten(1), z.flatten(1)], 1)",
+     "line 17: cat, flatten without a comment"),
+    ("    b, t, c = x.shape\n", "    b, t, c = x.shape\n" + "    pass\n" * 40, "function `heads` has 46 lines"),
+], ids=["field", "field-above", "view", "reshape-above", "cat", "comment-a-line-too-high", "long-function"])
+def test_the_style_check_reports_each_broken_rule(old: str, new: str, problem: str) -> None:
+    assert style_problems(GOOD) == []
+    assert GOOD.count(old) == 1
+    problems = style_problems(GOOD.replace(old, new))
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_the_style_check_reads_a_cell_with_magics() -> None:
+    assert style_problems("%matplotlib inline\n!pip list\ny = x.view(2, 3)\n") == [
+        "line 3: view without a comment on the shapes"]
