@@ -24,7 +24,7 @@ from common.precision import (amp_dtype, autocast, compile_report, compile_unava
                               precision_ran, to_channels_last)
 from common.preset import PRESETS, get_preset, pick
 from common.record import TIMING_POLICY, RunClock, peak_memory_bytes, runs_dir, write_run_record
-from common.seed import rng_state, seed_everything, seed_from_env, set_rng_state
+from common.seed import rng_state, seed_everything, seed_from_env, set_rng_state, stream_seed
 from common.slicing import SideRuns, exit_if_slice_over, slice_time_up
 
 # Which package this is: the notebooks' setup cell checks it, since any package can be called `common`.
@@ -81,6 +81,7 @@ __all__ = [
     "set_rng_state",
     "show_images",
     "slice_time_up",
+    "stream_seed",
     "to_channels_last",
     "write_run_record",
 ]

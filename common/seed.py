@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from typing import Any
@@ -41,6 +42,18 @@ def seed_from_env(default: int) -> int:
     except ValueError:
         raise ValueError(f"DL_SEED={os.environ['DL_SEED']!r} is not an integer seed (unset it for the default, "
                          f"{default})") from None
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of one named random stream of a run seeded with `seed` ("batches", "augmentation", "noise", ...).
+
+    Different streams of one run, and one stream of runs with different seeds, get unrelated seeds (the first four
+    bytes of a SHA-256 of both): seeding two streams with `seed`, or streams of one run with `seed + k` while other
+    runs use `seed + k` as their own seed, makes one repeat the other's draws. Equal values happen only by a
+    1-in-2**32 chance. The value is below 2**32 because torch's CPU generator keeps only a seed's low 32 bits
+    (2**32 + s draws what s draws): an offset of 2**32 or more would not separate two streams there."""
+    digest = hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from common import (get_device, get_preset, load_checkpoint, pick, rng_state, save_checkpoint, seed_everything,
-                    seed_from_env, set_rng_state)
+                    seed_from_env, set_rng_state, stream_seed)
 from common.device import DeviceError, canonical_device_name, describe_device, parse_device
 from common import preset as preset_module
 from common.preset import PresetError, announce_preset, default_preset, preset_and_reason
@@ -114,6 +114,32 @@ def test_deterministic_mode_toggles(monkeypatch):
     assert torch.are_deterministic_algorithms_enabled()
     seed_everything(0)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def first_draws(seed: int) -> tuple[int, ...]:
+    """The first draws of a CPU generator seeded with `seed`: two seeds give one stream where these agree."""
+    return tuple(torch.randint(2**31, (4,), generator=torch.Generator().manual_seed(seed)).tolist())
+
+
+def check_streams_apart(seed_of) -> None:
+    """seed_of(seed, stream): the streams "batches", "augmentation" and "noise" of runs seeded 0..29 (a notebook's
+    several seeds) all draw different random numbers on the CPU generator, and the same arguments give the same seed."""
+    streams = ("batches", "augmentation", "noise")
+    draws = {(seed, name): first_draws(seed_of(seed, name)) for seed in range(30) for name in streams}
+    assert len(set(draws.values())) == len(draws), "two streams draw the same random numbers"
+    assert all(first_draws(seed_of(seed, name)) == d for (seed, name), d in draws.items()), "not repeatable"
+
+
+@pytest.mark.parametrize("naive", [
+    lambda seed, name: seed,  # every stream seeded with the run's seed
+    lambda seed, name: seed + ("batches", "augmentation", "noise").index(name),  # run s's stream k is run s+k's first
+    lambda seed, name: 2**32 * ("batches", "augmentation", "noise").index(name) + seed,  # apart above 32 bits only
+], ids=["one-seed", "seed-plus-k", "offset-2**32"])
+def test_stream_seed_gives_every_stream_its_own_draws(naive) -> None:
+    check_streams_apart(stream_seed)
+    assert all(0 <= stream_seed(s, n) < 2**32 for s in (-5, 0, 2**40) for n in ("batches", "")), "outside 32 bits"
+    with pytest.raises(AssertionError, match="draw the same random numbers"):
+        check_streams_apart(naive)
 
 
 def test_seeding_does_not_import_the_compiler():
