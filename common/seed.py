@@ -51,7 +51,7 @@ def stream_seed(seed: int, stream: str) -> int:
     bytes of a SHA-256 of both): seeding two streams with `seed`, or streams of one run with `seed + k` while other
     runs use `seed + k` as their own seed, makes one repeat the other's draws. Equal values happen only by a
     1-in-2**32 chance. The value is below 2**32 because torch's CPU generator keeps only a seed's low 32 bits
-    (2**32 + s draws what s draws): an offset of 2**32 or more would not separate two streams there."""
+    (2**32 + s draws what s draws): seeds apart by a multiple of 2**32 would not separate two streams there."""
     digest = hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 

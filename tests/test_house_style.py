@@ -2,16 +2,18 @@
 
 - every field of a `Config` dataclass carries a comment (its meaning or unit), on one of its lines or on a
   comment-only line directly above it;
-- every statement that reshapes or joins tensors (reshape, view, flatten, unflatten, permute, transpose, squeeze,
-  unsqueeze, einsum, cat, concat, stack) carries a comment, on one of its lines or directly above, that says the
-  shapes, e.g. `# (B, T, C) -> (B, nh, T, hs)`;
+- every statement that reshapes or joins arrays (a call of a method in SHAPE_OPS) carries a comment, on one of its
+  lines or on a comment-only line directly above, that says the shapes, e.g. `# (B, T, C) -> (B, nh, T, hs)`; for a
+  compound statement (def, for, if, with, ...) its head counts: decorators, arguments, the loop's iterable;
 - no function is longer than FUNCTION_LINES lines (CONTRIBUTING: "under ~40 lines").
 
 The same rules hold for the Python files in task folders (the data-parallel notebook writes its script parts, strings
 in its cells, to dp_train.py, committed beside it), with one listed exception that must stay true while listed.
 
 Each check is paired with a control: a cell broken in exactly that way, which the check reports. What a parser cannot
-judge (whether a comment says the right shapes) is left to review.
+judge is left to review: whether a comment says the right shapes (any comment counts, even a section heading directly
+above), attribute forms (`.T`, `x[:, None]`) and broadcasting (`expand`, `repeat`), which are not in SHAPE_OPS, and
+whether a flagged call (matplotlib's `axes.flatten()`, say) is about arrays at all (it is commented all the same).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ EXCEPTIONS = {
         "one torchrun worker's whole training; splitting it changes the notebook's code, so it waits for the "
         "notebook's next rerun (its H200 `full` record is of the current code)",
 }
-SHAPE_OPS = {"reshape", "view", "flatten", "unflatten", "permute", "transpose", "squeeze", "unsqueeze", "einsum",
-             "cat", "concat", "stack"}
+SHAPE_OPS = {"reshape", "view", "flatten", "unflatten", "permute", "transpose", "movedim", "swapaxes", "squeeze",
+             "unsqueeze", "einsum", "cat", "concat", "concatenate", "stack", "hstack", "vstack"}
 FUNCTION_LINES = 45  # "under ~40 lines": the tilde's allowance; the longest lesson functions now have 43
 
 
@@ -57,15 +59,29 @@ def commented(node: ast.AST, comments: set[int], only: set[int]) -> bool:
     return bool(set(range(node.lineno, node.end_lineno + 1)) & comments) or node.lineno - 1 in only
 
 
-def simple_statements(tree: ast.Module):
-    """Statements without a body of their own (a compound statement's lines are its body's)."""
+BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def statement_heads(tree: ast.Module):
+    """(statement, the nodes of its own lines, first line, last line) for every statement: a simple statement whole;
+    a compound one (def, for, if, with, ...) by its header alone (decorators, arguments, the loop's iterable, the
+    condition, ...), since its body's statements come on their own."""
     for node in ast.walk(tree):
-        if isinstance(node, ast.stmt) and not hasattr(node, "body"):
-            yield node
+        if not isinstance(node, ast.stmt):
+            continue
+        if not hasattr(node, "body"):
+            yield node, [node], node.lineno, node.end_lineno
+            continue
+        parts = [value for field, value in ast.iter_fields(node) if field not in BODIES]
+        nodes = [n for part in parts for n in (part if isinstance(part, list) else [part]) if isinstance(n, ast.AST)]
+        yield node, nodes, min([node.lineno] + [getattr(n, "lineno", node.lineno) for n in nodes]), node.body[0].lineno - 1
 
 
 def style_problems(source: str) -> list[str]:
-    """What one code cell breaks of the rules above, one line per problem."""
+    """What one code cell breaks of the rules above, one line per problem (none for a cell that a cell magic such
+    as %%bash makes something other than Python)."""
+    if source.lstrip().startswith("%%"):
+        return []
     tree, comments, only = parse_cell(source)
     problems = []
     for node in ast.walk(tree):
@@ -77,11 +93,11 @@ def style_problems(source: str) -> list[str]:
             length = node.end_lineno - node.lineno + 1
             if length > FUNCTION_LINES:
                 problems.append(f"function `{node.name}` has {length} lines (at most {FUNCTION_LINES})")
-    for stmt in simple_statements(tree):
-        ops = sorted({c.func.attr for c in ast.walk(stmt) if isinstance(c, ast.Call)
+    for stmt, nodes, first, last in statement_heads(tree):
+        ops = sorted({c.func.attr for n in nodes for c in ast.walk(n) if isinstance(c, ast.Call)
                       and isinstance(c.func, ast.Attribute) and c.func.attr in SHAPE_OPS})
-        if ops and not commented(stmt, comments, only):
-            problems.append(f"line {stmt.lineno}: {', '.join(ops)} without a comment on the shapes")
+        if ops and not (set(range(first, last + 1)) & comments or first - 1 in only):
+            problems.append(f"line {first}: {', '.join(ops)} without a comment on the shapes")
     return problems
 
 
@@ -133,7 +149,16 @@ def heads(x, nh):
     y = x.view(b, t, nh, c // nh).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
     # (B, nh, T, hs) -> (B, T, C)
     z = y.transpose(1, 2).reshape(b, t, c)
+    for row in z.unbind(0):
+        pass
     return torch.cat([y.flatten(1), z.flatten(1)], 1)  # (B, nh T hs) twice -> (B, 2 nh T hs)
+
+
+@torch.no_grad()
+def total(x):
+    for row in x.view(len(x), -1):  # (B, ...) -> (B, D)
+        x = row
+    return x
 '''
 
 
@@ -142,12 +167,15 @@ def heads(x, nh):
     ("    # (name, changes) pairs, each trained from scratch\n", "", "field `ablations` has no comment"),
     ("  # (B, T, C) -> (B, nh, T, hs)", "", "line 13: transpose, view without a comment"),
     ("    # (B, nh, T, hs) -> (B, T, C)\n", "", "line 14: reshape, transpose without a comment"),
-    ("  # (B, nh T hs) twice -> (B, 2 nh T hs)", "", "line 16: cat, flatten without a comment"),
+    ("  # (B, nh T hs) twice -> (B, 2 nh T hs)", "", "line 18: cat, flatten without a comment"),
     ("    return torch.cat([y.flatten(1), z.flatten(1)], 1)  # (B, nh T hs) twice -> (B, 2 nh T hs)",
      "    w = z  # (B, nh T hs) twice -> (B, 2 nh T hs)\n    return torch.cat([y.flatten(1), z.flatten(1)], 1)",
-     "line 17: cat, flatten without a comment"),
-    ("    b, t, c = x.shape\n", "    b, t, c = x.shape\n" + "    pass\n" * 40, "function `heads` has 46 lines"),
-], ids=["field", "field-above", "view", "reshape-above", "cat", "comment-a-line-too-high", "long-function"])
+     "line 19: cat, flatten without a comment"),
+    ("    b, t, c = x.shape\n", "    b, t, c = x.shape\n" + "    pass\n" * 38, "function `heads` has 46 lines"),
+    ("  # (B, ...) -> (B, D)", "", "line 23: view without a comment"),
+    ("def total(x):", "def total(x=torch.zeros(2, 3).flatten()):", "line 21: flatten without a comment"),  # a def's head starts at its decorator
+], ids=["field", "field-above", "view", "reshape-above", "cat", "comment-a-line-too-high", "long-function",
+        "loop-header", "default-argument"])
 def test_the_style_check_reports_each_broken_rule(old: str, new: str, problem: str) -> None:
     assert style_problems(GOOD) == []
     assert GOOD.count(old) == 1
@@ -158,3 +186,4 @@ def test_the_style_check_reports_each_broken_rule(old: str, new: str, problem: s
 def test_the_style_check_reads_a_cell_with_magics() -> None:
     assert style_problems("%matplotlib inline\n!pip list\ny = x.view(2, 3)\n") == [
         "line 3: view without a comment on the shapes"]
+    assert style_problems("%%bash\nfor f in *.py; do echo $f; done\n") == []  # not Python: nothing to parse

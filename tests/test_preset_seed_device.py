@@ -1,3 +1,4 @@
+import os
 import random
 import subprocess
 import sys
@@ -137,9 +138,39 @@ def check_streams_apart(seed_of) -> None:
 ], ids=["one-seed", "seed-plus-k", "offset-2**32"])
 def test_stream_seed_gives_every_stream_its_own_draws(naive) -> None:
     check_streams_apart(stream_seed)
-    assert all(0 <= stream_seed(s, n) < 2**32 for s in (-5, 0, 2**40) for n in ("batches", "")), "outside 32 bits"
     with pytest.raises(AssertionError, match="draw the same random numbers"):
         check_streams_apart(naive)
+
+
+def check_within_32_bits(seed_of) -> None:
+    assert all(0 <= seed_of(s, n) < 2**32 for s in (-5, 0, 2**40) for n in ("batches", "")), "outside 32 bits"
+
+
+def test_stream_seeds_fit_the_cpu_generator() -> None:
+    """Control: a seed that leaves the 32 bits the CPU generator keeps."""
+    check_within_32_bits(stream_seed)
+    with pytest.raises(AssertionError, match="outside 32 bits"):
+        check_within_32_bits(lambda s, n: stream_seed(s, n) + 2**32)
+
+
+SEEDS_IN_A_FRESH_PROCESS = ("from common import stream_seed; "
+                            "print([{expression} for s in range(5) for n in ('batches', 'noise')])")
+
+
+def check_same_in_every_process(expression: str) -> None:
+    """`expression` (of s, the seed, and n, the stream's name) gives the same seeds in two fresh Python processes with
+    different string-hash salts: a resumed run, or another machine, gets the same streams."""
+    outputs = {subprocess.run([sys.executable, "-c", SEEDS_IN_A_FRESH_PROCESS.format(expression=expression)],
+                              env={**os.environ, "PYTHONHASHSEED": salt}, capture_output=True, text=True,
+                              check=True).stdout for salt in ("1", "2")}
+    assert len(outputs) == 1, f"the seeds change from one process to the next: {sorted(outputs)}"
+
+
+def test_stream_seeds_are_the_same_in_every_process() -> None:
+    """Control: Python's hash of the name, salted per process."""
+    check_same_in_every_process("stream_seed(s, n)")
+    with pytest.raises(AssertionError, match="change from one process to the next"):
+        check_same_in_every_process("hash((s, n)) % 2**32")
 
 
 def test_seeding_does_not_import_the_compiler():
