@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from notebook_cells import notebook_functions, preset_config
+from test_preset_seed_device import first_draws
 
 NOTEBOOK = (Path(__file__).resolve().parent.parent / "image_classification" / "training_deep_nets"
             / "training_deep_nets.ipynb")
@@ -84,10 +85,11 @@ Edit = tuple[str, str, str]
 
 # --- the notebook's code, and controls made from it ---------------------------------------------------------------
 
-def load(*edits: Edit) -> dict[str, Any]:
+def load(*edits: Edit, torch_module: Any = torch) -> dict[str, Any]:
     """The notebook's NAMES and ASSIGNMENTS executed in a fresh namespace; each edit (name, old, new) replaces the one
-    occurrence of `old` in `name` (a control, broken in exactly that way; the other functions use the broken one)."""
-    namespace = {"torch": torch, "nn": nn, "F": F, "math": math, "functools": functools}
+    occurrence of `old` in `name` (a control, broken in exactly that way; the other functions use the broken one).
+    `torch_module` is what the code sees as `torch` (a stand-in that logs, say)."""
+    namespace = {"torch": torch_module, "nn": nn, "F": F, "math": math, "functools": functools}
     return notebook_functions(NOTEBOOK, *NAMES, *ASSIGNMENTS, namespace=namespace, edits=edits)
 
 
@@ -595,12 +597,6 @@ class TorchWithSeedLog:
         return getattr(torch, name)
 
 
-def stream(seed: int) -> tuple[int, ...]:
-    """The first draws of a CPU generator seeded with `seed`: two seeds give one stream when these agree (the CPU
-    generator keeps only a seed's low 32 bits, so 2**32 + s and s do)."""
-    return tuple(torch.randint(2**31, (4,), generator=torch.Generator().manual_seed(seed)).tolist())
-
-
 def check_streams_apart(ns: dict, cfg: Any, seeds: tuple[int, ...] = (0, 1, 2, 1337), k: int = 200) -> None:
     """The epoch orders of epochs 0..k-1 and the augmentations of steps 0..k-1 (seeds `seeds`) draw from generators
     with no random stream in common, so no step's flips and shifts repeat the random numbers of an epoch's shuffle.
@@ -615,19 +611,14 @@ def check_streams_apart(ns: dict, cfg: Any, seeds: tuple[int, ...] = (0, 1, 2, 1
             SeedLog.seeds, flips[:] = [], []
             for epoch in range(k):
                 ns["epoch_order"](len(x), seed, epoch)
-            orders = {stream(s) for s in SeedLog.seeds}
+            orders = {first_draws(s) for s in SeedLog.seeds}
             for step in range(k):
                 ns["get_batch"](step, x, y, dataclasses.replace(cfg, seed=seed), augmented=True)
-            augmentations = {stream(s) for s in flips}
+            augmentations = {first_draws(s) for s in flips}
             assert len(orders) == len(augmentations) == k, "a stream repeats within the epoch orders or augmentations"
             assert not orders & augmentations, f"an augmentation draws an epoch order's random stream (seed {seed})"
     finally:
         ns["augment"] = augment
-
-
-def load_with_seed_log(*edits: Edit) -> dict[str, Any]:
-    namespace = {"torch": TorchWithSeedLog(), "nn": nn, "F": F, "math": math, "functools": functools}
-    return notebook_functions(NOTEBOOK, *NAMES, *ASSIGNMENTS, namespace=namespace, edits=edits)
 
 
 @pytest.mark.parametrize("offset", ["", "2**32 + "], ids=["seeded-like-the-epoch-order", "offset-above-32-bits"])
@@ -635,9 +626,10 @@ def test_augmentation_and_epoch_order_never_share_a_random_stream(offset: str) -
     """Controls: the augmentation seeded like the epoch order (seed * 100_003 + step, the notebook's code before
     30 November 2026), so that step t drew epoch t's stream; and offset by 2**32, which the CPU generator drops."""
     cfg = config(batch_size=4, max_shift=2)
-    check_streams_apart(load_with_seed_log(), cfg)
+    check_streams_apart(load(torch_module=TorchWithSeedLog()), cfg)
+    broken = load(("get_batch", "AUGMENT_SEEDS + ", offset), torch_module=TorchWithSeedLog())
     with pytest.raises(AssertionError, match="draws an epoch order's random stream"):
-        check_streams_apart(load_with_seed_log(("get_batch", "AUGMENT_SEEDS + ", offset)), cfg)
+        check_streams_apart(broken, cfg)
 
 
 # --- ranking, spread, best_of -------------------------------------------------------------------------------------

@@ -54,9 +54,9 @@ def parse_cell(source: str) -> tuple[ast.Module, set[int], set[int]]:
     return ast.parse(text), comments, only
 
 
-def commented(node: ast.AST, comments: set[int], only: set[int]) -> bool:
-    """A comment on one of the node's lines, or on a comment-only line directly above it."""
-    return bool(set(range(node.lineno, node.end_lineno + 1)) & comments) or node.lineno - 1 in only
+def commented(first: int, last: int, comments: set[int], only: set[int]) -> bool:
+    """A comment on one of the lines first..last, or on a comment-only line directly above them."""
+    return bool(set(range(first, last + 1)) & comments) or first - 1 in only
 
 
 BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
@@ -88,7 +88,7 @@ def style_problems(source: str) -> list[str]:
         if isinstance(node, ast.ClassDef) and node.name == "Config":
             problems += [f"Config field `{f.target.id}` has no comment" for f in node.body
                          if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)
-                         and not commented(f, comments, only)]
+                         and not commented(f.lineno, f.end_lineno, comments, only)]
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             length = node.end_lineno - node.lineno + 1
             if length > FUNCTION_LINES:
@@ -96,7 +96,7 @@ def style_problems(source: str) -> list[str]:
     for stmt, nodes, first, last in statement_heads(tree):
         ops = sorted({c.func.attr for n in nodes for c in ast.walk(n) if isinstance(c, ast.Call)
                       and isinstance(c.func, ast.Attribute) and c.func.attr in SHAPE_OPS})
-        if ops and not (set(range(first, last + 1)) & comments or first - 1 in only):
+        if ops and not commented(first, last, comments, only):
             problems.append(f"line {first}: {', '.join(ops)} without a comment on the shapes")
     return problems
 
