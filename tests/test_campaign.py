@@ -505,26 +505,29 @@ def test_gcn_gat_cut_inside_a_main_run_and_between_side_runs_ends_as_the_uninter
 
 @pytest.mark.notebook
 @pytest.mark.reuses_notebook_run("image_classification/training_deep_nets")
-def test_training_deep_nets_cut_between_its_sections_ends_as_the_uninterrupted_run(tmp_path: Path,
-                                                                                    uninterrupted_runs: dict) -> None:
-    """Training deep nets has no single headline loop: its five sections (1b-5) are side runs, cut 3 to a slice.
-    Each slice reports the sections done as its steps, no section runs twice, every metric but the measured
-    seconds equals the uninterrupted run's, and train_seconds is the sum of the slices'."""
+def test_training_deep_nets_cut_inside_a_section_ends_as_the_uninterrupted_run(tmp_path: Path,
+                                                                                uninterrupted_runs: dict) -> None:
+    """Training deep nets has no single headline loop: its five sections (1b-5) are made of units (one variant's runs
+    each: 12 in section 1b, 3 in section 2), each a side run; 14 to a slice cuts section 2 after its second unit.
+    Each slice reports the sections done as its steps, no unit runs twice, every metric but the measured seconds
+    equals the uninterrupted run's, and train_seconds is the sum of the slices'."""
     data_dir = os.environ["DL_DATA_DIR"]
     task = "image_classification/training_deep_nets"
     a = uninterrupted_record(task, tmp_path, data_dir, uninterrupted_runs)
-    sliced = run_slices(tmp_path / "sliced", data_dir, 0, 3, task)
+    sliced = run_slices(tmp_path / "sliced", data_dir, 0, 14, task)
     assert len(sliced) == 2, sliced
-    assert "stopped at step 3 of 5 and 3 side run(s)" in sliced[0] and "finished in 2 slice(s)" in sliced[1]
+    assert "stopped at step 1 of 5 and 14 side run(s)" in sliced[0] and "finished in 2 slice(s)" in sliced[1]
     b = the_run_record(tmp_path / "sliced")
     timing = {"section_train_seconds"}  # measured, not computed
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
         {k: v for k, v in b["metrics"].items() if k not in timing}
-    assert [(s["from_step"], s["to_step"], s.get("side_runs")) for s in b["slices"]] == [(0, 3, 3), (3, 5, None)]
+    assert [(s["from_step"], s["to_step"], s.get("side_runs")) for s in b["slices"]] == [(0, 1, 14), (1, 5, None)]
     logs = slice_logs(tmp_path / "sliced", (1, 2))
     assert "section 1:" in logs[0] and "section 1:" in logs[1]  # section 1's summary prints in the later slice too
-    trained = re.compile(r"  sigmoid/naive: (validation accuracy|DIVERGED)")  # a section-1 run's own line
-    assert trained.search(logs[0]) and not trained.search(logs[1])  # trained once, in slice 1
+    assert "section 2:" not in logs[0] and "section 2:" in logs[1]  # section 2 finished in slice 2
+    for unit, slice_ in (("sigmoid/naive", 0), ("none lr=", 0), ("batchnorm lr=", 0), ("layernorm lr=", 1)):
+        trained = re.compile(rf"  {re.escape(unit)}[^:]*: (validation accuracy|DIVERGED)")  # a run's own line
+        assert trained.search(logs[slice_]) and not trained.search(logs[1 - slice_]), unit  # trained once
     assert_train_seconds_are_the_slices_sum(b)
 
 
