@@ -16,7 +16,10 @@ slices' optimisation steps, since the clock travels in the checkpoint.
 A slice that may finish the training (judged from the earlier slices' pace, or for the first slice from the
 campaign's estimate) must leave time for what runs after the training loop (evaluation, sampling): `--tail`
 seconds (default: the task's `tail_minutes` in scripts/campaign.toml) are kept free; the training stops that
-early, and if it did not finish, the next slice finishes it. A slice that cannot finish trains until just before
+early, and if it did not finish, the next slice finishes it. A tail that would leave the training less than
+MIN_LOOP_SECONDS of the slice (one longer than the slice, as the ViT's and SimCLR's 9 minutes against a 535-s slice)
+is not kept free: the training runs to the slice's end, since a deadline before the start-up ended would stop every
+such slice after one step. A slice that cannot finish trains until just before
 its end. Side runs (ablations, sweeps, side experiments: `common.slicing.SideRuns`) stop at the same deadline,
 between two side runs; the finished ones are kept in the state folder and the next slice runs the rest, so the
 tail need only hold what is not a side run (evaluation, sampling, the record). If a slice is killed at `--seconds` anyway, the next one resumes from the run's last periodic
@@ -61,6 +64,7 @@ CAMPAIGN = Path(__file__).resolve().parent / "campaign.toml"
 BETWEEN_CELLS = "import common.slicing as _slicing; _slicing.exit_if_slice_over()"
 RESUME_FALSE, RESUME_TRUE = "resume: bool = False", "resume: bool = True"
 END_MARGIN = 20  # seconds kept after the training loop's deadline: the rest of its cell and the process's exit
+MIN_LOOP_SECONDS = 120  # the least a slice that keeps its tail free must leave the loop: start-up and some training
 
 
 def campaign(path: Path = CAMPAIGN) -> dict[str, dict[str, Any]]:
@@ -96,6 +100,21 @@ def may_finish(slices: list[dict[str, Any]], seconds: float, entry: dict[str, An
     start_up = max(s["wall_seconds"] - loop_seconds(s) for s in done)
     remaining = (done[-1]["of_steps"] - done[-1]["to_step"]) / max(pace, 1e-9)
     return remaining + start_up + END_MARGIN < seconds
+
+
+def loop_reserve(slices: list[dict[str, Any]], seconds: float, entry: dict[str, Any],
+                 tail: float) -> tuple[float, str | None]:
+    """Seconds the training loop leaves free at the slice's end: END_MARGIN, plus `tail` in a slice that may finish
+    the training (may_finish). A tail that would leave the loop less than MIN_LOOP_SECONDS of the slice is not kept
+    free: the loop's deadline would fall before the slice's start-up ended, so every such slice would stop after one
+    step and the run would never finish. Then the loop trains to the slice's end, and the second value says so."""
+    if tail <= 0 or not may_finish(slices, seconds, entry):
+        return END_MARGIN, None
+    if seconds - END_MARGIN - tail < MIN_LOOP_SECONDS:
+        return END_MARGIN, (f"its tail ({tail:.0f} s, tail_minutes) leaves the training less than {MIN_LOOP_SECONDS} s "
+                            f"of this {seconds:.0f}-s slice: the training runs to the slice's end instead, and what "
+                            f"follows it runs as far as the slice goes (side runs stop at its end)")
+    return END_MARGIN + tail, None
 
 
 def loop_seconds(entry: dict[str, Any]) -> float:
@@ -191,7 +210,9 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
         return 0
     entry = campaign().get(task, {})
     tail = 60 * entry.get("tail_minutes", 0) if tail is None else tail
-    reserve = END_MARGIN + (tail if may_finish(state["slices"], seconds, entry) else 0)
+    reserve, why = loop_reserve(state["slices"], seconds, entry, tail)
+    if why:
+        print(f"{task}: {why}")
     if run_state(state_dir) is None:  # before the first slice runs: a slice killed at its limit leaves a state that
         save_state(state_dir, state)  # travels and resumes
     checkpointed = any((state_dir / "checkpoints").glob("*"))  # a killed slice's periodic checkpoints count too

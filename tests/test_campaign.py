@@ -85,6 +85,37 @@ def test_the_marker_counts_every_model_the_sliced_loop_trains(fresh_slice: Path,
     assert not campaign.may_finish(control, 600, entry), "without loop_seconds the pace is unknown"
 
 
+def test_a_tail_longer_than_the_slice_is_not_kept_free_so_the_training_still_moves(fresh_slice: Path,
+                                                                                    monkeypatch) -> None:
+    """A slice that may finish the training keeps its tail free. The ViT's and SimCLR's 9-minute tails are longer than
+    a 535-s slice: kept free, they put the loop's deadline before the slice began, so each such slice stopped after
+    one step (the control, the reserve as it was) and the run could never finish. A tail that fits is still kept."""
+    entry = {"estimate_minutes": 30, "tail_minutes": 9}
+    slices = [{"from_step": 0, "to_step": 9_000, "of_steps": 10_000, "wall_seconds": 500.0, "train_seconds": 400.0,
+               "loop_seconds": 400.0}]  # 1,000 steps left at 22.5 steps/s: 44 s, with 100 s of start-up
+    assert campaign.may_finish(slices, 535, entry)
+    now = [1000.0]
+    monkeypatch.setattr(slicing.time, "time", lambda: now[0])
+
+    def steps_trained(reserve: float) -> int:
+        """Steps a loop resumed at step 9,000 trains, ten a second from 100 s into a 535-s slice, before it stops."""
+        slicing._reset()
+        now[0] = 1100.0
+        monkeypatch.setenv(slicing.DEADLINE_ENV, str(1000.0 + 535 - reserve))
+        for step in range(9_001, 10_001):
+            if slicing.slice_time_up(FakeClock(), step, 10_000, 9_000):
+                return step - 9_000
+            now[0] += 0.1
+        return 1_000
+
+    reserve, why = campaign.loop_reserve(slices, 535, entry, 540)
+    assert reserve == campaign.END_MARGIN and "runs to the slice's end" in why
+    assert steps_trained(reserve) == 1_000
+    assert steps_trained(campaign.END_MARGIN + 540) == 1, "the control: the tail kept free stops every slice at once"
+    assert campaign.loop_reserve(slices, 535, entry, 240) == (campaign.END_MARGIN + 240, None)  # a tail that fits
+    assert campaign.loop_reserve(slices, 535, {"estimate_minutes": 30}, 0) == (campaign.END_MARGIN, None)
+
+
 def test_the_marker_counts_a_training_span_that_has_not_stopped_yet(fresh_slice: Path, monkeypatch) -> None:
     """A loop's training span runs from one evaluation to the next (`RunClock.start` is a no-op while it runs), so
     a slice that stops before a model's first evaluation stops inside a span that is in no `clock.seconds` key yet:
