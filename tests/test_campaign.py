@@ -249,6 +249,26 @@ def test_the_deadline_keeps_room_for_the_longest_side_run_so_far(sandbox: Path, 
     assert "longest side run" in json.loads((sandbox / "marker.json").read_text())["why"]
 
 
+def test_a_side_run_known_to_be_long_waits_for_a_slice_with_room_for_it(sandbox: Path, monkeypatch) -> None:
+    """The ViT's ResNet-20 trains for the ViT's seconds, minutes, after ablations of about a minute: by the longest
+    side run so far it would start too late and be killed with its slice. Its `expected_seconds` keeps room for it;
+    the control, the same call without it, starts it."""
+    side = SideRuns("a/task", "smoke", CONFIG, resume=False, clock=FakeClock(), headline_steps=30)
+    assert side.pending("ablation")
+    side._running = ("ablation", time.perf_counter() - 60.0)  # as if it had taken 60 s
+    side.save("ablation", 1.0)
+    monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 200))  # room for 1.25 x 60 s, not for 1.25 x 300 s
+    assert side.pending("same time", expected_seconds=300.0) is False
+    assert "expected to take 300 s" in json.loads((sandbox / "marker.json").read_text())["why"]
+    slicing._reset()
+    again = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
+    assert again.pending("same time"), "the control: by the longest side run so far it starts"
+    slicing._reset()
+    roomy = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
+    monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 400))
+    assert roomy.pending("same time", expected_seconds=300.0)  # a slice with room for it starts it
+
+
 def test_seconds_sum_the_finished_side_runs_over_slices_and_misuse_is_refused(sandbox: Path) -> None:
     side = SideRuns("a/task", "smoke", CONFIG, resume=False)
     for key, took in (("sweep/a", 3.0), ("sweep/b", 4.0), ("experiment/a", 5.0)):
