@@ -375,7 +375,7 @@ def test_a_run_whose_state_cannot_travel_starts_only_where_it_can_finish(tmp_pat
     monkeypatch.setattr(campaign, "full_record_devices", lambda task, code: set())
     assert campaign.plan(tasks, tmp_path / "root", budget=600) == [("b/light", "start")]
     assert campaign.plan(tasks, tmp_path / "root", budget=1500) == [("a/heavy", "start"), ("b/light", "start")]
-    assert campaign.campaign()["image_generation/vae"]["travels"] is False  # 103 MiB, and 5 min fit one command
+    assert campaign.campaign()["text_generation/bpe_gpt"]["travels"] is False  # 207 MiB, and it fits one command
 
 
 def test_a_run_that_travels_once_trained_starts_with_a_budget_of_its_training(tmp_path: Path, monkeypatch) -> None:
