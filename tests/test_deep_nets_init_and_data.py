@@ -22,8 +22,8 @@ Checked, each on the notebook's own code:
   statistics it gets zero mean and unit variance.
 - `epoch_order` is a permutation fixed by (seed, epoch) alone (not by the global generator or the cache), another
   for another epoch or seed; `get_batch` pages through it: an epoch's batches are full and disjoint, labels stay with
-  their images, the next epoch is reshuffled, and the batch (augmented too) is a function of the step; the
-  augmentation never draws an epoch order's random stream.
+  their images, the next epoch is reshuffled, and the batch (augmented too) is a function of the step; the epoch
+  orders, the augmentations and the initial weights of seeds 0, 1, 2 and 1337 never share a random stream.
 - `augment` returns each image flipped left-right or not and shifted by at most `max_shift` pixels, the uncovered
   border black (the batch's darkest value, not 0), about half of the images flipped and every shift drawn.
 - `ranking` is best first, ties in their order, diverged (None) last; `spread` is (mean, min, max) of the runs that
@@ -42,7 +42,8 @@ instead of h_l, or the gradients of the wrong layers; He without ReLU's factor 2
 the std in the depth experiment; standardise without the / 255, or flattening column-major; epoch_order from the
 global generator, ignoring the epoch, ignoring the seed; get_batch without reshuffling, with overlapping batches,
 with unshuffled labels, augmenting from the global generator or from an unseeded one (the same draws at every step)
-or from step t's epoch order's seed (the notebook's code before 30 November 2026) or that seed plus 2**32;
+or from step t's epoch order's stream, and the seeding before 30 November 2026 (a seed's initial weights drawn
+from an epoch order's stream);
 augment with circular or zero padding, a vertical flip, over-wide padding, no flip, one shift per batch; ranking
 worst first or with diverged runs as 0; spread with diverged runs as 0, or (0, 0, 0) when all diverged; best_of
 taking the lowest; lr_area over the grid index, without the division by the decades, with diverged runs as 0;
@@ -68,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import stream_seed
 from notebook_cells import notebook_functions, preset_config
 from test_preset_seed_device import first_draws
 
@@ -75,7 +77,7 @@ NOTEBOOK = (Path(__file__).resolve().parent.parent / "image_classification" / "t
             / "training_deep_nets.ipynb")
 NAMES = ("BatchNorm", "init_std", "deep_mlp", "layer_stats", "standardise", "epoch_order", "augment", "get_batch",
          "ranking", "val_accuracy_or_chance", "lr_area", "weight_norm", "spread", "best_of")
-ASSIGNMENTS = ("ACTIVATIONS", "NORMS", "AUGMENT_SEEDS")  # module-level constants deep_mlp, layer_stats, get_batch read
+ASSIGNMENTS = ("ACTIVATIONS", "NORMS")  # module-level constants deep_mlp and layer_stats read
 CPU = torch.device("cpu")
 Z = 5.0  # statistical bounds: 5 standard deviations, a two-sided chance of about 6e-7 of a false alarm
 EPS32 = torch.finfo(torch.float32).eps
@@ -89,7 +91,8 @@ def load(*edits: Edit, torch_module: Any = torch) -> dict[str, Any]:
     """The notebook's NAMES and ASSIGNMENTS executed in a fresh namespace; each edit (name, old, new) replaces the one
     occurrence of `old` in `name` (a control, broken in exactly that way; the other functions use the broken one).
     `torch_module` is what the code sees as `torch` (a stand-in that logs, say)."""
-    namespace = {"torch": torch_module, "nn": nn, "F": F, "math": math, "functools": functools}
+    namespace = {"torch": torch_module, "nn": nn, "F": F, "math": math, "functools": functools,
+                 "stream_seed": stream_seed}
     return notebook_functions(NOTEBOOK, *NAMES, *ASSIGNMENTS, namespace=namespace, edits=edits)
 
 
@@ -285,9 +288,10 @@ def test_every_run_of_a_comparison_starts_from_the_same_weights(nb: dict) -> Non
     cfg = config(depth=3, width=16)
     check_same_start(nb, cfg)
     with pytest.raises(AssertionError, match="not the same initial weights"):
-        check_same_start(load(("deep_mlp", "gen = torch.Generator().manual_seed(cfg.seed)", "gen = None")), cfg)
+        check_same_start(load(("deep_mlp", 'gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "init"))',
+                               "gen = None")), cfg)
     with pytest.raises(AssertionError, match="the seed does not set the weights"):
-        check_same_start(load(("deep_mlp", "manual_seed(cfg.seed)", "manual_seed(0)")), cfg)
+        check_same_start(load(("deep_mlp", "stream_seed(cfg.seed, ", "stream_seed(0, ")), cfg)
 
 
 # --- layer_stats ------------------------------------------------------------------------------------------------------
@@ -426,10 +430,10 @@ def check_epoch_order(epoch_order) -> None:
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
-    ("torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))", "torch.randperm(n)",
-     "not fixed by"),
-    ("seed * 100_003 + epoch", "seed * 100_003", "not reshuffled"),
-    ("seed * 100_003 + epoch", "epoch", "the seed does not set"),
+    ('torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(seed, f"epoch {epoch}")))',
+     "torch.randperm(n)", "not fixed by"),
+    ('f"epoch {epoch}"', '"epoch"', "not reshuffled"),
+    ("stream_seed(seed, ", "stream_seed(0, ", "the seed does not set"),
 ], ids=["global-generator", "epoch-ignored", "seed-ignored"])
 def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch(nb: dict, old: str, new: str, message: str) -> None:
     check_epoch_order(nb["epoch_order"])
@@ -573,7 +577,7 @@ def check_augmented_batches(get_batch, cfg: Any) -> None:
 def test_get_batch_augments_from_a_generator_seeded_by_the_step(nb: dict, new: str, message: str) -> None:
     cfg = config(batch_size=8)
     check_augmented_batches(nb["get_batch"], cfg)
-    broken = load(("get_batch", "torch.Generator().manual_seed(AUGMENT_SEEDS + cfg.seed * 100_003 + step)", new))
+    broken = load(("get_batch", 'torch.Generator().manual_seed(stream_seed(cfg.seed, f"augmentation {step}"))', new))
     with pytest.raises(AssertionError, match=message):
         check_augmented_batches(broken["get_batch"], cfg)
 
@@ -597,39 +601,52 @@ class TorchWithSeedLog:
         return getattr(torch, name)
 
 
-def check_streams_apart(ns: dict, cfg: Any, seeds: tuple[int, ...] = (0, 1, 2, 1337), k: int = 200) -> None:
-    """The epoch orders of epochs 0..k-1 and the augmentations of steps 0..k-1 (seeds `seeds`) draw from generators
-    with no random stream in common, so no step's flips and shifts repeat the random numbers of an epoch's shuffle.
-    The epoch orders' seeds are logged by SeedLog, the augmentations' read from the generator `augment` is given;
-    with a split of one batch, step t is epoch t."""
+def check_streams_apart(ns: dict, cfg: Any, seeds: tuple[int, ...] = (0, 1, 2, 1337), k: int = 100) -> None:
+    """The epoch orders of epochs 0..k-1, the augmentations of steps 0..k-1 and the initial weights of the seeds
+    `seeds` all draw from different random streams: no step's flips and shifts repeat an epoch's shuffle, and no
+    seed's initial weights repeat another seed's shuffle (section 3 trains seeds 0, 1, 2). The epoch orders' and the
+    initialisation's seeds are logged by SeedLog, the augmentations' read from the generator `augment` is given; with
+    a split of one batch, step t is epoch t."""
     x, y = torch.zeros(cfg.batch_size, 784), torch.zeros(cfg.batch_size, dtype=torch.long)
-    augment, flips = ns["augment"], []
+    augment, flips, streams = ns["augment"], [], {}
     ns["augment"] = lambda xb, max_shift, gen: flips.append(gen.initial_seed()) or augment(xb, max_shift, gen)
     try:
         for seed in seeds:
+            run = dataclasses.replace(cfg, seed=seed)
             ns["epoch_order"].cache_clear()
             SeedLog.seeds, flips[:] = [], []
             for epoch in range(k):
                 ns["epoch_order"](len(x), seed, epoch)
-            orders = {first_draws(s) for s in SeedLog.seeds}
+            streams.update({first_draws(s): f"seed {seed}'s epoch order" for s in SeedLog.seeds})
             for step in range(k):
-                ns["get_batch"](step, x, y, dataclasses.replace(cfg, seed=seed), augmented=True)
+                ns["get_batch"](step, x, y, run, augmented=True)
             augmentations = {first_draws(s) for s in flips}
-            assert len(orders) == len(augmentations) == k, "a stream repeats within the epoch orders or augmentations"
-            assert not orders & augmentations, f"an augmentation draws an epoch order's random stream (seed {seed})"
+            assert not augmentations & set(streams), f"an augmentation draws an epoch order's random stream ({seed})"
+            streams.update({d: f"seed {seed}'s augmentation" for d in augmentations})
+            SeedLog.seeds = []
+            build(ns, dataclasses.replace(run, depth=1, width=4))
+            init = {first_draws(s) for s in SeedLog.seeds}
+            assert not init & set(streams), f"seed {seed}'s initial weights draw {streams[min(init & set(streams))]}"
+            streams.update({d: f"seed {seed}'s initial weights" for d in init})
+        assert len(streams) == len(seeds) * (2 * k + 1), "a stream repeats within the epoch orders or augmentations"
     finally:
         ns["augment"] = augment
 
 
-@pytest.mark.parametrize("offset", ["", "2**32 + "], ids=["seeded-like-the-epoch-order", "offset-above-32-bits"])
-def test_augmentation_and_epoch_order_never_share_a_random_stream(offset: str) -> None:
-    """Controls: the augmentation seeded like the epoch order (seed * 100_003 + step, the notebook's code before
-    30 November 2026), so that step t drew epoch t's stream; and offset by 2**32, which the CPU generator drops."""
+@pytest.mark.parametrize(("edits", "message"), [
+    ((("get_batch", 'f"augmentation {step}"', 'f"epoch {step}"'),), "draws an epoch order's random stream"),
+    ((("deep_mlp", 'stream_seed(cfg.seed, "init")', "cfg.seed"),
+      ("epoch_order", 'stream_seed(seed, f"epoch {epoch}")', "seed * 100_003 + epoch")),
+     "initial weights draw seed 0's epoch order"),
+], ids=["augmentation-named-like-the-epoch", "seeded-as-before-2026-11-30"])
+def test_epoch_orders_augmentations_and_initial_weights_never_share_a_random_stream(edits: tuple, message: str) -> None:
+    """Controls: the augmentation of step t named like epoch t's stream; and the seeding before 30 November 2026
+    (the initial weights from `seed`, epoch e's order from seed * 100_003 + e), under which seed 0's initial weights
+    were its own epoch-0 shuffle's stream and seed 1's its epoch-1 shuffle's."""
     cfg = config(batch_size=4, max_shift=2)
     check_streams_apart(load(torch_module=TorchWithSeedLog()), cfg)
-    broken = load(("get_batch", "AUGMENT_SEEDS + ", offset), torch_module=TorchWithSeedLog())
-    with pytest.raises(AssertionError, match="draws an epoch order's random stream"):
-        check_streams_apart(broken, cfg)
+    with pytest.raises(AssertionError, match=message):
+        check_streams_apart(load(*edits, torch_module=TorchWithSeedLog()), cfg)
 
 
 # --- ranking, spread, best_of -------------------------------------------------------------------------------------
