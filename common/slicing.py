@@ -216,7 +216,7 @@ class SideRuns:
 
     def pending(self, key: str, expected_seconds: float = 0.0) -> bool:
         """True when `key` still has to run here and now: it is not finished, and the slice has time for it (1.25
-        times the longest side run so far, or `expected_seconds` if larger, plus the margin, before the deadline;
+        times the larger of the longest side run so far and `expected_seconds`, plus the margin, before the deadline;
         within `DL_SLICE_SIDE_RUNS`). On False for an unfinished side run the slice stops: the marker is written, and
         every later call says False too. Give `expected_seconds` where the caller knows a side run is longer than the
         ones before it (one trained for a given number of seconds): the longest so far would let it start too late."""

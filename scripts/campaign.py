@@ -105,16 +105,25 @@ def may_finish(slices: list[dict[str, Any]], seconds: float, entry: dict[str, An
 def loop_reserve(slices: list[dict[str, Any]], seconds: float, entry: dict[str, Any],
                  tail: float) -> tuple[float, str | None]:
     """Seconds the training loop leaves free at the slice's end: END_MARGIN, plus `tail` in a slice that may finish
-    the training (may_finish). A tail that would leave the loop less than MIN_LOOP_SECONDS of the slice is not kept
-    free: the loop's deadline would fall before the slice's start-up ended, so every such slice would stop after one
-    step and the run would never finish. Then the loop trains to the slice's end, and the second value says so."""
+    the training (may_finish). A tail that would leave the loop less than MIN_LOOP_SECONDS of the slice, or less than
+    the earlier slices' longest start-up plus a minute, is not kept free: the loop's deadline would fall before the
+    slice's start-up ended, so every such slice would stop after one step and the run would never finish. Then the
+    loop trains to the slice's end, and the second value says so."""
     if tail <= 0 or not may_finish(slices, seconds, entry):
         return END_MARGIN, None
-    if seconds - END_MARGIN - tail < MIN_LOOP_SECONDS:
-        return END_MARGIN, (f"its tail ({tail:.0f} s, tail_minutes) leaves the training less than {MIN_LOOP_SECONDS} s "
+    done = [s for s in slices if s.get("to_step") is not None and loop_seconds(s) > 0]
+    least = max([MIN_LOOP_SECONDS] + [s["wall_seconds"] - loop_seconds(s) + 60 for s in done])
+    if seconds - END_MARGIN - tail < least:
+        return END_MARGIN, (f"its tail ({tail:.0f} s, tail_minutes) leaves the training less than {least:.0f} s "
                             f"of this {seconds:.0f}-s slice: the training runs to the slice's end instead, and what "
                             f"follows it runs as far as the slice goes (side runs stop at its end)")
     return END_MARGIN + tail, None
+
+
+def made_progress(entry: dict[str, Any]) -> bool:
+    """Whether a slice that stopped did something: trained a step or finished a side run. One that did neither
+    stopped at a step or side run that needs more than its slice holds, and every slice as long will do the same."""
+    return entry.get("to_step") != entry.get("from_step") or bool(entry.get("side_runs"))
 
 
 def loop_seconds(entry: dict[str, Any]) -> float:
@@ -262,6 +271,9 @@ def run_slice(task: str, seconds: float, state_dir: Path, data_dir: Path, preset
                       if key in stop})
         state["slices"].append(entry)
         save_state(state_dir, state)
+        if not made_progress(entry):
+            print(f"{task}: warning: this slice trained no step and finished no side run: what comes next needs more "
+                  f"than a slice of {seconds:.0f} s holds (its log says what stopped it: {log})")
         side = f" and {stop['side_runs']} side run(s)" if "side_runs" in stop else ""
         print(f"{task}: stopped at step {stop['step']} of {stop['of']}{side}, resume with the same command "
               f"(slice {len(state['slices'])}: {wall:.0f} s wall, {loop_seconds(entry):.1f} s of steps on "

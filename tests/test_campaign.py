@@ -113,6 +113,10 @@ def test_a_tail_longer_than_the_slice_is_not_kept_free_so_the_training_still_mov
     assert steps_trained(reserve) == 1_000
     assert steps_trained(campaign.END_MARGIN + 540) == 1, "the control: the tail kept free stops every slice at once"
     assert campaign.loop_reserve(slices, 535, entry, 240) == (campaign.END_MARGIN + 240, None)  # a tail that fits
+    # the earlier slice's start-up was 100 s: a tail that leaves the loop 155 s of the slice, under that plus a minute
+    assert campaign.loop_reserve(slices, 535, entry, 360)[0] == campaign.END_MARGIN
+    assert campaign.made_progress(slices[0]) and campaign.made_progress({"from_step": 5, "to_step": 5, "side_runs": 2})
+    assert not campaign.made_progress({"from_step": 9_001, "to_step": 9_001, "side_runs": 0}), "no step, no side run"
     assert campaign.loop_reserve(slices, 535, {"estimate_minutes": 30}, 0) == (campaign.END_MARGIN, None)
 
 
@@ -257,11 +261,12 @@ def test_a_side_run_known_to_be_long_waits_for_a_slice_with_room_for_it(sandbox:
     assert side.pending("ablation")
     side._running = ("ablation", time.perf_counter() - 60.0)  # as if it had taken 60 s
     side.save("ablation", 1.0)
-    monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 200))  # room for 1.25 x 60 s, not for 1.25 x 300 s
+    monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 350))  # room for 300 s + the margin, not 1.25 x 300 s
     assert side.pending("same time", expected_seconds=300.0) is False
     assert "expected to take 300 s" in json.loads((sandbox / "marker.json").read_text())["why"]
     slicing._reset()
     again = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
+    monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 200))
     assert again.pending("same time"), "the control: by the longest side run so far it starts"
     slicing._reset()
     roomy = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
@@ -561,7 +566,7 @@ def test_training_deep_nets_cut_inside_a_section_ends_as_the_uninterrupted_run(t
     """Training deep nets has no single headline loop: its five sections (1b-5) are made of units (one variant's runs
     each: 12 in section 1b, 3 in section 2), each a side run; 14 to a slice cuts section 2 after its second unit.
     Each slice reports the sections done as its steps, no unit runs twice, every metric but the measured seconds
-    equals the uninterrupted run's, and train_seconds is the sum of the slices'."""
+    equals the uninterrupted run's, train_seconds is the sum of the slices', and the sections' seconds sum to it."""
     data_dir = os.environ["DL_DATA_DIR"]
     task = "image_classification/training_deep_nets"
     a = uninterrupted_record(task, tmp_path, data_dir, uninterrupted_runs)
@@ -580,6 +585,9 @@ def test_training_deep_nets_cut_inside_a_section_ends_as_the_uninterrupted_run(t
         trained = re.compile(rf"  {re.escape(unit)}[^:]*: (validation accuracy|DIVERGED)")  # a run's own line
         assert trained.search(logs[slice_]) and not trained.search(logs[1 - slice_]), unit  # trained once
     assert_train_seconds_are_the_slices_sum(b)
+    # every training step is in a section: the sections' seconds, section 2's from both slices (its start is kept in
+    # the checkpoint), add up to the run's
+    assert sum(b["metrics"]["section_train_seconds"].values()) == pytest.approx(b["train_seconds"], abs=0.05)
 
 
 def holds_no_trainer(path: Path) -> bool:

@@ -642,7 +642,7 @@ def check_streams_apart(ns: dict, cfg: Any, seeds: tuple[int, ...] = (0, 1, 2, 1
 def test_epoch_orders_augmentations_and_initial_weights_never_share_a_random_stream(edits: tuple, message: str) -> None:
     """Controls: the augmentation of step t named like epoch t's stream; and the seeding before 30 November 2026
     (the initial weights from `seed`, epoch e's order from seed * 100_003 + e), under which seed 0's initial weights
-    were its own epoch-0 shuffle's stream and seed 1's its epoch-1 shuffle's."""
+    were its own epoch-0 shuffle's stream and seed 1's were seed 0's epoch-1 shuffle's."""
     cfg = config(batch_size=4, max_shift=2)
     check_streams_apart(load(torch_module=TorchWithSeedLog()), cfg)
     with pytest.raises(AssertionError, match=message):
