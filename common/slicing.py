@@ -216,10 +216,11 @@ class SideRuns:
 
     def pending(self, key: str, expected_seconds: float = 0.0) -> bool:
         """True when `key` still has to run here and now: it is not finished, and the slice has time for it (1.25
-        times the larger of the longest side run so far and `expected_seconds`, plus the margin, before the deadline;
-        within `DL_SLICE_SIDE_RUNS`). On False for an unfinished side run the slice stops: the marker is written, and
-        every later call says False too. Give `expected_seconds` where the caller knows a side run is longer than the
-        ones before it (one trained for a given number of seconds): the longest so far would let it start too late."""
+        times `expected_seconds`, the caller's estimate of this side run, or without one the longest side run so far,
+        plus the margin, before the deadline; within `DL_SLICE_SIDE_RUNS`). On False for an unfinished side run the
+        slice stops: the marker is written, and every later call says False too. Give `expected_seconds` where side
+        runs differ in length (one trained for a given number of seconds, or one of a slower model): by the longest
+        so far a long one would start too late, and after a long one every short one would wait for its room."""
         if key in self:
             return False
         if _state["stopped"] is not None:
@@ -228,9 +229,9 @@ class SideRuns:
         longest = max((r["seconds"] for r in self.index["runs"].values()), default=0.0)
         if budget is not None and self.ran >= budget:
             why = "side-run budget"
-        elif deadline is not None and time.time() + 1.25 * max(longest, expected_seconds) + MARGIN_SECONDS >= deadline:
-            why = (f"deadline: the longest side run so far took {longest:.0f} s" if longest >= expected_seconds else
-                   f"deadline: this side run is expected to take {expected_seconds:.0f} s")
+        elif deadline is not None and time.time() + 1.25 * (expected_seconds or longest) + MARGIN_SECONDS >= deadline:
+            why = (f"deadline: this side run is expected to take {expected_seconds:.0f} s" if expected_seconds else
+                   f"deadline: the longest side run so far took {longest:.0f} s")
         else:
             from common.device import synchronize
 

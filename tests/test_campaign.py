@@ -256,7 +256,8 @@ def test_the_deadline_keeps_room_for_the_longest_side_run_so_far(sandbox: Path, 
 def test_a_side_run_known_to_be_long_waits_for_a_slice_with_room_for_it(sandbox: Path, monkeypatch) -> None:
     """The ViT's ResNet-20 trains for the ViT's seconds, minutes, after ablations of about a minute: by the longest
     side run so far it would start too late and be killed with its slice. Its `expected_seconds` keeps room for it;
-    the control, the same call without it, starts it."""
+    the control, the same call without it, starts it. A short side run's estimate replaces the longest so far, so it
+    need not wait for a long one's room (control: without it, it waits)."""
     side = SideRuns("a/task", "smoke", CONFIG, resume=False, clock=FakeClock(), headline_steps=30)
     assert side.pending("ablation")
     side._running = ("ablation", time.perf_counter() - 60.0)  # as if it had taken 60 s
@@ -272,6 +273,13 @@ def test_a_side_run_known_to_be_long_waits_for_a_slice_with_room_for_it(sandbox:
     roomy = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
     monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 400))
     assert roomy.pending("same time", expected_seconds=300.0)  # a slice with room for it starts it
+    slicing._reset()
+    short = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
+    monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 50))  # no room for 1.25 x the 60-s side run before
+    assert short.pending("quick one", expected_seconds=20.0), "a short one does not wait for the longest's room"
+    slicing._reset()
+    control = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
+    assert not control.pending("quick one"), "the control: by the longest so far it waits"
 
 
 def test_seconds_sum_the_finished_side_runs_over_slices_and_misuse_is_refused(sandbox: Path) -> None:
