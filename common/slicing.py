@@ -52,7 +52,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -214,25 +214,27 @@ class SideRuns:
     def __contains__(self, key: str) -> bool:
         return key in self.index["runs"]
 
-    def pending(self, key: str, expected_seconds: float = 0.0) -> bool:
+    def pending(self, key: str, expected_seconds: float | Callable[[], float] = 0.0) -> bool:
         """True when `key` still has to run here and now: it is not finished, and the slice has time for it (1.25
         times `expected_seconds`, the caller's estimate of this side run, or without one the longest side run so far,
         plus the margin, before the deadline; within `DL_SLICE_SIDE_RUNS`). On False for an unfinished side run the
         slice stops: the marker is written, and every later call says False too. Give `expected_seconds` where side
         runs differ in length (one trained for a given number of seconds, or one of a slower model): by the longest
-        so far a long one would start too late, and after a long one every short one would wait for its room."""
+        so far a long one would start too late, and after a long one every short one would wait for its room. A
+        function in its place (a probe that costs time) is called only when the slice has a deadline."""
         if key in self:
             return False
         if _state["stopped"] is not None:
             return False
         deadline, budget = _env_float(DEADLINE_ENV), _env_float(SIDE_RUNS_ENV)
         longest = max((r["seconds"] for r in self.index["runs"].values()), default=0.0)
-        if budget is not None and self.ran >= budget:
-            why = "side-run budget"
-        elif deadline is not None and time.time() + 1.25 * (expected_seconds or longest) + MARGIN_SECONDS >= deadline:
-            why = (f"deadline: this side run is expected to take {expected_seconds:.0f} s" if expected_seconds else
-                   f"deadline: the longest side run so far took {longest:.0f} s")
-        else:
+        why = "side-run budget" if budget is not None and self.ran >= budget else None
+        if why is None and deadline is not None:
+            expected = expected_seconds() if callable(expected_seconds) else expected_seconds
+            if time.time() + 1.25 * (expected or longest) + MARGIN_SECONDS >= deadline:
+                why = (f"deadline: this side run is expected to take {expected:.0f} s" if expected else
+                       f"deadline: the longest side run so far took {longest:.0f} s")
+        if why is None:
             from common.device import synchronize
 
             synchronize(self.device)

@@ -93,13 +93,22 @@ def may_finish(slices: list[dict[str, Any]], seconds: float, entry: dict[str, An
     train second, and the start-up each slice costs), else from the campaign's estimate (a task without an entry,
     such as the template, counts as one that may finish). Only a slice that may finish keeps the tail free: the
     others train until just before their end, since their tail would go unused."""
-    done = [s for s in slices if s.get("to_step") is not None and loop_seconds(s) > 0]
+    done = timed_slices(slices)
     if not done:
         return 60 * entry.get("estimate_minutes", 0) <= seconds
     pace = sum(s["to_step"] - s["from_step"] for s in done) / sum(loop_seconds(s) for s in done)
-    start_up = max(s["wall_seconds"] - loop_seconds(s) for s in done)
     remaining = (done[-1]["of_steps"] - done[-1]["to_step"]) / max(pace, 1e-9)
-    return remaining + start_up + END_MARGIN < seconds
+    return remaining + start_up_seconds(done) + END_MARGIN < seconds
+
+
+def timed_slices(slices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The earlier slices whose sliced loop trained: a pace and a start-up can be read from them."""
+    return [s for s in slices if s.get("to_step") is not None and loop_seconds(s) > 0]
+
+
+def start_up_seconds(done: list[dict[str, Any]]) -> float:
+    """The longest start-up (wall clock outside the sliced loop) of the timed slices `done`; 0 without any."""
+    return max((s["wall_seconds"] - loop_seconds(s) for s in done), default=0.0)
 
 
 def loop_reserve(slices: list[dict[str, Any]], seconds: float, entry: dict[str, Any],
@@ -111,8 +120,7 @@ def loop_reserve(slices: list[dict[str, Any]], seconds: float, entry: dict[str, 
     loop trains to the slice's end, and the second value says so."""
     if tail <= 0 or not may_finish(slices, seconds, entry):
         return END_MARGIN, None
-    done = [s for s in slices if s.get("to_step") is not None and loop_seconds(s) > 0]
-    least = max([MIN_LOOP_SECONDS] + [s["wall_seconds"] - loop_seconds(s) + 60 for s in done])
+    least = max(MIN_LOOP_SECONDS, start_up_seconds(timed_slices(slices)) + 60)
     if seconds - END_MARGIN - tail < least:
         return END_MARGIN, (f"its tail ({tail:.0f} s, tail_minutes) leaves the training less than {least:.0f} s "
                             f"of this {seconds:.0f}-s slice: the training runs to the slice's end instead, and what "

@@ -257,29 +257,36 @@ def test_a_side_run_known_to_be_long_waits_for_a_slice_with_room_for_it(sandbox:
     """The ViT's ResNet-20 trains for the ViT's seconds, minutes, after ablations of about a minute: by the longest
     side run so far it would start too late and be killed with its slice. Its `expected_seconds` keeps room for it;
     the control, the same call without it, starts it. A short side run's estimate replaces the longest so far, so it
-    need not wait for a long one's room (control: without it, it waits)."""
+    need not wait for a long one's room (control: without it, it waits). An estimate given as a function (a probe
+    that costs time) is called only where a slice has a deadline."""
     side = SideRuns("a/task", "smoke", CONFIG, resume=False, clock=FakeClock(), headline_steps=30)
     assert side.pending("ablation")
     side._running = ("ablation", time.perf_counter() - 60.0)  # as if it had taken 60 s
     side.save("ablation", 1.0)
-    monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 350))  # room for 300 s + the margin, not 1.25 x 300 s
-    assert side.pending("same time", expected_seconds=300.0) is False
+
+    def next_slice(seconds_left: float) -> SideRuns:
+        """The side runs as a new slice's process sees them, with `seconds_left` to its deadline."""
+        slicing._reset()
+        monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + seconds_left))
+        return SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
+
+    assert next_slice(350).pending("same time", expected_seconds=300.0) is False  # 300 s + margin fit, 1.25 x 300 not
     assert "expected to take 300 s" in json.loads((sandbox / "marker.json").read_text())["why"]
+    assert next_slice(200).pending("same time"), "the control: by the longest side run so far it starts"
+    assert next_slice(400).pending("same time", expected_seconds=300.0)  # a slice with room for it starts it
+    # no room for 1.25 x the 60-s side run before
+    assert next_slice(50).pending("quick one", expected_seconds=20.0), "a short one does not wait for the longest's room"
+    assert not next_slice(50).pending("quick one"), "the control: by the longest so far it waits"
+    calls = []
+
+    def probe() -> float:
+        calls.append(1)
+        return 20.0
+    assert next_slice(50).pending("probed", expected_seconds=probe) and calls == [1]
     slicing._reset()
-    again = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
-    monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 200))
-    assert again.pending("same time"), "the control: by the longest side run so far it starts"
-    slicing._reset()
-    roomy = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
-    monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 400))
-    assert roomy.pending("same time", expected_seconds=300.0)  # a slice with room for it starts it
-    slicing._reset()
-    short = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
-    monkeypatch.setenv(slicing.DEADLINE_ENV, str(time.time() + 50))  # no room for 1.25 x the 60-s side run before
-    assert short.pending("quick one", expected_seconds=20.0), "a short one does not wait for the longest's room"
-    slicing._reset()
-    control = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
-    assert not control.pending("quick one"), "the control: by the longest so far it waits"
+    monkeypatch.delenv(slicing.DEADLINE_ENV)
+    unsliced = SideRuns("a/task", "smoke", {**CONFIG, "resume": True}, resume=True, clock=FakeClock(), headline_steps=30)
+    assert unsliced.pending("probed again", expected_seconds=probe) and calls == [1], "probed without a deadline"
 
 
 def test_seconds_sum_the_finished_side_runs_over_slices_and_misuse_is_refused(sandbox: Path) -> None:
