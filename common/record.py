@@ -125,6 +125,13 @@ class RunClock:
         finally:
             self.stop()
 
+    def add(self, name: str, seconds: float) -> None:
+        """Add `seconds` measured elsewhere to the span `name`: the time of a side run that an earlier slice of the
+        run finished and this one keeps (`SideRuns`), so the record counts it once, as if the run had not stopped."""
+        if seconds < 0:
+            raise ValueError(f"{name}: {seconds} s: a span cannot lose time")
+        self.seconds[name] = self.seconds.get(name, 0.0) + float(seconds)
+
     def __getitem__(self, name: str) -> float:
         """Seconds spent in `name` so far (0.0 if never started), including a span still running."""
         running = time.perf_counter() - self._start if self.current == name else 0.0

@@ -549,6 +549,36 @@ def test_vit_cut_between_side_runs_before_and_after_its_headline_ends_as_the_uni
 
 
 @pytest.mark.notebook
+@pytest.mark.reuses_notebook_run("image_generation/normalizing_flows")
+def test_normalizing_flows_cut_between_its_two_variants_ends_as_the_uninterrupted_run(tmp_path: Path,
+                                                                                       uninterrupted_runs: dict) -> None:
+    """The RealNVP-vs-Glow comparison before the main loop (each variant a side run), cut one side run and 12 steps
+    to a slice: the first slice trains RealNVP and stops at step 0; the second keeps it (not trained again), trains
+    Glow and 12 main steps; the third finishes. Every metric equals the uninterrupted run's, and the record's
+    `compare_train` counts both variants once: the sum of the seconds each printed in the slice that trained it
+    (without the kept variant's seconds it would hold Glow's alone, which the last assertion tells apart)."""
+    data_dir = os.environ["DL_DATA_DIR"]
+    a = uninterrupted_record("image_generation/normalizing_flows", tmp_path, data_dir, uninterrupted_runs)
+    sliced = run_slices(tmp_path / "sliced", data_dir, 12, 1, "image_generation/normalizing_flows")
+    assert len(sliced) == 3, sliced
+    assert "stopped at step 0 of 24 and 1 side run(s)" in sliced[0] and "finished in 3 slice(s)" in sliced[2]
+    b = the_run_record(tmp_path / "sliced")
+    assert a["metrics"] == b["metrics"]
+    assert [(s["from_step"], s["to_step"]) for s in b["slices"]] == [(0, 0), (0, 12), (12, 24)]
+    logs = slice_logs(tmp_path / "sliced", (1, 2, 3))
+    seconds = {}
+    for name in ("realnvp", "glow"):
+        trained = [(k, float(m.group(1))) for k, log in enumerate(logs)
+                   for m in re.finditer(rf"^{name}: \d+ steps, ([\d.]+) s of steps", log, re.MULTILINE)]
+        assert [k for k, _ in trained] == [0 if name == "realnvp" else 1], (name, trained)  # trained once
+        seconds[name] = trained[0][1]
+    assert "realnvp: kept from an earlier slice" in logs[1]
+    assert b["timings"]["compare_train"] == pytest.approx(seconds["realnvp"] + seconds["glow"], abs=0.02)
+    assert b["timings"]["compare_train"] > seconds["glow"] + 0.02
+    assert_train_seconds_are_the_slices_sum(b)
+
+
+@pytest.mark.notebook
 @pytest.mark.reuses_notebook_run("graph_learning/gcn_gat")
 def test_gcn_gat_cut_inside_a_main_run_and_between_side_runs_ends_as_the_uninterrupted_run(
         tmp_path: Path, uninterrupted_runs: dict) -> None:

@@ -167,6 +167,23 @@ def test_run_clock_keeps_spans_apart_and_resumes():
     assert resumed["train"] == clock["train"]
 
 
+def test_run_clock_adds_time_measured_elsewhere_to_a_span():
+    """`add` (a side run kept from an earlier slice): its seconds join the span once, a running span keeps running,
+    and a span never seen before starts at them; a negative time is refused."""
+    clock = RunClock(torch.device("cpu"))
+    clock.add("compare_train", 2.5)
+    clock.add("compare_train", 1.25)
+    assert clock["compare_train"] == 3.75 and clock.state_dict() == {"compare_train": 3.75}
+    clock.start("train")
+    clock.add("train", 10.0)
+    assert clock.current == "train" and 10.0 <= clock["train"] < 10.5
+    clock.stop()
+    assert 10.0 <= clock.state_dict()["train"] < 10.5
+    with pytest.raises(ValueError, match="cannot lose time"):
+        clock.add("eval", -1.0)
+    assert clock["eval"] == 0.0
+
+
 def test_run_record_has_the_required_fields(runs_tmp):
     clock = RunClock()
     with clock.span("train"):

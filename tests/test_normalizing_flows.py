@@ -232,7 +232,7 @@ def test_actnorm_initialises_from_data_and_its_flag_survives_a_checkpoint(ns: di
     control.load_state_dict({**state, "initialized": torch.tensor(False)})
     control.train()(other)
     assert not torch.allclose(control.beta, actnorm.beta)
-    # a layer that has run already reads the flag of a state it loads (its cached reading is dropped on load)
+    # a layer that has run already reads the flag of a state it loads (its Python copy, `ready`, is read again on load)
     resumed.load_state_dict({**state, "initialized": torch.tensor(False)})
     resumed.train()(other)
     assert torch.allclose(resumed.beta, control.beta) and bool(resumed.initialized)
