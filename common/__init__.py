@@ -15,7 +15,7 @@ from common.data import (
     load_tinyshakespeare,
     load_tinystories,
 )
-from common.device import DeviceError, describe_device, get_device, parse_device
+from common.device import DeviceError, describe_device, get_device, host_to_device, parse_device
 from common.fid import fid, get_classifier
 from common.planetoid import Graph, load_planetoid
 from common.plot import plot_curves, show_images
@@ -60,6 +60,7 @@ __all__ = [
     "get_preset",
     "grad_scaler",
     "guarded_step",
+    "host_to_device",
     "is_compile_error",
     "load_checkpoint",
     "load_image_dataset",

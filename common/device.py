@@ -45,6 +45,20 @@ def synchronize(device: torch.device | str | None) -> None:
         torch.mps.synchronize()
 
 
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`t`, a tensor on the CPU, on `device`, without making the host wait for the device's queued work.
+
+    On CUDA a plain `t.to(device)` from ordinary (pageable) memory waits for every kernel queued before it, so a
+    training loop that copies a batch, a permutation or random draws made on the CPU each step cannot run ahead of
+    the GPU. Here `t` goes through pinned memory and is copied asynchronously, in stream order (PyTorch's caching
+    host allocator keeps the pinned block until the copy has run). The values are the same; on any other device, or
+    for a tensor not on the CPU, this is `t.to(device)`."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def parse_device(value: str) -> torch.device:
     """The device `value` names ('cpu', 'cuda', 'cuda:N' or 'mps', any case), checked against this machine.
 

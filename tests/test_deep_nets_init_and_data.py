@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import stream_seed
+from common import host_to_device, stream_seed
 from notebook_cells import notebook_functions, preset_config
 from test_preset_seed_device import first_draws
 
@@ -92,7 +92,7 @@ def load(*edits: Edit, torch_module: Any = torch) -> dict[str, Any]:
     occurrence of `old` in `name` (a control, broken in exactly that way; the other functions use the broken one).
     `torch_module` is what the code sees as `torch` (a stand-in that logs, say)."""
     namespace = {"torch": torch_module, "nn": nn, "F": F, "math": math, "functools": functools,
-                 "stream_seed": stream_seed}
+                 "stream_seed": stream_seed, "host_to_device": host_to_device}
     return notebook_functions(NOTEBOOK, *NAMES, *ASSIGNMENTS, namespace=namespace, edits=edits)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from common import (get_device, get_preset, load_checkpoint, pick, rng_state, save_checkpoint, seed_everything,
                     seed_from_env, set_rng_state, stream_seed)
-from common.device import DeviceError, canonical_device_name, describe_device, parse_device
+from common.device import DeviceError, canonical_device_name, describe_device, host_to_device, parse_device
 from common import preset as preset_module
 from common.preset import PresetError, announce_preset, default_preset, preset_and_reason
 
@@ -347,3 +347,37 @@ def test_cuda_streams_are_restored_after_cuda_starts_and_only_for_the_gpus_here(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the control: a CPU-only machine asks nothing
     set_rng_state(state)
     assert calls == []
+
+
+class CopyLog:
+    """A stand-in for a CPU tensor that logs how it is moved (this machine has no GPU to copy to)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def pin_memory(self) -> "CopyLog":
+        self.calls.append("pin_memory")
+        return self
+
+    def to(self, device, non_blocking: bool = False) -> "CopyLog":
+        self.calls.append(("to", str(device), non_blocking))
+        return self
+
+
+def test_host_to_device_copies_to_cuda_through_pinned_memory_without_waiting() -> None:
+    """To CUDA: pinned, then a non-blocking copy (a plain `.to` from pageable memory waits for the GPU's queue; the
+    control, that plain copy, logs another sequence). Elsewhere: `t.to(device)`, values unchanged, nothing pinned."""
+    moved = CopyLog()
+    host_to_device(moved, "cuda")
+    assert moved.calls == ["pin_memory", ("to", "cuda", True)]
+    plain = CopyLog()
+    plain.to(torch.device("cuda"))  # the control: what `t.to(device)` does
+    assert plain.calls != moved.calls
+    for device in ("cpu", "mps"):
+        log = CopyLog()
+        host_to_device(log, device)
+        assert log.calls == [("to", device, False)]
+    t = torch.arange(6.0)
+    assert torch.equal(host_to_device(t, torch.device("cpu")), t)
