@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from notebook_cells import notebook_functions, run_tagged
+from test_deep_nets_init_and_data import SeedLog, TorchWithSeedLog
+from test_preset_seed_device import first_draws
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "image_classification" / "vit" / "vit.ipynb"
 
@@ -122,6 +124,43 @@ def test_batch_at_visits_every_image_once_per_epoch(aug: dict) -> None:
     again = aug["batch_at"](images, labels, 7, 8, 3)[1]
     assert torch.equal(again, epochs[1][2][1]), "a batch is a function of (seed, step): resume needs nothing saved"
     assert not torch.equal(aug["batch_at"](images, labels, 7, 8, 4)[1], again), "another seed, another batch"
+
+
+def check_streams_apart(ns: dict, cfg, k: int = 60) -> None:
+    """The orders of epochs 0..k-1 and the crops, flips and mixing shuffles of steps 0..k-1 draw from different
+    random streams, none of them the initialisation's (`seed_everything(cfg.seed)`): no step's augmentation repeats
+    an epoch's shuffle. Seeds are logged by SeedLog (torch.Generator in `ns`); with 4 images a batch of 4, step t is
+    epoch t."""
+    x, y = torch.zeros(4, 3, 32, 32), torch.arange(4)
+    streams = {first_draws(cfg.seed): "the initialisation"}
+    for step in range(k):
+        SeedLog.seeds = []
+        ns["batch_at"](x, y, step, 4, cfg.seed)
+        ns["augment"](x, y, step, cfg)
+        (order,), augmentation = SeedLog.seeds[:1], SeedLog.seeds[1:]
+        for seed, name in ((order, f"epoch {step}'s order"), *((s, f"step {step}'s augmentation") for s in augmentation)):
+            draws = first_draws(seed)
+            assert draws not in streams, f"{name} draws {streams[draws]}'s random stream"
+            streams[draws] = name
+
+
+@pytest.mark.parametrize(("edits", "message"), [
+    ((("batch_at", 'stream_seed(seed, f"epoch {epoch}")', "seed * 100_003 + epoch"),
+      ("augment", 'stream_seed(cfg.seed, f"augmentation {step}")', "cfg.seed * 100_003 + step")),
+     "epoch 0's order draws the initialisation"),
+    ((("augment", 'f"augmentation {step}"', 'f"epoch {step}"'),), "step 0's augmentation draws epoch 0's order"),
+], ids=["seeded-as-before-2026-11-30", "augmentation-named-like-the-epoch"])
+def test_batch_orders_and_augmentations_never_share_a_random_stream(vit: dict, edits: tuple, message: str) -> None:
+    """Controls: the seeding before 30 November 2026 (epoch e's order from seed * 100_003 + e, step s's augmentation
+    from seed * 100_003 + s: with seed 0, epoch 0 drew the initialisation's stream and step s epoch s's), and the
+    augmentation named like the epoch's stream."""
+    names = ("batch_at", "crop_flip", "mix", "augment")
+    ns = notebook_functions(NOTEBOOK, *names, namespace={**vit, "torch": TorchWithSeedLog()})
+    cfg = dataclasses.replace(ns["cfg"], mix_prob=1.0)  # every step draws a mixing shuffle too
+    check_streams_apart(ns, cfg)
+    broken = notebook_functions(NOTEBOOK, *names, namespace={**vit, "torch": TorchWithSeedLog()}, edits=edits)
+    with pytest.raises(AssertionError, match=message):
+        check_streams_apart(broken, cfg)
 
 
 def test_crop_flip_off_is_the_identity(aug: dict) -> None:
