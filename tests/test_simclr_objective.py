@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import fp32_exact
+from common import fp32_exact, stream_seed
 from notebook_cells import notebook_functions, notebook_literal
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "representation_learning" / "simclr" / "simclr.ipynb"
@@ -89,7 +89,7 @@ RGB_TO_YIQ = notebook_literal(NOTEBOOK, "RGB_TO_YIQ")
 def imports() -> dict[str, Any]:
     """The modules, constants and `common` names the notebook's functions use when they run."""
     return {"torch": torch, "nn": nn, "F": F, "math": math, "NamedTuple": NamedTuple, "RGB_TO_YIQ": RGB_TO_YIQ,
-            "fp32_exact": fp32_exact}
+            "fp32_exact": fp32_exact, "stream_seed": stream_seed}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from notebook_cells import run_tagged
+from notebook_cells import notebook_functions, run_tagged
+from test_deep_nets_init_and_data import SeedLog
+from test_preset_seed_device import first_draws
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "representation_learning" / "simclr" / "simclr.ipynb"
 SYNCING = {"aten.lift_fresh", "aten.lift_fresh_copy", "aten._local_scalar_dense", "aten.linalg_inv_ex",
@@ -84,7 +86,7 @@ def test_a_training_step_neither_syncs_nor_copies_from_the_host(simclr: dict) ->
     with OpLog(order_gen) as log:
         for step in range(2):
             idx = simclr["batch_indices"](step, len(images), cfg.batch_size, cfg.seed, order_gen)
-            view_gen.manual_seed(cfg.seed * 1_000_003 + step)
+            view_gen.manual_seed(simclr["stream_seed"](cfg.seed, f"views {step}"))  # as in the training loop
             views = simclr["layout"](simclr["two_views"](images[idx], cfg, view_gen, simclr["colours"]),
                                      cfg.channels_last)
             loss = simclr["nt_xent"](model(views), cfg.temperature)
@@ -106,6 +108,34 @@ def test_the_batch_order_is_a_function_of_seed_and_step(simclr: dict) -> None:
     assert torch.cat(epoch).unique().numel() == n
     assert not torch.equal(batch_indices(n // b, n, b, 0, fresh), epoch[0]), "every epoch reshuffles"
     assert not torch.equal(batch_indices(0, n, b, 1, fresh), epoch[0]), "the seed changes the order"
+
+
+def epoch_streams(batch_indices, seed: int, epochs: int = 50) -> list[tuple[int, ...]]:
+    """The first draws of the random streams of epochs 0..epochs-1's orders (their seeds logged by SeedLog)."""
+    gen = SeedLog()
+    SeedLog.seeds = []
+    for epoch in range(epochs):
+        batch_indices(epoch, 8, 8, seed, gen)  # one batch an epoch: step e is epoch e
+    return [first_draws(s) for s in SeedLog.seeds]
+
+
+@pytest.mark.parametrize(("old", "new"), [('stream_seed(seed, f"epoch {epoch}")', "seed * 100_003 + epoch")],
+                         ids=["seeded-as-before-2026-11-30"])
+def test_no_epoch_order_draws_the_initialisations_random_stream(simclr: dict, old: str, new: str) -> None:
+    """Epoch orders of seeds 0 and 1 are 100 different streams, none of them the one `seed_everything(seed)` gives
+    the initialisation (on a CPU; the views of step s, seeded in the loop, had the same formula's problem). Control:
+    the seeding before 30 November 2026 (seed * 100_003 + epoch), under which epoch 0 drew the initialisation's."""
+    def check(batch_indices) -> None:
+        streams = {first_draws(seed) for seed in (0, 1)}
+        for seed in (0, 1):
+            orders = epoch_streams(batch_indices, seed)
+            assert len(set(orders)) == len(orders) and not set(orders) & streams, \
+                f"an epoch order of seed {seed} repeats another random stream"
+            streams |= set(orders)
+    check(simclr["batch_indices"])
+    broken = notebook_functions(NOTEBOOK, "batch_indices", namespace=dict(simclr), edits=[("batch_indices", old, new)])
+    with pytest.raises(AssertionError, match="repeats another random stream"):
+        check(broken["batch_indices"])
 
 
 def test_the_colour_matrices(simclr: dict) -> None:
