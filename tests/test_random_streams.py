@@ -33,7 +33,6 @@ PENDING = {
     "image_classification/resnet/resnet.ipynb": LATER,
     "image_generation/ddpm/ddpm.ipynb": LATER,
     "image_generation/flow_matching/flow_matching.ipynb": LATER,
-    "image_generation/gan/gan.ipynb": LATER,
     "image_generation/vae/vae.ipynb": GPU_RECORD,
     "reinforcement_learning/dqn_ppo/dqn_ppo.ipynb": LATER,
     "text_generation/bpe_gpt/bpe_gpt.ipynb": LATER,
