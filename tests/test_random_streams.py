@@ -35,7 +35,6 @@ PAIR = ("predates the rule; DDPM and flow matching hold out the same validation 
 PENDING = {
     "graph_learning/gcn_gat/gcn_gat.ipynb": CPU_FULL,
     "image_classification/mlp_backprop/mlp_backprop.ipynb": GPU_RECORD,
-    "image_classification/resnet/resnet.ipynb": LATER,
     "image_generation/ddpm/ddpm.ipynb": PAIR,
     "image_generation/flow_matching/flow_matching.ipynb": PAIR,
     "image_generation/vae/vae.ipynb": GPU_RECORD,
@@ -50,9 +49,14 @@ PENDING = {
 
 
 def _reads_seed(node: ast.AST) -> bool:
-    """Whether an expression reads a seed: an attribute `.seed` (cfg.seed, run.seed) or a name `seed`."""
-    return any(isinstance(n, ast.Attribute) and n.attr == "seed" or isinstance(n, ast.Name) and n.id == "seed"
+    """Whether an expression reads a seed: an attribute `.seed` or `._seed` (cfg.seed, run.seed, cfg.split_seed) or a
+    name `seed` or `..._seed`."""
+    return any(isinstance(n, ast.Attribute) and _seed_name(n.attr) or isinstance(n, ast.Name) and _seed_name(n.id)
                for n in ast.walk(node))
+
+
+def _seed_name(name: str) -> bool:
+    return name == "seed" or name.endswith("_seed")
 
 
 def _called(node: ast.Call) -> str | None:
@@ -112,7 +116,8 @@ demo = torch.Generator().manual_seed(0)
     ('generator_seed=stream_seed(cfg.seed, "batches")', "generator_seed=cfg.seed", "line 3: cfg.seed"),
     ("manual_seed(seed))", "manual_seed(seed + 1))", "line 8: seed + 1"),
     ("manual_seed(0)", "manual_seed(run.seed)", "line 11: run.seed"),
-], ids=["formula", "loader", "offset-parameter", "bare-seed"])
+    ("manual_seed(0)", "manual_seed(cfg.split_seed)", "line 11: cfg.split_seed"),
+], ids=["formula", "loader", "offset-parameter", "bare-seed", "named-seed"])
 def test_the_check_reports_each_shared_seed(old: str, new: str, problem: str) -> None:
     assert shared_seeds(GOOD) == []
     assert GOOD.count(old) == 1

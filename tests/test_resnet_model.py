@@ -61,7 +61,8 @@ Z = 5.0  # every statistical bound below is 5 standard deviations: a two-sided c
 def imports() -> dict[str, Any]:
     """The modules and `common` names the notebook's functions use when they run."""
     return {"torch": torch, "nn": nn, "F": F, "math": math, "seed_everything": common.seed_everything,
-            "DeviceImageLoader": common.DeviceImageLoader, "fp32_exact": common.fp32_exact}
+            "DeviceImageLoader": common.DeviceImageLoader, "fp32_exact": common.fp32_exact,
+            "stream_seed": common.stream_seed}
 
 
 @pytest.fixture(scope="module")
