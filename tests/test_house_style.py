@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -101,11 +102,16 @@ def style_problems(source: str) -> list[str]:
     return problems
 
 
+def notebook_problems(path: Path, check: Callable[[str], list[str]]) -> list[str]:
+    """What `check` (one code cell's source -> its problems) reports in every code cell of a notebook, each line
+    prefixed with its cell's id."""
+    nb = nbformat.read(path, as_version=4)
+    return [f"cell {cell.get('id')}: {p}" for cell in nb.cells if cell.cell_type == "code" for p in check(cell.source)]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_notebook_code_follows_the_house_style(path: Path) -> None:
-    nb = nbformat.read(path, as_version=4)
-    problems = [f"cell {cell.get('id')}: {p}" for cell in nb.cells if cell.cell_type == "code"
-                for p in style_problems(cell.source)]
+    problems = notebook_problems(path, style_problems)
     assert not problems, "\n".join(problems)
 
 

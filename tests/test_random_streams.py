@@ -18,13 +18,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from test_conventions import REPO_ROOT, TASK_DIRS, TEMPLATE, _ids
-from test_house_style import parse_cell
+from test_conventions import REPO_ROOT, _ids
+from test_house_style import NOTEBOOKS, notebook_problems, parse_cell
 
-NOTEBOOKS = [next(d.glob("*.ipynb")) for d in [*TASK_DIRS, TEMPLATE]]
 LATER = "predates the rule; adopts it at its next rerun (every number changes)"
 GPU_RECORD = ("predates the rule; its H200 `full` record is of today's code, so it waits for a change that needs a "
               "rerun anyway")
@@ -83,9 +81,7 @@ def shared_seeds(source: str) -> list[str]:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_generators_are_seeded_through_stream_seed(path: Path) -> None:
-    nb = nbformat.read(path, as_version=4)
-    found = [f"cell {cell.get('id')}, {p}" for cell in nb.cells if cell.cell_type == "code"
-             for p in shared_seeds(cell.source)]
+    found = notebook_problems(path, shared_seeds)
     name = path.relative_to(REPO_ROOT).as_posix()
     if name in PENDING:
         assert found, f"{name} follows the rule now: remove it from PENDING"
