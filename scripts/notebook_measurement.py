@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from run_notebook import kernel_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,7 @@ def run_in_kernel(nb: nbformat.NotebookNode, notebook: Path, task: str, what: st
     measures and its provenance, and all the last cell printed."""
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"} | {"MPLBACKEND": "Agg"}
     client = NotebookClient(nb, timeout=24 * 3600, kernel_name="python3",
-                            resources={"metadata": {"path": str(notebook.parent)}})
+                            resources={"metadata": {"path": str(notebook.parent)}}, config=kernel_config())
     commit, dirty = git_commit()  # the code that runs: read before it runs
     start = time.perf_counter()
     client.execute(env=env)

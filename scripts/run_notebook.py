@@ -19,14 +19,31 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from traitlets.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_records  # noqa: E402
+
+
+def kernel_config() -> Config:
+    """How a new kernel talks to its client: over Unix sockets with a name no other kernel has, where the system has
+    them and their path fits in a socket address (about 100 characters). Over TCP, the kernel's five ports are found
+    free by the client and bound by the kernel a moment later, and in between another process can take one (a kernel
+    starting beside it, as under pytest's two workers, or the local end of any outgoing connection): the kernel dies
+    with "Address already in use". jupyter_client's own name for the sockets (`kernel-ipc-1`..`-5` in the kernel's
+    working directory) is shared by every kernel started there, so each client is given its own. One config per
+    client: call this once per NotebookClient."""
+    prefix = Path(tempfile.gettempdir()) / f"kernel-{uuid.uuid4().hex[:12]}"  # sockets: prefix-1 .. prefix-5
+    if os.name == "nt" or len(str(prefix)) + len("-5") > 100:
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(prefix)}})
 
 
 def kernel_env() -> dict[str, str]:
@@ -65,7 +82,7 @@ def rerun_lines(records: list[Path]) -> list[str]:
 def run(path: Path, timeout: int = 24 * 3600, save: bool = True) -> None:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(path.parent)}}, config=kernel_config())
     start, started_at = time.perf_counter(), time.time()
     try:
         client.execute(env=kernel_env())

@@ -37,6 +37,7 @@ from common import TIMING_POLICY
 from scripts_module import load_script
 
 compare_records = load_script("compare_records")
+run_notebook = load_script("run_notebook")
 
 try:
     import tomllib
@@ -69,9 +70,11 @@ def client_for(nb: nbformat.NotebookNode, cwd: Path) -> NotebookClient:
     """A client that runs `nb` in a fresh kernel whose working directory is `cwd`, and kills the kernel at the end
     rather than asking it to exit: a kernel that has imported torch and started tqdm's monitor thread takes 2-3 s to
     shut down gracefully, three kernels per notebook. Every file a notebook writes is written inside a cell (the
-    records and checkpoints this test reads are complete), and its temporary files go to the test's folder (TMPDIR)."""
+    records and checkpoints this test reads are complete), and its temporary files go to the test's folder (TMPDIR).
+    The kernel talks over Unix sockets of its own (run_notebook.kernel_config): over TCP, two kernels starting on
+    pytest's two workers could race for a port, and one died ("Address already in use") in a CI run."""
     return NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
-                          shutdown_kernel="immediate")
+                          shutdown_kernel="immediate", config=run_notebook.kernel_config())
 
 
 def execute(nb: nbformat.NotebookNode, cwd: Path) -> str:

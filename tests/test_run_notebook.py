@@ -30,6 +30,47 @@ def test_figures_are_saved_even_when_the_caller_sets_agg(tmp_path: Path, monkeyp
     assert any("image/png" in o.get("data", {}) for o in outputs), f"no figure saved: {outputs}"
 
 
+def one_cell_client(config: "object", cwd: Path) -> "object":
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('ran')")])
+    return NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
+                          shutdown_kernel="immediate", config=config)
+
+
+@pytest.mark.notebook
+@pytest.mark.skipif(os.name == "nt", reason="Windows kernels keep TCP (no Unix sockets)")
+def test_a_kernel_starts_even_when_another_process_holds_the_port_it_was_given(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """What failed a CI run: a kernel's port, found free, was taken by another process before the kernel bound it
+    ("Address already in use", "Kernel died before replying to kernel_info"). Here the port is held from the start.
+    A kernel configured by kernel_config() talks over its own Unix sockets and runs; the control, the default TCP
+    kernel given the same port, dies. No socket files are left behind, and two configs never share a socket name."""
+    import atexit
+    import socket
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    first, second = run_notebook.kernel_config(), run_notebook.kernel_config()
+    assert first.KernelManager.transport == "ipc" and first.KernelManager.ip != second.KernelManager.ip
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        first.KernelManager.shell_port = port
+        client = one_cell_client(first, tmp_path)
+        client.execute()
+        assert client.nb.cells[0].outputs[0]["text"] == "ran\n"
+        from traitlets.config import Config
+
+        control = Config({"KernelManager": {"shell_port": port, "cache_ports": False}})  # else a new free port
+        dead = one_cell_client(control, tmp_path)
+        with pytest.raises(RuntimeError, match="[Kk]ernel died"):
+            dead.execute()
+        atexit.unregister(dead._cleanup_kernel)  # nbclient's exit hook for a kernel that never started
+    assert not list(tmp_path.glob("kernel-*")), "socket files left behind"
+
+
 def test_the_kernel_environment_drops_only_mplbackend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("DL_PRESET", "quick")
