@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from common import enable_tf32, fp32_exact
+from common import enable_tf32, fp32_exact, stream_seed
 from notebook_cells import notebook_functions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def trajectory_strip(exact: bool, seen: list[str]):  # noqa: ANN201
         seen.append(torch.get_float32_matmul_precision())
         return torch.zeros_like(x)
 
-    namespace = {"torch": torch, "nn": torch.nn, "Config": object,
+    namespace = {"torch": torch, "nn": torch.nn, "Config": object, "stream_seed": stream_seed,
                  "fp32_exact": fp32_exact if exact else contextlib.nullcontext, "velocity": velocity,
                  "ode_sample": lambda *args, **kwargs: (kept[-1], kept),
                  "time_grid": lambda steps, shift: torch.linspace(0, 1, steps + 1).tolist()}

@@ -28,13 +28,9 @@ GPU_RECORD = ("predates the rule; its H200 `full` record is of today's code, so 
               "rerun anyway")
 CPU_FULL = ("predates the rule; its CPU `full` record (the README's headline) is of today's code: it adopts the rule "
             "with its next `full` run")
-PAIR = ("predates the rule; DDPM and flow matching hold out the same validation split (flow matching compares itself with "
-        "DDPM's record on it), so the two adopt it together, each with a rerun")
 PENDING = {
     "graph_learning/gcn_gat/gcn_gat.ipynb": CPU_FULL,
     "image_classification/mlp_backprop/mlp_backprop.ipynb": GPU_RECORD,
-    "image_generation/ddpm/ddpm.ipynb": PAIR,
-    "image_generation/flow_matching/flow_matching.ipynb": PAIR,
     "image_generation/vae/vae.ipynb": GPU_RECORD,
     "reinforcement_learning/dqn_ppo/dqn_ppo.ipynb": CPU_FULL,
     "text_generation/bpe_gpt/bpe_gpt.ipynb": ("predates the rule; its `quick` time budget is the char-GPT's measured time on "

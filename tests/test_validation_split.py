@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.notebook_cells import cell_sources, run_sources, setup_and_config
 
@@ -64,3 +65,26 @@ def test_control_a_split_sized_for_full_mnist_is_caught_on_the_subset(monkeypatc
     n_all, n_train, n_val = split_sizes(NOTEBOOKS[0], "full", monkeypatch, old_full_split)
     assert n_val == round(0.75 * n_all) and n_train == n_all - n_val  # 2,000 and 6,000 on the 8k subset
     assert any(f"trains on {n_train:,} of {n_all:,}" in p for p in split_problems(n_all, n_train, n_val))
+
+
+def held_out_mask(notebook: Path, monkeypatch: pytest.MonkeyPatch,
+                  edit_data: Callable[[str], str] = lambda source: source) -> torch.Tensor:
+    """Which training images the notebook holds out under `quick`, after its Setup, Config and (edited) Data cells."""
+    monkeypatch.setenv("DL_PRESET", "quick")
+    data = cell_sources(notebook, select=lambda s: "held_out = " in s)
+    return run_sources(setup_and_config(notebook) + [edit_data(data[0])], notebook)["held_out"]
+
+
+def test_the_three_notebooks_hold_out_the_same_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flow matching compares its validation fids with DDPM's record, and the GAN's prose with both: that needs one
+    validation split. The control seeds flow matching's split as every notebook did before the Random streams rule
+    (`cfg.seed`, not the "split" stream): it holds out other images."""
+    gan, ddpm, flow_matching = (held_out_mask(notebook, monkeypatch) for notebook in NOTEBOOKS)
+    assert torch.equal(gan, ddpm) and torch.equal(ddpm, flow_matching)
+
+    def old_seeding(source: str) -> str:
+        assert source.count('stream_seed(cfg.seed, "split")') == 1, "the split's line changed: update this control"
+        return source.replace('stream_seed(cfg.seed, "split")', "cfg.seed")
+
+    old = held_out_mask(NOTEBOOKS[2], monkeypatch, old_seeding)
+    assert old.sum() == flow_matching.sum() and not torch.equal(old, flow_matching)
