@@ -23,7 +23,6 @@ import pytest
 from test_conventions import REPO_ROOT, _ids
 from test_house_style import NOTEBOOKS, notebook_problems, parse_cell
 
-LATER = "predates the rule; adopts it at its next rerun (every number changes)"
 GPU_RECORD = ("predates the rule; its H200 `full` record is of today's code, so it waits for a change that needs a "
               "rerun anyway")
 CPU_FULL = ("predates the rule; its CPU `full` record (the README's headline) is of today's code: it adopts the rule "
@@ -37,7 +36,6 @@ PENDING = {
                                               "one VM, so it adopts the rule with a rerun of both on one VM"),
     "text_generation/char_gpt/char_gpt.ipynb": GPU_RECORD,
     "text_generation/data_parallel/data_parallel.ipynb": GPU_RECORD,
-    "text_generation/rnn_lstm/rnn_lstm.ipynb": LATER,
     "text_generation/seq2seq_attention/seq2seq_attention.ipynb": CPU_FULL,
 }
 
