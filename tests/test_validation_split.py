@@ -7,6 +7,10 @@ preset did). Their split is now a share of the training images (`val_fraction`).
 Setup, Config and Data cells under `quick` and `full`, on whatever MNIST `DL_DATA_DIR` holds, and check the
 split; the control runs the same cells with the share that rebuilds the old `full` split (6,000 of 8,000 = 0.75)
 and shows that the check catches it.
+
+The three also hold out the same images (flow matching compares its validation fids with DDPM's record, and the
+GAN's floor is quoted beside both), and the newest committed flow-matching and DDPM records name one split by its
+hash (`val_split_sha256`); each check has a control that breaks it.
 """
 
 from __future__ import annotations
@@ -88,3 +92,51 @@ def test_the_three_notebooks_hold_out_the_same_images(monkeypatch: pytest.Monkey
 
     old = held_out_mask(NOTEBOOKS[2], monkeypatch, old_seeding)
     assert old.sum() == flow_matching.sum() and not torch.equal(old, flow_matching)
+
+
+def newest_split_hashes(results: Path) -> dict[tuple[str, str], str | None]:
+    """(task, preset) -> the `val_split_sha256` of that task's newest committed CPU record of that preset, for DDPM and
+    flow matching (None where the record predates the hash)."""
+    import json
+
+    newest: dict[tuple[str, str], tuple[str, str | None]] = {}
+    for task in ("ddpm", "flow_matching"):
+        for path in (results / "image_generation" / task).glob("*__cpu__*.json"):
+            record = json.loads(path.read_text())
+            key = (task, record["preset"])
+            if key not in newest or record["finished_at"] > newest[key][0]:
+                newest[key] = (record["finished_at"], record["metrics"].get("val_split_sha256"))
+    return {key: value for key, (_, value) in newest.items()}
+
+
+def split_mismatches(hashes: dict[tuple[str, str], str | None]) -> list[str]:
+    """Presets whose newest flow-matching record names a validation split that DDPM's newest record does not share."""
+    return [f"{preset}: flow matching {hashes[('flow_matching', preset)]}, DDPM {hashes.get(('ddpm', preset))}"
+            for (task, preset) in hashes if task == "flow_matching"
+            and hashes[("flow_matching", preset)] is not None
+            and hashes[("flow_matching", preset)] != hashes.get(("ddpm", preset))]
+
+
+def test_flow_matchings_newest_records_compare_with_ddpms_newest_on_one_split(tmp_path: Path) -> None:
+    """Flow matching's committed outputs and prose compare it with DDPM's newest record on the same validation split:
+    a DDPM rerun that draws another split, committed without a flow-matching rerun, would leave that comparison
+    pointing at a record flow matching can no longer match. The control copies the newest records and gives DDPM's
+    another hash."""
+    import json
+    import shutil
+
+    results = REPO_ROOT / "results"
+    hashes = newest_split_hashes(results)
+    assert hashes.get(("flow_matching", "quick")), "no committed quick record of flow matching with a split hash"
+    assert split_mismatches(hashes) == []
+
+    for task in ("ddpm", "flow_matching"):
+        newest = max((results / "image_generation" / task).glob("*__quick__cpu__*.json"),
+                     key=lambda p: json.loads(p.read_text())["finished_at"])
+        (tmp_path / "image_generation" / task).mkdir(parents=True)
+        shutil.copy(newest, tmp_path / "image_generation" / task / newest.name)
+    ddpm = next((tmp_path / "image_generation" / "ddpm").glob("*.json"))
+    record = json.loads(ddpm.read_text())
+    record["metrics"]["val_split_sha256"] = "0" * 64
+    ddpm.write_text(json.dumps(record))
+    assert [m.split(":")[0] for m in split_mismatches(newest_split_hashes(tmp_path))] == ["quick"]
