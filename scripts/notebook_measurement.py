@@ -11,7 +11,6 @@ commit and whether the tree was dirty, read before the run; wall seconds; Python
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from run_notebook import kernel_config
+from run_notebook import kernel_config, kernel_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +38,7 @@ def git_commit() -> tuple[str | None, bool | None]:
 def run_in_kernel(nb: nbformat.NotebookNode, notebook: Path, task: str, what: str) -> tuple[dict, str]:
     """Execute `nb` (cells of `notebook`, the last printing `RESULT {json}`); returns that JSON with its task, what it
     measures and its provenance, and all the last cell printed."""
-    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"} | {"MPLBACKEND": "Agg"}
+    env = kernel_env() | {"MPLBACKEND": "Agg"}
     client = NotebookClient(nb, timeout=24 * 3600, kernel_name="python3",
                             resources={"metadata": {"path": str(notebook.parent)}}, config=kernel_config())
     commit, dirty = git_commit()  # the code that runs: read before it runs

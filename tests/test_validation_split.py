@@ -15,7 +15,9 @@ hash (`val_split_sha256`); each check has a control that breaks it.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,13 +34,24 @@ MIN_TRAIN_SHARE = 0.85  # at least this share of the training images is trained 
 MIN_VAL_IMAGES = 1_000  # and at least this many are held out: the real side of every validation fid
 
 
-def split_sizes(notebook: Path, preset: str, monkeypatch: pytest.MonkeyPatch,
-                edit_config: Callable[[str], str] = lambda source: source) -> tuple[int, int, int]:
-    """(all training images, trained on, held out) after the notebook's Setup, Config and Data cells in `preset`."""
+def unchanged(source: str) -> str:
+    return source
+
+
+def data_namespace(notebook: Path, preset: str, monkeypatch: pytest.MonkeyPatch,
+                   edit_config: Callable[[str], str] = unchanged,
+                   edit_data: Callable[[str], str] = unchanged) -> dict:
+    """The names the notebook's Setup, Config and Data cells (each passed through its edit) define in `preset`."""
     monkeypatch.setenv("DL_PRESET", preset)
     data = cell_sources(notebook, select=lambda s: "held_out = " in s)
     assert len(data) == 1, f"{notebook.name}: Data cell not found"
-    namespace = run_sources(setup_and_config(notebook, edit_config) + data, notebook)
+    return run_sources(setup_and_config(notebook, edit_config) + [edit_data(data[0])], notebook)
+
+
+def split_sizes(notebook: Path, preset: str, monkeypatch: pytest.MonkeyPatch,
+                edit_config: Callable[[str], str] = unchanged) -> tuple[int, int, int]:
+    """(all training images, trained on, held out) after the notebook's Setup, Config and Data cells in `preset`."""
+    namespace = data_namespace(notebook, preset, monkeypatch, edit_config)
     n_all, n_train, n_val = len(namespace["x_all"]), len(namespace["x_train"]), len(namespace["x_val"])
     assert n_train + n_val == n_all
     return n_all, n_train, n_val
@@ -72,11 +85,9 @@ def test_control_a_split_sized_for_full_mnist_is_caught_on_the_subset(monkeypatc
 
 
 def held_out_mask(notebook: Path, monkeypatch: pytest.MonkeyPatch,
-                  edit_data: Callable[[str], str] = lambda source: source) -> torch.Tensor:
+                  edit_data: Callable[[str], str] = unchanged) -> torch.Tensor:
     """Which training images the notebook holds out under `quick`, after its Setup, Config and (edited) Data cells."""
-    monkeypatch.setenv("DL_PRESET", "quick")
-    data = cell_sources(notebook, select=lambda s: "held_out = " in s)
-    return run_sources(setup_and_config(notebook) + [edit_data(data[0])], notebook)["held_out"]
+    return data_namespace(notebook, "quick", monkeypatch, edit_data=edit_data)["held_out"]
 
 
 def test_the_three_notebooks_hold_out_the_same_images(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,8 +108,6 @@ def test_the_three_notebooks_hold_out_the_same_images(monkeypatch: pytest.Monkey
 def newest_split_hashes(results: Path) -> dict[tuple[str, str], str | None]:
     """(task, preset) -> the `val_split_sha256` of that task's newest committed CPU record of that preset, for DDPM and
     flow matching (None where the record predates the hash)."""
-    import json
-
     newest: dict[tuple[str, str], tuple[str, str | None]] = {}
     for task in ("ddpm", "flow_matching"):
         for path in (results / "image_generation" / task).glob("*__cpu__*.json"):
@@ -120,23 +129,18 @@ def split_mismatches(hashes: dict[tuple[str, str], str | None]) -> list[str]:
 def test_flow_matchings_newest_records_compare_with_ddpms_newest_on_one_split(tmp_path: Path) -> None:
     """Flow matching's committed outputs and prose compare it with DDPM's newest record on the same validation split:
     a DDPM rerun that draws another split, committed without a flow-matching rerun, would leave that comparison
-    pointing at a record flow matching can no longer match. The control copies the newest records and gives DDPM's
-    another hash."""
-    import json
-    import shutil
-
+    pointing at a record flow matching can no longer match. The control copies both folders of records and adds
+    such a DDPM rerun: a `quick` record finished after all the others, of another split."""
     results = REPO_ROOT / "results"
     hashes = newest_split_hashes(results)
     assert hashes.get(("flow_matching", "quick")), "no committed quick record of flow matching with a split hash"
     assert split_mismatches(hashes) == []
 
     for task in ("ddpm", "flow_matching"):
-        newest = max((results / "image_generation" / task).glob("*__quick__cpu__*.json"),
-                     key=lambda p: json.loads(p.read_text())["finished_at"])
-        (tmp_path / "image_generation" / task).mkdir(parents=True)
-        shutil.copy(newest, tmp_path / "image_generation" / task / newest.name)
-    ddpm = next((tmp_path / "image_generation" / "ddpm").glob("*.json"))
-    record = json.loads(ddpm.read_text())
-    record["metrics"]["val_split_sha256"] = "0" * 64
-    ddpm.write_text(json.dumps(record))
+        shutil.copytree(results / "image_generation" / task, tmp_path / "image_generation" / task)
+    ddpm = tmp_path / "image_generation" / "ddpm"
+    rerun = json.loads(sorted(ddpm.glob("*__quick__cpu__*.json"))[-1].read_text())
+    rerun["finished_at"] = "9999-12-31T00:00:00+00:00"
+    rerun["metrics"]["val_split_sha256"] = "0" * 64
+    (ddpm / "image_generation__ddpm__quick__cpu__99991231T000000000000Z.json").write_text(json.dumps(rerun))
     assert [m.split(":")[0] for m in split_mismatches(newest_split_hashes(tmp_path))] == ["quick"]
