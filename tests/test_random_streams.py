@@ -32,8 +32,6 @@ PENDING = {
     "image_classification/mlp_backprop/mlp_backprop.ipynb": GPU_RECORD,
     "image_generation/vae/vae.ipynb": GPU_RECORD,
     "reinforcement_learning/dqn_ppo/dqn_ppo.ipynb": CPU_FULL,
-    "text_generation/bpe_gpt/bpe_gpt.ipynb": ("predates the rule; its `quick` time budget is the char-GPT's measured time on "
-                                              "one VM, so it adopts the rule with a rerun of both on one VM"),
     "text_generation/char_gpt/char_gpt.ipynb": GPU_RECORD,
     "text_generation/data_parallel/data_parallel.ipynb": GPU_RECORD,
     "text_generation/seq2seq_attention/seq2seq_attention.ipynb": CPU_FULL,
