@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import RunClock
+from common import RunClock, stream_seed
 from notebook_cells import cell_sources, notebook_functions, run_tagged
 
 gym = pytest.importorskip("gymnasium")
@@ -289,7 +289,8 @@ def test_the_cost_formula_counts_the_gradient_steps_train_dqn_takes(ns: dict, mo
     cfg = SimpleNamespace(dqn_steps=96, dqn_envs=2, learning_starts=40, train_every=16, gradient_steps=3, dqn_batch=4,
                           dqn_hidden=8, buffer_size=200, dqn_lr=1e-3, gamma=0.99, huber_delta=1.0, eps_start=1.0,
                           eps_end=0.05, eps_fraction=0.5, train_env_seed=0, max_episode_steps=50, n_val=1)
-    namespace = {**ns, "copy": copy, "RunLog": SilentLog, "RunClock": RunClock, "finish_run": lambda *args: None}
+    namespace = {**ns, "copy": copy, "RunLog": SilentLog, "RunClock": RunClock, "finish_run": lambda *args: None,
+                 "stream_seed": stream_seed}
     monkeypatch.setattr(torch.optim, "Adam", CountingAdam)
     train_dqn = notebook_functions(NOTEBOOK, "train_dqn", "seeded", namespace=namespace)["train_dqn"]
     CountingAdam.steps = 0

@@ -31,7 +31,6 @@ PENDING = {
     "graph_learning/gcn_gat/gcn_gat.ipynb": CPU_FULL,
     "image_classification/mlp_backprop/mlp_backprop.ipynb": GPU_RECORD,
     "image_generation/vae/vae.ipynb": GPU_RECORD,
-    "reinforcement_learning/dqn_ppo/dqn_ppo.ipynb": CPU_FULL,
     "text_generation/char_gpt/char_gpt.ipynb": GPU_RECORD,
     "text_generation/data_parallel/data_parallel.ipynb": GPU_RECORD,
     "text_generation/seq2seq_attention/seq2seq_attention.ipynb": CPU_FULL,
