@@ -3,7 +3,7 @@
 would be trained twice and scored in the main model's place.
 
 The cell runs with `train_briefly`, the model and the checkpoint functions replaced by stand-ins that record which
-seeds would train; the control is the cell without its skip.
+seeds would train; the control is the cell without its skip (a skip no longer written as SKIP raises ControlEditError).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
-from notebook_cells import cell_sources
+from notebook_cells import ControlEditError, cell_sources, run_sources
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "text_generation" / "bpe_gpt" / "bpe_gpt.ipynb"
 SKIP = " or s == cfg.seed"
@@ -38,7 +38,9 @@ def seeds_trained(main_seed: int, extra_seeds: tuple[int, ...], drop_skip: bool 
     assert len(cells) == 1, "the extra-seeds cell not found"
     source = cells[0]
     if drop_skip:
-        assert source.count(SKIP) == 1, "the control's edit no longer applies: update SKIP"
+        if source.count(SKIP) != 1:
+            raise ControlEditError(f"the control's edit expects {SKIP!r} once in the extra-seeds cell, "
+                                   f"found {source.count(SKIP)}")
         source = source.replace(SKIP, "")
     trained: list[int] = []
 
@@ -54,7 +56,7 @@ def seeds_trained(main_seed: int, extra_seeds: tuple[int, ...], drop_skip: bool 
                  "train_briefly": train_briefly, "GPT": lambda *args: StandInModel(), "tok": SimpleNamespace(n_vocab=1),
                  "data": {}, "device": "cpu", "clock": SimpleNamespace(span=lambda name: contextlib.nullcontext()),
                  "TASK": "text_generation/bpe_gpt", "PRESET": "smoke", "config_dict": {}}
-    exec(compile(source, "extra-seeds cell", "exec"), namespace)
+    run_sources([source], NOTEBOOK, namespace)
     return trained
 
 
