@@ -37,9 +37,17 @@ class DeviceFloat64Error(TypeError):
     """float64 on the training device (which Apple's MPS does not support)."""
 
 
+ON_VALUES, OFF_VALUES = ("1", "true", "yes"), ("", "0", "false", "no")  # case and surrounding spaces ignored
+
+
 def enabled() -> bool:
-    """Whether the environment asks for the guard (`DL_FORBID_DEVICE_FLOAT64` set to 1, true or yes)."""
-    return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes")
+    """Whether the environment asks for the guard: `DL_FORBID_DEVICE_FLOAT64` set to 1, true or yes; unset, empty,
+    0, false or no leave it off. Any other value raises ValueError, so that a misspelt "on" does not silently run
+    without the guard."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value not in ON_VALUES + OFF_VALUES:
+        raise ValueError(f"{ENV}={os.environ[ENV]!r}: use 1, true or yes (guard on), or 0, false, no or unset (off)")
+    return value in ON_VALUES
 
 
 def on_device(t: torch.Tensor) -> bool:

@@ -547,6 +547,61 @@ def test_ancestral_step_is_algorithm_2_with_sigma_squared_beta(ddpm: dict, predi
             assert fails(check_ancestral, load(DDPM, ("ancestral_sample", old, new)), prediction, sched), new
 
 
+# ---------------------------------------------------------------------------------------------------- refused values
+
+
+class ZeroNet(nn.Module):
+    """A network that predicts 0 everywhere: enough to run a sampler or a loss end to end."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def check_refused(call: Callable[[], object], what: str) -> None:
+    """call() must raise ValueError: a value the notebook would otherwise read as something else."""
+    try:
+        call()
+    except ValueError:
+        return
+    raise AssertionError(f"{what} was accepted")
+
+
+def misspelt_prediction(ns: dict, name: str) -> Callable[[], object]:
+    ab = ns["make_schedule"]("cosine", T)["alpha_bars"]
+    x = torch.zeros(2, 1, 28, 28)
+    if name == "split_prediction":
+        return lambda: ns["split_prediction"](x, x, ab[10], "epsilon")
+    return lambda: ns["diffusion_loss"](ZeroNet(), x, torch.zeros(2, dtype=torch.long), ab, NULL, 0.0, "epsilon")
+
+
+@pytest.mark.parametrize("name", ["split_prediction", "diffusion_loss"])
+def test_a_misspelt_prediction_is_refused(ddpm: dict, name: str) -> None:
+    """`prediction` other than "eps" or "v" (here "epsilon") raises ValueError: before, every value but "eps" was read
+    as "v", so a misspelt "eps" trained and sampled a v-model without a word. Control: the guard removed, which
+    accepts it again."""
+    check_refused(misspelt_prediction(ddpm, name), f"{name} with prediction 'epsilon'")
+    control = load(DDPM, (name, 'if prediction not in ("eps", "v"):', "if False:"))
+    assert fails(check_refused, misspelt_prediction(control, name), name)
+
+
+def ddim_call(ns: dict, steps: int, t_start: int) -> Callable[[], object]:
+    ab = ns["make_schedule"]("cosine", T)["alpha_bars"]
+    return lambda: ns["ddim_sample"](ZeroNet(), torch.full((2,), NULL), steps, ab, 0.0, NULL, "eps", gen(0), t_start)
+
+
+def test_ddim_refuses_more_steps_than_t_start(ddpm: dict) -> None:
+    """DDIM with more steps than t_start (which would repeat rounded timesteps and, from 2 t_start on, step at t = 0,
+    where eps is 0/0) or with none raises ValueError; t_start steps run (each at its own timestep). Control: the guard
+    removed: 2 t_start + 1 steps from t_start run, and return NaN."""
+    t_start = 6
+    for steps in (t_start + 1, 2 * t_start + 1, 0):
+        check_refused(ddim_call(ddpm, steps, t_start), f"{steps} DDIM steps from t_start {t_start}")
+    assert torch.isfinite(ddim_call(ddpm, t_start, t_start)()).all()
+    control = load(DDPM, ("ddim_sample", "if not 1 <= steps <= t_start:", "if False:"))
+    assert fails(check_refused, ddim_call(control, 2 * t_start + 1, t_start), "control")
+    assert torch.isnan(ddim_call(control, 2 * t_start + 1, t_start)()).any(), "the NaN the guard keeps out"
+
+
 # ---------------------------------------------------------------------------------------------------- flow matching
 
 

@@ -43,6 +43,19 @@ def test_get_device_installs_the_guard_only_when_asked(monkeypatch: pytest.Monke
     assert torch.ones(2).to(float64_guard.GUARDED_CPU).double().dtype == torch.float64  # off again
 
 
+@pytest.mark.parametrize(("value", "on"), [("1", True), (" TRUE ", True), ("yes", True), ("", False), ("0", False),
+                                           ("false", False), ("No", False), ("on", None), ("y", None)])
+def test_the_guard_setting_is_read_or_refused(monkeypatch: pytest.MonkeyPatch, value: str, on: bool | None) -> None:
+    """The documented values switch the guard on or off; any other ("on", "y"), which the reading before
+    2026-12-01 took as off without a word, raises."""
+    monkeypatch.setenv(float64_guard.ENV, value)
+    if on is None:
+        with pytest.raises(ValueError, match=float64_guard.ENV):
+            float64_guard.enabled()
+    else:
+        assert float64_guard.enabled() is on
+
+
 def test_float64_on_the_device_raises(device: torch.device) -> None:
     x = torch.ones(3).to(device)
     for make in (lambda: x.double(), lambda: (x > 0).double().mean(), lambda: x.to(torch.float64),

@@ -486,7 +486,7 @@ def test_the_generator_maps_noise_to_28x28_images_in_minus_1_1(ns: dict, final_l
 
 
 def logit_shapes(discriminator_class: type) -> dict[str, tuple[int, ...]]:
-    """D's output shape on a batch of 4 images, for each norm ("none": anything but "batch" and "spectral")."""
+    """D's output shape on a batch of 4 images, for each norm."""
     torch.manual_seed(6)
     x = torch.rand(4, 1, 28, 28) * 2 - 1
     with torch.no_grad():
@@ -546,3 +546,42 @@ def test_the_two_variants_differ_only_in_their_loss(ns: dict) -> None:
     assert ns["discriminator_loss"](real, fake, HINGE).item() == pytest.approx((0.7 + 0.0) / 2 + (0.8 + 0.0) / 2,
                                                                                 rel=4 * EPS64)
     assert differing_settings({**variants(), "hinge": {**variants()["hinge"], "norm": "spectral"}}) == {"loss", "norm"}
+
+
+# --- names: a misspelt loss is refused ---
+
+def loss_call(fn: LossFn, name: str, loss: str) -> Callable[[], torch.Tensor]:
+    out = torch.linspace(-2.0, 2.0, 8)
+    return (lambda: fn(out, -out, loss)) if name == "discriminator_loss" else (lambda: fn(out, loss))
+
+
+@pytest.mark.parametrize(("name", "guard"), [("discriminator_loss", 'if loss in ("bce", "saturating"):'),
+                                             ("generator_loss", 'if loss == "bce":')])
+def test_a_misspelt_loss_is_refused(ns: dict, name: str, guard: str) -> None:
+    """Both losses take "hinge", "bce" and "saturating" (every name VARIANTS and the failure-mode run use) and raise
+    ValueError on any other ("non-saturating" here): before, any unknown name silently trained the cross-entropy
+    losses. Control: the guard made to accept everything, which takes the unknown name again."""
+    used = {v["loss"] for v in variants().values()} | {"saturating"}
+    assert used <= {"hinge", "bce", "saturating"}
+    for loss in sorted(used):
+        assert torch.isfinite(loss_call(ns[name], name, loss)()), loss
+    with pytest.raises(ValueError):
+        loss_call(ns[name], name, "non-saturating")()
+    control = broken(name, guard, "if True:")
+    assert torch.isfinite(loss_call(control, name, "non-saturating")())
+
+
+@pytest.mark.parametrize(("name", "guard", "misspelt"), [
+    ("Generator", 'if final_layer not in ("conv", "transposed"):', "convolution"),
+    ("Discriminator", 'if norm not in ("batch", "spectral", "none"):', "Batch")])
+def test_a_misspelt_network_option_is_refused(name: str, guard: str, misspelt: str) -> None:
+    """Generator(final_layer=...) takes "conv" or "transposed" and Discriminator(norm=...) "batch", "spectral"
+    (exercise 2's) or "none"; any other raises ValueError: before, a misspelt "conv" built the transposed output layer and a
+    misspelt "batch" a D without normalisation. Control: the guard removed, which builds the wrong network."""
+    cls = notebook_functions(NOTEBOOK, *NAMES, namespace=namespace())[name]
+    build = (lambda c, option: c(16, 8, option)) if name == "Generator" else (lambda c, option: c(8, option))
+    for option in (("conv", "transposed") if name == "Generator" else ("batch", "spectral", "none")):
+        build(cls, option)
+    with pytest.raises(ValueError):
+        build(cls, misspelt)
+    assert isinstance(build(broken(name, guard, "if False:"), misspelt), nn.Module)

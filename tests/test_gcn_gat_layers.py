@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ from notebook_cells import notebook_functions, preset_config
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "graph_learning" / "gcn_gat" / "gcn_gat.ipynb"
 NAMES = ("degrees", "propagate", "gcn_edges", "dropout_matmul", "glorot", "GCN", "neighbourhood_softmax", "GATLayer",
-         "GAT", "loss_fn", "make_model")
+         "GAT", "MLP", "loss_fn", "make_model", "make_optimizer", "should_stop", "new_stopping_state")
 Edit = tuple[str, str, str]
 
 # The graph: undirected, both directions listed as in Cora's edge list; degrees 0 to 3, node 8 has no edge.
@@ -520,3 +520,46 @@ def test_the_models_have_the_papers_parameters_on_cora(nb: dict, cfg: Any, kind:
     check_parameter_count(nb, cfg, kind)
     with pytest.raises(AssertionError, match=f"not the paper's {kind} on Cora"):
         check_parameter_count(load(PARAMETER_CONTROLS[kind]), cfg, kind)
+
+
+# --- a misspelt option is refused ---
+
+def misspelt(ns: dict[str, Any], cfg: Any, case: str) -> Callable[[], Any]:
+    """The call of `case` with a misspelt option: a kind "GAT", a GCN variant key "self_loop", a rule "none"."""
+    x = features(0)
+    if case == "make_model kind":
+        return lambda: ns["make_model"]("GAT", cfg, x, EDGES, N_CLASSES)
+    if case == "make_model variant":
+        return lambda: ns["make_model"]("gcn", cfg, x, EDGES, N_CLASSES, self_loop=False)
+    if case == "make_optimizer kind":
+        return lambda: ns["make_optimizer"]("GAT", ns["make_model"]("gcn", cfg, x, EDGES, N_CLASSES), cfg)
+    model = ns["make_model"]("gcn", cfg, x, EDGES, N_CLASSES)
+    return lambda: ns["should_stop"]("none", ns["new_stopping_state"](), 1.0, 0.5, model, cfg)
+
+
+OPTION_GUARDS = {  # each case's guard, which its control makes accept everything
+    "make_model kind": ("make_model", 'if kind not in ("gcn", "gat", "mlp"):', "if False:"),
+    "make_model variant": ("make_model", "if unknown:", "if False:"),
+    "make_optimizer kind": ("make_optimizer", 'if kind not in ("gcn", "gat", "mlp"):', "if False:"),
+    "should_stop rule": ("should_stop", 'if rule not in ("window", "patience"):', "if False:"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTION_GUARDS))
+def test_a_misspelt_option_is_refused(nb: dict, cfg: Any, case: str) -> None:
+    """A kind, a GCN variant key or a stopping rule the notebook does not name raises ValueError: before, "GAT" built
+    and optimised a GCN, a misspelt ablation key ("self_loop") trained the full recipe, and any rule but "window"
+    (exercise 6's "none" among them) ran the GAT's patience rule. The names the notebook uses still work: every
+    kind and variant key is built, both rules run. Control: the guard made to accept everything, which runs the
+    misspelt call without a word."""
+    x = features(0)
+    for kind in ("gcn", "gat", "mlp"):
+        nb["make_optimizer"](kind, nb["make_model"](kind, cfg, x, EDGES, N_CLASSES), cfg)
+    nb["make_model"]("gcn", cfg, x, EDGES, N_CLASSES, self_loops=False, symmetric=False, depth=3, hidden=4,
+                     residual=True, bias=True)
+    model = nb["make_model"]("gcn", cfg, x, EDGES, N_CLASSES)
+    for rule in ("window", "patience"):
+        nb["should_stop"](rule, nb["new_stopping_state"](), 1.0, 0.5, model, cfg)
+    with pytest.raises(ValueError):
+        misspelt(nb, cfg, case)()
+    misspelt(load(OPTION_GUARDS[case]), cfg, case)()
