@@ -574,11 +574,11 @@ def test_a_misspelt_loss_is_refused(ns: dict, name: str, guard: str) -> None:
 @pytest.mark.parametrize(("name", "guard", "misspelt"), [
     ("Generator", 'if final_layer not in ("conv", "transposed"):', "convolution"),
     ("Discriminator", 'if norm not in ("batch", "spectral", "none"):', "Batch")])
-def test_a_misspelt_network_option_is_refused(name: str, guard: str, misspelt: str) -> None:
+def test_a_misspelt_network_option_is_refused(ns: dict, name: str, guard: str, misspelt: str) -> None:
     """Generator(final_layer=...) takes "conv" or "transposed" and Discriminator(norm=...) "batch", "spectral"
     (exercise 2's) or "none"; any other raises ValueError: before, a misspelt "conv" built the transposed output layer and a
     misspelt "batch" a D without normalisation. Control: the guard removed, which builds the wrong network."""
-    cls = notebook_functions(NOTEBOOK, *NAMES, namespace=namespace())[name]
+    cls = ns[name]
     build = (lambda c, option: c(16, 8, option)) if name == "Generator" else (lambda c, option: c(8, option))
     for option in (("conv", "transposed") if name == "Generator" else ("batch", "spectral", "none")):
         build(cls, option)
